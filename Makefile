@@ -1,0 +1,24 @@
+# The README's two commands. Everything runs inside the project virtual environment .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test lint
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	test -f out/demo-corpus/truth.json || $(VENV)/bin/python -m curate demo-corpus out/demo-corpus
+	$(VENV)/bin/python -m curate run manifests/demo.toml
+	$(VENV)/bin/python -m shards verify out/demo > out/demo/verify.json && echo "shards verified: out/demo/verify.json"
+	$(VENV)/bin/python -m shards inspect out/demo/shards
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,1 @@
+"""Curation pipelines: sources -> decode -> patchify -> filter -> embed -> dedup -> concepts -> shards."""

@@ -1,0 +1,75 @@
+"""``python -m curate``: run a manifest, build the demo corpus, inspect one clip's codec tokens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+USAGE = """python -m curate COMMAND ...
+
+commands:
+  run MANIFEST [--address ADDR] [--force] [--key=value ...]
+                      curate the corpus a manifest describes into shards, ledger and summary;
+                      reruns skip finished partitions (--force redoes everything)
+  demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
+                      families, OCR pages with known text) from what ships with the project
+  patchify VIDEO ...  select one clip's codec tokens and show them (see: python -m curate patchify -h)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        return _run(rest)
+    if command == "demo-corpus":
+        from curate.demo_corpus import main as demo_main
+
+        return demo_main(rest)
+    if command == "patchify":
+        from curate.codec.cli import main as patchify_main
+
+        return patchify_main(rest)
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m curate run",
+        description="Curate a corpus into WebDataset shards, a per-sample ledger and a summary.",
+        epilog="Any --dotted.key=value overrides that key of the manifest, e.g. --output.dir=out/x "
+        "--partition_size=32 --stages.0.size=256 --executor=local.",
+    )
+    parser.add_argument("manifest", help="TOML run manifest, e.g. manifests/demo.toml")
+    parser.add_argument("--address", help="join this Ray cluster ('auto' = the one this machine belongs to)")
+    parser.add_argument("--force", action="store_true", help="redo every partition instead of resuming")
+    parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    args, extra = parser.parse_known_args(argv)
+
+    import manifests
+    from curate.config import load_run
+    from curate.pipeline import format_summary, run
+    from curate.sources import SourceError
+
+    try:
+        overrides = manifests.parse_overrides(extra)
+        if args.address:
+            overrides["ray.address"] = args.address
+        cfg, stages = load_run(args.manifest, overrides)
+        summary = run(cfg, stages, force=args.force, progress=not args.quiet)
+    except (manifests.ManifestError, SourceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"outputs in {cfg.output.dir}: shards/, ledger/, manifest.resolved.toml, summary.json")
+    print(json.dumps({k: summary[k] for k in ("inputs", "kept", "dropped", "failed", "shards")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The curation run manifest, as frozen dataclasses (one per TOML section)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import manifests
+from curate.stage import Stage, build_stage
+
+Modality = Literal["image", "video", "ocr"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """One input collection: a local folder or file, or an ``s3://bucket/prefix``."""
+
+    modality: Modality
+    uri: str
+    # file name endings to take as inputs; empty = the modality's defaults (see curate.sources)
+    extensions: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    dir: str
+    set_name: str = "corpus"  # shard files are {set_name}_{modality}-{version}-{partition:06d}.tar
+    version: str = "v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start a local cluster sized to this machine; "auto": join one
+    num_cpus: int | None = None
+    object_store_gb: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None  # override for S3-compatible stores; else AWS_ENDPOINT_URL / AWS
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str
+    sources: tuple[SourceConfig, ...]
+    stages: tuple[dict[str, Any], ...]
+    output: OutputConfig
+    partition_size: int = 64  # inputs per partition: the unit of resume and of one shard per modality
+    executor: Literal["ray", "local"] = "ray"
+    ray: RayConfig = RayConfig()
+    s3: S3Config = S3Config()
+
+    def __post_init__(self):
+        if self.partition_size < 1:
+            raise ValueError("partition_size must be at least 1")
+        if not self.sources:
+            raise ValueError("at least one [[sources]] table is needed")
+
+    def build_stages(self, source: str = "") -> list[Stage]:
+        return [build_stage(dict(spec), f"stages.{i}", source) for i, spec in enumerate(self.stages)]
+
+
+def load_run(path: str, overrides: dict | None = None) -> tuple[RunConfig, list[Stage]]:
+    """Load and fully validate a run manifest, stages included, before any work starts."""
+    cfg = manifests.load(RunConfig, path, overrides)
+    return cfg, cfg.build_stages(str(path))

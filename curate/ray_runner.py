@@ -1,0 +1,79 @@
+"""The one adapter from stages to Ray Data: tasks for stateless stages, actors for ``setup()``/GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from curate.stage import BOOKKEEPING, Stage, apply_stage
+
+
+def to_arrow(batch: dict) -> pa.Table:
+    """Typed columns, so an all-None payload column never becomes float and breaks schema unification."""
+    types = {c: pa.string() for c in BOOKKEEPING} | {"partition": pa.int64()}
+    return pa.table({c: pa.array(list(v), type=types.get(c, pa.binary())) for c, v in batch.items()})
+
+
+class _StageActor:
+    """Holds one stage whose ``setup()`` ran once in this worker."""
+
+    def __init__(self, stage: Stage):
+        stage.setup()
+        self.stage = stage
+
+    def __call__(self, batch):
+        return to_arrow(apply_stage(self.stage, batch))
+
+
+AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_DEFAULT_REGION", "AWS_PROFILE")  # fmt: skip
+
+
+def worker_env() -> dict:
+    """The driver's S3 settings, forwarded to every task so workers reach the same store."""
+    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def map_stage(ds, stage: Stage):
+    """Append ``stage`` to a Ray dataset of bookkeeping rows."""
+    common = {"batch_size": stage.batch_size, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
+    if stage.gpus:
+        common["num_gpus"] = stage.gpus
+    if stage.stateful:
+        actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the progress bar
+        return ds.map_batches(
+            actor, fn_constructor_kwargs={"stage": stage}, concurrency=stage.concurrency or (1, _cpus()), **common
+        )
+
+    def run(batch, _stage=stage):
+        return to_arrow(apply_stage(_stage, batch))
+
+    run.__name__ = run.__qualname__ = type(stage).__name__
+    if stage.concurrency:
+        common["concurrency"] = stage.concurrency
+    return ds.map_batches(run, **common)
+
+
+def _cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
+
+
+def init_ray(address: str | None, num_cpus: int | None, object_store_gb: float) -> None:
+    """Join ``address`` or start a local cluster sized to the machine (or to ``num_cpus``)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=int(object_store_gb * 2**30),
+            log_to_driver=False,
+        )

@@ -1,0 +1,93 @@
+"""List a run's inputs: one row per image, video or OCR page, with a stable key and partition.
+
+Listing only reads names and sizes; bytes are read later inside the stages. Keys are derived
+from the source URI (readable stem + hash), so they are stable across reruns and machines, and
+partitions are consecutive runs of the key-sorted list, so a rerun over the same inputs makes
+the same partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import PurePosixPath
+
+from curate.config import SourceConfig
+from shards import storage
+
+DEFAULT_EXTENSIONS = {
+    "image": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"),
+    "video": (".mp4", ".mkv", ".mov", ".webm", ".avi", ".ts", ".h264", ".264", ".hevc", ".265"),
+    "ocr": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".jsonl"),
+}
+
+
+class SourceError(ValueError):
+    """A source that cannot be listed (missing, empty, malformed JSONL)."""
+
+
+def make_key(uri: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", PurePosixPath(str(uri).replace("\\", "/")).stem)[:40].strip("_")
+    digest = hashlib.sha1(str(uri).encode()).hexdigest()[:12]
+    return f"{stem or 'item'}-{digest}"
+
+
+def list_source(src: SourceConfig) -> tuple[list[dict], int]:
+    """Inputs of one source, and how many files were passed over for their extension."""
+    exts = tuple(e.lower() for e in (src.extensions or DEFAULT_EXTENSIONS[src.modality]))
+    try:
+        files = storage.list_files(src.uri)
+    except FileNotFoundError as exc:
+        raise SourceError(f"source {src.modality} {src.uri}: {exc}") from None
+    chosen = [(uri, size) for uri, size in files if uri.lower().endswith(exts)]
+    if not chosen:
+        raise SourceError(
+            f"source {src.modality} {src.uri}: no files ending in {', '.join(exts)} ({len(files)} others)"
+        )
+    names = {uri for uri, _ in files}
+    items = []
+    for uri, size in chosen:
+        if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
+            items += _jsonl_pages(uri)
+            continue
+        meta = {"bytes": size}
+        if src.modality == "ocr":
+            text_uri = uri.rsplit(".", 1)[0] + ".txt"
+            meta["text_uri"] = text_uri if text_uri in names else None
+        items.append({"key": make_key(uri), "uri": uri, "modality": src.modality, "meta": meta})
+    return items, len(files) - len(chosen)
+
+
+def _jsonl_pages(uri: str) -> list[dict]:
+    """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``."""
+    base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(PurePosixPath(uri).parent)
+    items = []
+    for n, line in enumerate(storage.read_bytes(uri).decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image, text = row["image"], row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SourceError(f"{uri}:{n}: expected {{'image': ..., 'text': ...}}: {exc}") from None
+        image_uri = image if storage.is_s3(image) or image.startswith("/") else storage.join(base, image)
+        items.append({"key": make_key(f"{uri}#{n}"), "uri": image_uri, "modality": "ocr", "meta": {"text": text}})
+    return items
+
+
+def list_inputs(sources, partition_size: int) -> tuple[list[dict], int]:
+    """All inputs of all sources, key-sorted, each with its partition number."""
+    items, skipped = [], 0
+    for src in sources:
+        found, passed = list_source(src)
+        items += found
+        skipped += passed
+    items.sort(key=lambda it: it["key"])
+    seen = set()
+    for i, it in enumerate(items):
+        if it["key"] in seen:
+            raise SourceError(f"input {it['uri']} is listed twice (two sources overlap)")
+        seen.add(it["key"])
+        it["partition"] = i // partition_size
+    return items, skipped

@@ -1,0 +1,191 @@
+"""The stage abstraction: frozen-dataclass parameters, a per-row or per-batch transform, no Ray.
+
+A batch is Ray Data's default: a dict of equal-length NumPy arrays (object arrays for bytes,
+strings and JSON). Every row carries the bookkeeping columns ``key``, ``uri``, ``modality``,
+``partition``, ``status`` (``live`` until it is ``dropped`` or ``failed``), ``reason`` (a short,
+countable ``stage/code``), ``detail`` (the full message) and ``meta`` (a JSON object that stages
+extend). :func:`apply_stage` is the single place that
+shows a stage only the live rows of its modalities, turns ``keep``/``drop_reason`` into
+``dropped`` rows and turns exceptions into ``failed`` rows, so a bad input never stops a run.
+The same function runs in-process (tests, ``run_in_process``) and inside Ray (``curate.ray_runner``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import traceback
+from typing import Any, ClassVar
+
+import numpy as np
+
+from manifests import ManifestError, build
+
+BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta")
+LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Base class. Subclasses are frozen dataclasses whose fields are the manifest's parameters.
+
+    Override ``process_row(row) -> row`` (rows are dicts; ``meta`` is a dict) or, for vectorised
+    work, ``process_batch(rows) -> rows``. A filter sets ``row["keep"] = False`` and
+    ``row["drop_reason"] = "code: detail"`` (the code is what summaries count). Heavy state is loaded in ``setup()`` once per worker and kept with
+    ``self.hold(name, value)``.
+    """
+
+    name: ClassVar[str] = ""
+    modalities: ClassVar[tuple[str, ...]] = ("image", "video", "ocr")
+    outputs: ClassVar[tuple[str, ...]] = ()  # columns this stage adds (None for rows it does not touch)
+    cpus: ClassVar[float] = 1.0
+    gpus: ClassVar[float] = 0.0
+    batch_size: ClassVar[int] = 16
+    concurrency: ClassVar[int | None] = None
+
+    @property
+    def stateful(self) -> bool:
+        return type(self).setup is not Stage.setup or self.gpus > 0
+
+    def setup(self) -> None:
+        """Load models or matrices; called once per worker before the first batch."""
+
+    def hold(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    def process_batch(self, rows: list[dict]) -> list[dict]:
+        return [self.process_row(row) for row in rows]
+
+    def process_row(self, row: dict) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must define process_row or process_batch")
+
+
+REGISTRY: dict[str, type[Stage]] = {}
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses would make reruns' ledgers differ
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage findable by its ``name`` from manifests."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"stage name {cls.name!r} is empty or registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build_stage(spec: dict, where: str = "stages", source: str = "") -> Stage:
+    """Turn one ``[[stages]]`` table (``name`` plus parameters) into a stage instance."""
+    import curate.stages  # noqa: F401  (fills REGISTRY)
+
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in REGISTRY:
+        prefix = f"{source}: " if source else ""
+        raise ManifestError(
+            f"{prefix}{where}.name: unknown stage {name!r}; valid stages: {', '.join(sorted(REGISTRY))}"
+        )
+    return build(REGISTRY[name], spec, f"{where}[{name}]", source)
+
+
+# ---------------------------------------------------------------------------- batches and rows
+
+
+def to_rows(batch: dict[str, Any]) -> list[dict]:
+    columns = list(batch)
+    n = len(batch[columns[0]]) if columns else 0
+    rows = [{c: _scalar(batch[c][i]) for c in columns} for i in range(n)]
+    for row in rows:
+        row["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+    return rows
+
+
+def to_batch(rows: list[dict], columns: list[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for c in columns:
+        col = np.empty(len(rows), dtype=object)
+        for i, row in enumerate(rows):
+            value = row.get(c)
+            col[i] = json.dumps(value, sort_keys=True) if c == "meta" else value
+        out[c] = col
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        return value.tobytes()  # Arrow binary columns may arrive as uint8 arrays
+    return value
+
+
+def new_rows(items: list[dict]) -> dict[str, np.ndarray]:
+    """The first batch of a run: one row per input, status ``live``."""
+    rows = [
+        {
+            "key": it["key"],
+            "uri": it["uri"],
+            "modality": it["modality"],
+            "partition": it["partition"],
+            "status": LIVE,
+            "reason": None,
+            "detail": None,
+            "meta": dict(it.get("meta") or {}),
+        }
+        for it in items
+    ]
+    return to_batch(rows, list(BOOKKEEPING))
+
+
+def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Run ``stage`` over the live rows of its modalities; isolate failures row by row."""
+    rows = to_rows(batch)
+    columns = list(batch) + [c for c in stage.outputs if c not in batch]
+    todo = [i for i, r in enumerate(rows) if r["status"] == LIVE and r["modality"] in stage.modalities]
+    if todo:
+        try:
+            results = stage.process_batch([dict(rows[i]) for i in todo])
+            if len(results) != len(todo):
+                raise RuntimeError(f"{stage.name} returned {len(results)} rows for {len(todo)}")
+        except Exception:  # noqa: BLE001  - isolate the bad row(s) instead of failing the batch
+            results = [_one(stage, rows[i]) for i in todo]
+        for i, result in zip(todo, results, strict=True):
+            rows[i] = _settle(stage, result)
+    for row in rows:
+        if row["status"] != LIVE:
+            for c in stage.outputs:  # dropped/failed rows carry no payload downstream
+                row[c] = None
+    return to_batch(rows, columns)
+
+
+def _one(stage: Stage, row: dict) -> dict:
+    try:
+        return stage.process_batch([dict(row)])[0]
+    except Exception as exc:  # noqa: BLE001
+        failed = dict(row)
+        failed["status"] = FAILED
+        failed["reason"] = f"{stage.name}/{type(exc).__name__}"
+        failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
+        failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
+        return failed
+
+
+def _settle(stage: Stage, row: dict) -> dict:
+    keep = row.pop("keep", True)
+    drop_reason = row.pop("drop_reason", None)
+    if row["status"] == LIVE and not keep:
+        row["status"] = DROPPED
+        code, _, detail = str(drop_reason or "filtered").partition(":")
+        row["reason"] = f"{stage.name}/{code.strip()}"
+        row["detail"] = detail.strip() or None
+    return row
+
+
+def run_in_process(stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Run a stage list on an in-memory batch without Ray (tests, small jobs, debugging)."""
+    for stage in stages:
+        stage.setup()
+        n = len(batch["key"])
+        size = batch_size or stage.batch_size
+        parts = [apply_stage(stage, {c: v[i : i + size] for c, v in batch.items()}) for i in range(0, n, size)]
+        batch = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else batch
+    return batch

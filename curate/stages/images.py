@@ -1,0 +1,103 @@
+"""Image and OCR-page decode with the one resize policy, and OCR transcripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from typing import Literal
+
+from PIL import Image, ImageOps
+
+from curate.stage import Stage, register
+from shards import storage
+
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger files are refused as decompression bombs
+
+
+def resize_policy(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """``shorter``: shorter side to ``size`` (aspect kept); ``square``: then centre-crop to size x size.
+
+    Images smaller than ``size`` are never upscaled (a filter decides whether they are kept).
+    """
+    w, h = img.size
+    scale = min(1.0, size / min(w, h))
+    if scale < 1.0:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    if mode == "square":
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+    return img
+
+
+def decode_image(data: bytes, uri: str) -> tuple[Image.Image, str]:
+    """Fully decode (truncation surfaces here, not later) and apply EXIF orientation."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format or "unknown"
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{uri}: refused, too many pixels: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{uri}: not a readable image ({exc})") from None
+    img = ImageOps.exif_transpose(img)
+    return img.convert("RGB"), fmt
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ImageDecode(Stage):
+    """Decode images and OCR pages, resize by the one policy, re-encode as the shard's ``jpg``."""
+
+    name = "image_decode"
+    modalities = ("image", "ocr")
+    outputs = ("jpg",)
+
+    size: int = 448
+    mode: Literal["shorter", "square"] = "shorter"
+    quality: int = 92
+
+    def process_row(self, row: dict) -> dict:
+        data = storage.read_bytes(row["uri"])
+        img, fmt = decode_image(data, row["uri"])
+        src_w, src_h = img.size
+        out = resize_policy(img, self.size, self.mode)
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=self.quality, subsampling=2)
+        row["jpg"] = buf.getvalue()
+        row["meta"].update(
+            source_sha256=hashlib.sha256(data).hexdigest(),
+            source_format=fmt.lower(),
+            width=src_w,
+            height=src_h,
+            out_width=out.size[0],
+            out_height=out.size[1],
+        )
+        return row
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class OcrText(Stage):
+    """Attach an OCR page's known text (JSONL row or ``.txt`` beside the page) as the ``txt`` field."""
+
+    name = "ocr_text"
+    modalities = ("ocr",)
+    outputs = ("txt",)
+
+    def process_row(self, row: dict) -> dict:
+        meta = row["meta"]
+        text = meta.pop("text", None)
+        if text is None:
+            text_uri = meta.get("text_uri")
+            if not text_uri:
+                raise FileNotFoundError(f"{row['uri']}: no transcript (.txt beside the page or JSONL text)")
+            try:
+                text = storage.read_bytes(text_uri).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{text_uri}: transcript is not UTF-8 ({exc})") from None
+        row["txt"] = text.encode("utf-8")
+        meta["text_chars"] = len(text.strip())
+        return row

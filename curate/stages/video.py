@@ -1,0 +1,88 @@
+"""Video probing: container facts that filters and cost-based scheduling need, without a full decode."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+
+import av
+
+from curate.stage import Stage, register
+from shards import storage
+
+
+def open_video(data: bytes, uri: str):
+    """Open a video held in memory; ``uri`` only names it in errors."""
+    try:
+        return av.open(io.BytesIO(data), metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise ValueError(f"{uri}: not a readable video container ({exc})") from None
+
+
+def probe(data: bytes, uri: str) -> dict:
+    """Codec, size, fps, duration, pixel format and rotation of the first video stream.
+
+    Decodes the first frame, so a file whose header parses but whose stream does not fails here,
+    and demuxes (without decoding) every packet, so a truncated file shows as fewer packets present
+    than its index declares.
+    """
+    with open_video(data, uri) as container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ValueError(f"{uri}: no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        else:
+            duration = 0.0
+        facts = {
+            "codec": ctx.name,
+            "width": ctx.width,
+            "height": ctx.height,
+            "pix_fmt": ctx.format.name if ctx.format else None,
+            "fps": float(rate) if rate else None,
+            "frames": stream.frames or None,
+            "duration": duration,
+            "bit_rate": container.bit_rate,
+        }
+        try:
+            first = next(container.decode(stream))
+        except (StopIteration, av.FFmpegError) as exc:
+            raise ValueError(f"{uri}: no decodable frame ({exc or 'empty stream'})") from None
+        facts["rotation"] = int(getattr(first, "rotation", 0) or 0)
+    with open_video(data, uri) as container:
+        try:
+            present = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+        except av.FFmpegError:
+            present = 0
+    facts["frames_present"] = present
+    if not facts["width"] or not facts["height"]:
+        raise ValueError(f"{uri}: video stream has no frame size")
+    if not facts["duration"] and facts["fps"] and facts["frames"]:
+        facts["duration"] = facts["frames"] / facts["fps"]
+    return facts
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class VideoProbe(Stage):
+    """Record container facts in ``meta`` and fail unreadable, truncated or audio-only files."""
+
+    name = "video_probe"
+    modalities = ("video",)
+    # keep files whose index declares more frames than are present (a later stage decodes what survives)
+    allow_truncated: bool = False
+
+    def process_row(self, row: dict) -> dict:
+        data = storage.read_bytes(row["uri"])
+        facts = probe(data, row["uri"])
+        declared, present = facts["frames"], facts["frames_present"]
+        if declared and present < declared and not self.allow_truncated:
+            raise ValueError(f"{row['uri']}: truncated, {present} of {declared} frames present")
+        row["meta"].update(facts, source_sha256=hashlib.sha256(data).hexdigest())
+        return row

@@ -1,0 +1,87 @@
+"""The shard contract shared by the curation writer and the training reader.
+
+A shard set is ``{set}-{version}-{index:06d}.tar`` files plus ``index.json`` in one folder.
+One sample per key; each field is one tar member ``{key}.{field}``:
+
+========== ==============================================================================
+``json``   modality, source URI and hash, sizes, codec facts, saliency stats, dedup group,
+           concept bank version (always present)
+``jpg``    image or OCR page at the curated resolution
+``txt``    OCR text (UTF-8)
+``patches.jpg``  video codec tokens: the K selected 16x16 patches packed as a mosaic, row-major,
+           ``MOSAIC_COLS`` patches per row, in the order of ``pos.npy``
+``pos.npy``  int16 array (K, 3) of (t, h, w) grid positions of those patches
+``frames.jpg``   a few whole frames stacked vertically (frame ids in ``json["frames"]["ids"]``)
+``cls.npy``  int32 top-k concept ids (or a sidecar label set keyed by sample key)
+========== ==============================================================================
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MODALITIES = ("image", "video", "ocr")
+FIELDS = ("json", "jpg", "png", "txt", "patches.jpg", "pos.npy", "frames.jpg", "cls.npy")
+REQUIRED = {"image": ("json", "jpg"), "video": ("json",), "ocr": ("json", "jpg", "txt")}
+MOSAIC_COLS = 32
+INDEX_NAME = "index.json"
+_SHARD = re.compile(r"^(?P<set>.+)-(?P<version>v\d+)-(?P<index>\d{6})\.tar$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def shard_name(set_name: str, version: str, index: int) -> str:
+    if not re.fullmatch(r"v\d+", version):
+        raise ValueError(f"shard version must look like v1, got {version!r}")
+    return f"{set_name}-{version}-{index:06d}.tar"
+
+
+def parse_shard_name(name: str) -> dict | None:
+    m = _SHARD.match(name.rsplit("/", 1)[-1])
+    return None if m is None else {"set": m["set"], "version": m["version"], "index": int(m["index"])}
+
+
+def check_key(key: str) -> str:
+    """WebDataset splits member names at the first dot, so keys hold no dots or slashes."""
+    if not _KEY.match(key):
+        raise ValueError(f"sample key {key!r} must match [A-Za-z0-9_-]+")
+    return key
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_sample(sample: dict[str, bytes]) -> dict:
+    """Validate one sample's fields against the contract; return its decoded json."""
+    unknown = set(sample) - set(FIELDS) - {"__key__"}
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; the contract has {list(FIELDS)}")
+    meta = json.loads(sample["json"])
+    modality = meta.get("modality")
+    if modality not in MODALITIES:
+        raise ValueError(f"json.modality {modality!r} is not one of {MODALITIES}")
+    missing = [f for f in REQUIRED[modality] if f not in sample]
+    if missing:
+        raise ValueError(f"{modality} sample lacks required field(s) {missing}")
+    if "pos.npy" in sample:
+        pos = decode_npy(sample["pos.npy"])
+        if pos.dtype != np.int16 or pos.ndim != 2 or pos.shape[1] != 3:
+            raise ValueError(f"pos.npy must be int16 (K, 3), got {pos.dtype} {pos.shape}")
+    if "cls.npy" in sample and decode_npy(sample["cls.npy"]).dtype != np.int32:
+        raise ValueError("cls.npy must be int32")
+    return meta

@@ -1,0 +1,58 @@
+"""Write one shard deterministically and publish a shard set's index last.
+
+Tars are byte-identical for identical samples (sorted keys, fixed mtime and owner), so a rerun
+of a partition reproduces its shard and checksum exactly. Each tar is written to a local
+temporary file and moved (or uploaded) under its final name only when complete; the index is
+published after every tar, so a reader that finds an index finds a whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import webdataset as wds
+
+from shards import format as fmt
+from shards import storage
+
+
+def write_shard(samples: list[dict[str, bytes]], uri: str) -> dict:
+    """Write samples (``__key__`` plus contract fields, bytes values) to ``uri``; return its index entry."""
+    samples = sorted(samples, key=lambda s: s["__key__"])
+    fd, tmp = tempfile.mkstemp(suffix=".tar", prefix=".shard-")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            writer = wds.TarWriter(stream, user="ovforge", group="ovforge", mtime=0.0, encoder=False)
+            for sample in samples:
+                fmt.check_key(sample["__key__"])
+                fmt.check_sample(sample)
+                writer.write(sample)
+            writer.close()
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        size = os.path.getsize(tmp)
+        storage.put_file(tmp, uri)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"name": uri.rsplit("/", 1)[-1], "samples": len(samples), "bytes": size, "sha256": digest.hexdigest()}
+
+
+def write_index(folder: str, set_name: str, version: str, shards: list[dict], extra: dict | None = None) -> dict:
+    """Publish ``index.json`` for a shard set; call only after every listed tar exists."""
+    shards = sorted(shards, key=lambda s: s["name"])
+    index = {
+        "format_version": fmt.FORMAT_VERSION,
+        "set": set_name,
+        "version": version,
+        "samples": sum(s["samples"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+        **(extra or {}),
+    }
+    storage.write_bytes(storage.join(folder, fmt.INDEX_NAME), fmt.encode_json(index) + b"\n")
+    return index

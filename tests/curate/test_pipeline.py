@@ -1,0 +1,149 @@
+"""The demo corpus curated end to end: shards that webdataset and wids read, a ledger that accounts for
+every input with the outcome the corpus's ground truth names, and exact resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from curate.__main__ import main as curate_main
+from curate.config import load_run
+from curate.pipeline import read_ledger, run
+from curate.sources import SourceError
+from manifests import ManifestError
+
+
+def _run(demo_corpus, out, monkeypatch, **overrides):
+    monkeypatch.setenv("DEMO_CORPUS", str(demo_corpus))
+    cfg, stages = load_run("manifests/demo.toml", {"output.dir": str(out), **overrides})
+    return run(cfg, stages, progress=False)
+
+
+def _checksums(out: Path) -> dict:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def ray_demo(ray_cluster, demo_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray-demo")
+    mp = pytest.MonkeyPatch()
+    summary = _run(demo_corpus, out, mp)
+    mp.undo()
+    return out, summary
+
+
+def test_every_input_is_accounted_with_the_ground_truth_outcome(ray_demo, demo_corpus):
+    out, summary = ray_demo
+    ledger = read_ledger(str(out))
+    inputs = [p for kind in ("images", "videos", "ocr") for p in (demo_corpus / kind).iterdir()
+              if p.suffix in (".jpg", ".png", ".mp4")]  # fmt: skip
+    assert len(ledger) == summary["inputs"] == len(inputs)
+    assert summary["kept"] + summary["dropped"] + summary["failed"] == summary["inputs"]
+    by_file = {
+        Path(u).parent.name + "/" + Path(u).name: row
+        for u, row in zip(ledger["uri"], ledger.to_dict("records"), strict=True)
+    }
+    for name, outcome in json.loads((demo_corpus / "truth.json").read_text()).items():
+        row = by_file[name]
+        status, _, reason = outcome.partition(": ")
+        assert row["status"] == status, (name, row)
+        assert row["reason"].split("/")[0] in reason, (name, row)
+    truncated = by_file["videos/clip19_truncated.mp4"]
+    assert truncated["status"] == "failed" and "truncated" in truncated["detail"]
+    assert set(ledger.loc[ledger.status == "kept", "shard"].str.split("/").str[0]) == {"image", "video", "ocr"}
+    assert (out / "manifest.resolved.toml").read_text().startswith("# git revision: ")
+
+
+def test_shards_read_back_with_webdataset_and_wids(ray_demo):
+    import wids
+
+    out, summary = ray_demo
+    seen = 0
+    for modality in ("image", "video", "ocr"):
+        index = json.loads((out / "shards" / modality / "index.json").read_text())
+        urls = [str(out / "shards" / modality / s["name"]) for s in index["shards"]]
+        samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+        assert len(samples) == index["samples"]
+        for sample in samples:
+            assert sample["json"]["modality"] == modality and sample["json"]["key"] == sample["__key__"]
+            if modality == "ocr":  # the page's text is exactly the text it was rendered from
+                assert sample["txt"] == Path(sample["json"]["source"]).with_suffix(".txt").read_text()
+            if modality != "video":
+                assert max(sample["jpg"].size) <= max(sample["json"]["width"], sample["json"]["height"])
+                assert min(sample["jpg"].size) == min(448, sample["json"]["width"], sample["json"]["height"])
+        ds = wids.ShardListDataset(
+            [{"url": u, "nsamples": s["samples"]} for u, s in zip(urls, index["shards"], strict=True)]
+        )
+        assert len(ds) == index["samples"] and ds[len(ds) - 1]["__key__"] == samples[-1]["__key__"]
+        seen += len(samples)
+    assert seen == summary["kept"]
+
+
+def test_local_executor_matches_ray_and_resume_redoes_only_what_is_missing(
+    ray_demo, demo_corpus, tmp_path, monkeypatch
+):
+    ray_out, ray_summary = ray_demo
+    summary = _run(demo_corpus, tmp_path, monkeypatch, executor="local")
+    assert _checksums(tmp_path) == _checksums(ray_out)
+    assert {k: summary[k] for k in ("kept", "dropped", "failed")} == {
+        k: ray_summary[k] for k in ("kept", "dropped", "failed")
+    }
+    ledger = read_ledger(str(tmp_path)).sort_values("key").reset_index(drop=True)
+
+    # a partition that never finished (marker and shards gone) is redone; the rest is skipped
+    (tmp_path / "_partitions" / "000001.json").unlink()
+    for tar in tmp_path.rglob("*-000001.tar"):
+        tar.unlink()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "_partitions").iterdir()}
+    _run(demo_corpus, tmp_path, monkeypatch, executor="local")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert _checksums(tmp_path) == _checksums(ray_out)
+    pd.testing.assert_frame_equal(read_ledger(str(tmp_path)).sort_values("key").reset_index(drop=True), ledger)
+
+
+def test_bad_sources_and_manifests_give_clear_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DEMO_CORPUS", str(tmp_path / "missing"))
+    with pytest.raises(SourceError, match="missing/images: no such file or folder"):
+        _run(tmp_path / "missing", tmp_path / "out", monkeypatch)
+    for kind in ("images", "videos", "ocr"):
+        (tmp_path / "empty" / kind).mkdir(parents=True)
+    with pytest.raises(SourceError, match=r"empty/images: no files ending in \.jpg"):
+        _run(tmp_path / "empty", tmp_path / "out", monkeypatch)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('base = "' + str(Path("manifests/demo.toml").resolve()) + '"\npartition_size = "many"\n')
+    with pytest.raises(ManifestError, match="bad.toml: partition_size: expected int, got string"):
+        load_run(str(bad))
+    assert curate_main(["run", str(bad)]) == 2
+    assert "partition_size: expected int" in capsys.readouterr().err
+
+
+def test_jsonl_ocr_source(tmp_path, demo_corpus, monkeypatch):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    rows = []
+    for i in range(3):
+        (pages / f"p{i}.png").write_bytes((demo_corpus / "ocr" / f"page{i:02d}.png").read_bytes())
+        rows.append({"image": f"p{i}.png", "text": (demo_corpus / "ocr" / f"page{i:02d}.txt").read_text()})
+    (pages / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f'name = "j"\nexecutor = "local"\n[output]\ndir = "{tmp_path / "out"}"\n'
+        f'[[sources]]\nmodality = "ocr"\nuri = "{pages / "rows.jsonl"}"\n'
+        '[[stages]]\nname = "image_decode"\n[[stages]]\nname = "ocr_text"\n'
+    )
+    cfg, stages = load_run(str(manifest))
+    summary = run(cfg, stages, progress=False)
+    assert summary["kept"] == 3
+    texts = sorted(
+        s["txt"]
+        for s in wds.WebDataset(str(tmp_path / "out/shards/ocr/corpus_ocr-v1-000000.tar"), shardshuffle=False).decode()
+    )
+    assert texts == sorted(r["text"] for r in rows)
+    (pages / "rows.jsonl").write_text('{"image": "p0.png"}\n')
+    with pytest.raises(SourceError, match=r"rows.jsonl:1: expected"):
+        run(cfg, stages, progress=False)
