@@ -1,7 +1,10 @@
 """Run a curation manifest: list inputs, process pending partitions, publish indexes, account.
 
 Stages run through Ray Data (``executor = "ray"``) or in this process (``"local"``); either way
-every partition ends in ``write_partition``. After all partitions, each modality's shard index
+every partition ends in ``write_partition``. Global steps (dedup grouping, k-means) split the
+stage list into passes: each pass but the last leaves its rows as parquet per partition (with a
+marker, so resume works per pass), the step reads them through Ray and returns the stage that
+heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
 input list: every input is kept, dropped or failed exactly once.
 """
@@ -15,14 +18,22 @@ import shutil
 import time
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 import manifests
 from curate.config import RunConfig
-from curate.sink import keys_digest, read_marker, shard_folder, write_partition
+from curate.sink import (
+    keys_digest,
+    pass_files,
+    read_marker,
+    read_pass_marker,
+    shard_folder,
+    write_partition,
+    write_pass,
+)
 from curate.sources import list_inputs
-from curate.stage import Stage, new_rows, run_in_process
+from curate.stage import LIVE, GlobalStep, Stage, new_rows, run_in_process
 from shards import format as fmt
 from shards import storage
 from shards.writer import write_index
@@ -32,7 +43,7 @@ class AccountingError(RuntimeError):
     """The ledger does not account for every input exactly once."""
 
 
-def run(cfg: RunConfig, stages: list[Stage], force: bool = False, progress: bool = True) -> dict:
+def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True) -> dict:
     started = time.time()
     out = cfg.output.dir
     if cfg.s3.endpoint_url:
@@ -45,22 +56,32 @@ def run(cfg: RunConfig, stages: list[Stage], force: bool = False, progress: bool
     by_partition = defaultdict(list)
     for it in items:
         by_partition[it["partition"]].append(it)
+    digests = {p: keys_digest(it["key"] for it in group) for p, group in by_partition.items()}
     markers, todo = {}, []
-    for p, group in sorted(by_partition.items()):
+    for p in sorted(by_partition):
         marker = None if force else read_marker(out, p)
-        if marker and marker["keys_sha256"] == keys_digest(it["key"] for it in group):
+        if marker and marker["keys_sha256"] == digests[p]:
             markers[p] = marker
         else:
             todo.append(p)
     if progress:
         print(f"{len(items)} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
     if todo:
-        pending = [it for p in todo for it in by_partition[p]]
-        if cfg.executor == "local":
-            done = _run_local(pending, todo, stages, cfg, progress)
-        else:
-            done = _run_ray(pending, stages, cfg)
-        markers.update({m["partition"]: m for m in done})
+        segments, steps = split_passes(stages)
+        for k, segment in enumerate(segments):
+            last = k == len(segments) - 1
+            # a global step needs every partition's rows, so earlier passes cover all partitions
+            need = todo if last else [p for p in sorted(by_partition) if read_pass_marker(out, k, p) != digests[p]]
+            if need:
+                source = [it for p in need for it in by_partition[p]] if k == 0 else pass_files(out, k - 1, need)
+                if progress:
+                    print(f"pass {k + 1}/{len(segments)}: {len(segment)} stages over {len(need)} partitions")
+                executor = _run_local if cfg.executor == "local" else _run_ray
+                done = executor(source, segment, cfg, None if last else k)
+                if last:
+                    markers.update({m["partition"]: m for m in done})
+            if not last:
+                segments[k + 1].insert(0, _global_step(steps[k], out, k, sorted(by_partition), cfg, progress))
 
     indexes = _publish_indexes(out, cfg, markers)
     ledger = read_ledger(out)
@@ -69,43 +90,96 @@ def run(cfg: RunConfig, stages: list[Stage], force: bool = False, progress: bool
     return summary
 
 
-def _run_local(pending: list[dict], todo: list[int], stages: list[Stage], cfg: RunConfig, progress: bool):
-    batch = new_rows(pending)
-    for stage in tqdm(stages, desc="stages", disable=not progress):
-        batch = run_in_process([stage], batch)
-    markers = []
-    for p in todo:
-        mask = batch["partition"] == p
-        markers.append(
-            write_partition(
-                {c: v[mask] for c, v in batch.items()}, cfg.output.dir, cfg.output.set_name, cfg.output.version
-            )
-        )
-    return markers
+def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
+    """Stages between global steps form passes: [[s1, s2], [s3]], [step] for s1 s2 step s3."""
+    segments, steps = [[]], []
+    for stage in stages:
+        if isinstance(stage, GlobalStep):
+            steps.append(stage)
+            segments.append([])
+        else:
+            segments[-1].append(stage)
+    return segments, steps
 
 
-def _run_ray(pending: list[dict], stages: list[Stage], cfg: RunConfig):
+def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, progress: bool) -> Stage:
+    import ray
+
+    from curate.ray_runner import init_ray
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
+    if progress:
+        print(f"global step {step.name} over the rows of pass {k + 1}")
+    columns = sorted(set(step.columns) | {"status"})
+    ds = ray.data.read_parquet(pass_files(out, k, partitions), columns=columns)
+    ds = ds.filter(lambda row: row["status"] == LIVE)
+    return step.run(ds, storage.join(out, "_work", f"step{k}-{step.name}"))
+
+
+def _finish(batch: dict, cfg: RunConfig, pass_index: int | None) -> dict:
+    """End of a pass for one partition: shards and ledger, or the rows for the next pass."""
+    if pass_index is None:
+        return write_partition(batch, cfg.output.dir, cfg.output.set_name, cfg.output.version)
+    return write_pass(batch, cfg.output.dir, pass_index)
+
+
+def _run_local(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None):
+    """Partition by partition in this process: memory holds one partition at a time."""
+    for stage in stages:
+        stage.setup()
+    results = []
+    for part in _local_partitions(source):
+        batch = run_in_process(stages, part, setup=False)
+        results.append(_finish(batch, cfg, pass_index))
+    return results
+
+
+def _local_partitions(source):
+    if isinstance(source[0], dict):
+        groups = defaultdict(list)
+        for it in source:
+            groups[it["partition"]].append(it)
+        for p in sorted(groups):
+            yield new_rows(groups[p])
+        return
+    import pyarrow.parquet as pq
+
+    for uri in source:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        yield {c: _objects(table[c].to_pylist()) for c in table.column_names}
+
+
+def _objects(values: list) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _run_ray(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None):
     import ray
 
     from curate.ray_runner import init_ray, map_stage, to_arrow, worker_env
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
-    table = to_arrow(new_rows(pending))
-    blocks = max(1, min(len(pending), 4 * _cpus()))
-    step = -(-len(pending) // blocks)
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(pending), step)])
+    if isinstance(source[0], dict):
+        table = to_arrow(new_rows(source))
+        blocks = max(1, min(len(source), 4 * _cpus()))
+        step = -(-len(source) // blocks)
+        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(source), step)])
+        partitions = len({it["partition"] for it in source})
+    else:
+        ds = ray.data.read_parquet(source)
+        partitions = len(source)
     for stage in stages:
         ds = map_stage(ds, stage)
-    out, set_name, version = cfg.output.dir, cfg.output.set_name, cfg.output.version
 
-    def sink(group):
-        marker = write_partition(group, out, set_name, version)
-        return {"marker": [json.dumps(marker)]}
+    def finish(group):
+        return {"result": [json.dumps(_finish(group, cfg, pass_index))]}
 
-    sink.__name__ = "WriteShards"
-    groups = min(len({it["partition"] for it in pending}), 8 * _cpus())
-    result = ds.groupby("partition", num_partitions=groups).map_groups(sink, batch_format="numpy", **worker_env())
-    return [json.loads(m) for m in result.to_pandas()["marker"]]
+    finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
+    groups = min(partitions, 8 * _cpus())
+    result = ds.groupby("partition", num_partitions=groups).map_groups(finish, batch_format="numpy", **worker_env())
+    return [json.loads(m) for m in result.to_pandas()["result"]]
 
 
 def _cpus() -> int:

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from curate.stage import FAILED, KEPT, LIVE, to_rows
 from shards import format as fmt
@@ -40,18 +41,46 @@ def marker_uri(out: str, partition: int) -> str:
 
 
 def read_marker(out: str, partition: int) -> dict | None:
+    data = storage.try_read(marker_uri(out, partition))
     try:
-        return json.loads(storage.read_bytes(marker_uri(out, partition)))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    except Exception as exc:  # boto3 NoSuchKey
-        if "NoSuchKey" in type(exc).__name__ or "404" in str(exc):
-            return None
-        raise
+        return None if data is None else json.loads(data)
+    except json.JSONDecodeError:
+        return None  # a torn marker means the partition did not finish
 
 
 def shard_folder(out: str, modality: str) -> str:
     return storage.join(out, "shards", modality)
+
+
+def pass_uri(out: str, pass_index: int, partition: int, ext: str) -> str:
+    return storage.join(out, "_work", f"pass{pass_index}", f"part-{partition:06d}.{ext}")
+
+
+def pass_files(out: str, pass_index: int, partitions) -> list[str]:
+    return [pass_uri(out, pass_index, p, "parquet") for p in partitions]
+
+
+def read_pass_marker(out: str, pass_index: int, partition: int) -> str | None:
+    data = storage.try_read(pass_uri(out, pass_index, partition, "done"))
+    return None if data is None else data.decode()
+
+
+def write_pass(batch: dict, out: str, pass_index: int) -> dict:
+    """Keep one partition's rows (payload included) for the next pass; the marker goes last."""
+    from curate.ray_runner import to_arrow
+
+    rows = sorted(to_rows(batch), key=lambda r: r["key"])
+    partition = rows[0]["partition"]
+    columns = list(batch)
+    table = to_arrow(
+        {c: [json.dumps(r[c], sort_keys=True) if c == "meta" else r.get(c) for r in rows] for c in columns}
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(pass_uri(out, pass_index, partition, "parquet"), buf.getvalue())
+    digest = keys_digest(r["key"] for r in rows)
+    storage.write_bytes(pass_uri(out, pass_index, partition, "done"), digest.encode())
+    return {"partition": partition, "keys_sha256": digest}
 
 
 def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 import traceback
 from typing import Any, ClassVar
 
 import numpy as np
 
+from curate.isolation import IsolatedRunner, StageTimeout
 from manifests import ManifestError, build
 
 BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta")
@@ -32,8 +34,11 @@ class Stage:
 
     Override ``process_row(row) -> row`` (rows are dicts; ``meta`` is a dict) or, for vectorised
     work, ``process_batch(rows) -> rows``. A filter sets ``row["keep"] = False`` and
-    ``row["drop_reason"] = "code: detail"`` (the code is what summaries count). Heavy state is loaded in ``setup()`` once per worker and kept with
-    ``self.hold(name, value)``.
+    ``row["drop_reason"] = "code: detail"`` (the code is what summaries count). Heavy state is
+    loaded in ``setup()`` once per worker and kept with ``self.hold(name, value)``; it is never
+    pickled with the stage.
+
+    Every stage also takes the fault policy fields below from its manifest table.
     """
 
     name: ClassVar[str] = ""
@@ -43,6 +48,19 @@ class Stage:
     gpus: ClassVar[float] = 0.0
     batch_size: ClassVar[int] = 16
     concurrency: ClassVar[int | None] = None
+    # transient errors (I/O, connection, timeouts of remote stores) are retried this many times
+    retries: int = dataclasses.field(default=0, kw_only=True)
+    # run each row in a child process: a crash or hang fails that row, not the worker
+    isolate: bool = dataclasses.field(default=False, kw_only=True)
+    # with isolate: seconds a row may take before its process is killed (0 = no limit)
+    timeout_s: float = dataclasses.field(default=0.0, kw_only=True)
+
+    def __getstate__(self):
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     @property
     def stateful(self) -> bool:
@@ -61,11 +79,29 @@ class Stage:
         raise NotImplementedError(f"{type(self).__name__} must define process_row or process_batch")
 
 
-REGISTRY: dict[str, type[Stage]] = {}
+@dataclasses.dataclass(frozen=True)
+class GlobalStep:
+    """A step that needs every row at once (dedup grouping, k-means fitting), between two passes.
+
+    The pipeline ends the pass before it, writes that pass's rows to parquet per partition, and
+    calls ``run(ds, workdir)`` with a Ray dataset of those rows restricted to ``columns`` (live
+    rows only). ``run`` writes what it computed under ``workdir`` and returns the stage that
+    applies it (a ``Stage`` whose parameters name those files); the pipeline puts that stage at
+    the head of the next pass. It never collects every row on the driver.
+    """
+
+    name: ClassVar[str] = ""
+    columns: ClassVar[tuple[str, ...]] = ("key", "modality", "meta")
+
+    def run(self, ds, workdir: str) -> Stage:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Stage] | type[GlobalStep]] = {}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses would make reruns' ledgers differ
 
 
-def register(cls: type[Stage]) -> type[Stage]:
+def register(cls):
     """Class decorator: make a stage findable by its ``name`` from manifests."""
     if not cls.name or cls.name in REGISTRY:
         raise ValueError(f"stage name {cls.name!r} is empty or registered twice")
@@ -73,8 +109,8 @@ def register(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def build_stage(spec: dict, where: str = "stages", source: str = "") -> Stage:
-    """Turn one ``[[stages]]`` table (``name`` plus parameters) into a stage instance."""
+def build_stage(spec: dict, where: str = "stages", source: str = "") -> Stage | GlobalStep:
+    """Turn one ``[[stages]]`` table (``name`` plus parameters) into a stage or global step."""
     import curate.stages  # noqa: F401  (fills REGISTRY)
 
     spec = dict(spec)
@@ -141,7 +177,10 @@ def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     rows = to_rows(batch)
     columns = list(batch) + [c for c in stage.outputs if c not in batch]
     todo = [i for i, r in enumerate(rows) if r["status"] == LIVE and r["modality"] in stage.modalities]
-    if todo:
+    if todo and (stage.isolate or stage.retries):
+        for i in todo:
+            rows[i] = _settle(stage, _one(stage, rows[i]))
+    elif todo:
         try:
             results = stage.process_batch([dict(rows[i]) for i in todo])
             if len(results) != len(todo):
@@ -157,16 +196,41 @@ def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     return to_batch(rows, columns)
 
 
+TRANSIENT = (ConnectionError, TimeoutError, InterruptedError)
+
+
 def _one(stage: Stage, row: dict) -> dict:
-    try:
-        return stage.process_batch([dict(row)])[0]
-    except Exception as exc:  # noqa: BLE001
-        failed = dict(row)
-        failed["status"] = FAILED
-        failed["reason"] = f"{stage.name}/{type(exc).__name__}"
-        failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
-        failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
-        return failed
+    attempt = 0
+    while True:
+        try:
+            if stage.isolate:
+                return _runner(stage)(dict(row))
+            return stage.process_batch([dict(row)])[0]
+        except TRANSIENT as exc:
+            if attempt < stage.retries and not isinstance(exc, StageTimeout):
+                attempt += 1
+                time.sleep(min(0.1 * 2**attempt, 5.0))
+                continue
+            return _failed(stage, row, exc)
+        except Exception as exc:  # noqa: BLE001
+            return _failed(stage, row, exc)
+
+
+def _runner(stage: Stage) -> IsolatedRunner:
+    runner = getattr(stage, "_isolated_runner", None)
+    if runner is None:
+        runner = IsolatedRunner(stage)
+        stage.hold("_isolated_runner", runner)
+    return runner
+
+
+def _failed(stage: Stage, row: dict, exc: BaseException) -> dict:
+    failed = dict(row)
+    failed["status"] = FAILED
+    failed["reason"] = f"{stage.name}/{type(exc).__name__}"
+    failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
+    failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
+    return failed
 
 
 def _settle(stage: Stage, row: dict) -> dict:
@@ -180,10 +244,13 @@ def _settle(stage: Stage, row: dict) -> dict:
     return row
 
 
-def run_in_process(stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None) -> dict[str, np.ndarray]:
+def run_in_process(
+    stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None, setup: bool = True
+) -> dict[str, np.ndarray]:
     """Run a stage list on an in-memory batch without Ray (tests, small jobs, debugging)."""
     for stage in stages:
-        stage.setup()
+        if setup:
+            stage.setup()
         n = len(batch["key"])
         size = batch_size or stage.batch_size
         parts = [apply_stage(stage, {c: v[i : i + size] for c, v in batch.items()}) for i in range(0, n, size)]

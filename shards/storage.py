@@ -9,8 +9,10 @@ multipart upload) only becomes visible once the upload completes.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import tempfile
+import time
 from pathlib import Path
 
 S3_RETRIES = {"max_attempts": 5, "mode": "standard"}
@@ -74,6 +76,18 @@ def read_bytes(uri: str) -> bytes:
     return Path(uri).read_bytes()
 
 
+def try_read(uri: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist (local or S3)."""
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -117,3 +131,94 @@ def remove(uri: str) -> None:
         s3_client().delete_object(Bucket=bucket, Key=key)
     elif Path(uri).exists():
         Path(uri).unlink()
+
+
+# --- reads for the training reader: retries with backoff, ranged GETs, resumable streams ---
+
+READ_ATTEMPTS = 4
+
+
+class StorageError(OSError):
+    """A read that still failed after its retries; the message names the URI and the endpoint."""
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+
+
+def retrying(uri: str, fn, attempts: int = READ_ATTEMPTS, backoff: float = 0.2):
+    """Call ``fn()`` up to ``attempts`` times with exponential backoff; a missing object is FileNotFoundError.
+
+    boto3 retries each request, but not a body that breaks mid-read; this covers both.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise FileNotFoundError(f"{uri}: no such object ({code})") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise StorageError(f"{uri}: access denied by {_endpoint()} ({code}); check the credentials") from None
+            error = exc
+        except (BotoCoreError, ConnectionError, TimeoutError) as exc:
+            error = exc
+        if attempt + 1 < attempts:
+            time.sleep(min(backoff * 2**attempt, 10.0))
+    raise StorageError(f"{uri}: {type(error).__name__} from {_endpoint()} after {attempts} attempt(s): {error}")
+
+
+def _get(uri: str, start: int = 0, end: int | None = None):
+    bucket, key = split_s3(uri)
+    extra = {"Range": f"bytes={start}-{'' if end is None else end - 1}"} if start or end is not None else {}
+    return s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"]
+
+
+def read_range(uri: str, start: int, end: int, attempts: int = READ_ATTEMPTS) -> bytes:
+    """Bytes ``[start, end)`` of a file: one ranged GET on S3, a seek locally."""
+    if is_s3(uri):
+        return retrying(uri, lambda: _get(uri, start, end).read(), attempts)
+    with open(uri, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+class _S3Stream(io.RawIOBase):
+    """A sequential S3 read that reconnects at the current byte (ranged GET) when the body breaks."""
+
+    def __init__(self, uri: str, start: int, attempts: int):
+        self.uri, self.pos, self.attempts, self.body = uri, start, attempts, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        def read():
+            try:
+                if self.body is None:
+                    self.body = _get(self.uri, self.pos)
+                return self.body.read(len(buffer))
+            except BaseException:
+                self.body = None  # reconnect from self.pos on the next attempt
+                raise
+
+        data = retrying(self.uri, read, self.attempts)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def close(self):
+        if self.body is not None:
+            self.body.close()
+        super().close()
+
+
+def open_stream(uri: str, start: int = 0, attempts: int = READ_ATTEMPTS):
+    """A buffered binary stream of ``uri`` from byte ``start``; S3 reads survive dropped connections."""
+    if is_s3(uri):
+        return io.BufferedReader(_S3Stream(uri, start, attempts), buffer_size=1 << 20)
+    f = open(uri, "rb")  # noqa: SIM115 - the caller closes it
+    f.seek(start)
+    return f

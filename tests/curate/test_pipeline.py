@@ -3,6 +3,7 @@ every input with the outcome the corpus's ground truth names, and exact resume."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -15,7 +16,9 @@ from curate.__main__ import main as curate_main
 from curate.config import load_run
 from curate.pipeline import read_ledger, run
 from curate.sources import SourceError
+from curate.stage import GlobalStep, Stage
 from manifests import ManifestError
+from shards import storage
 
 
 def _run(demo_corpus, out, monkeypatch, **overrides):
@@ -147,3 +150,45 @@ def test_jsonl_ocr_source(tmp_path, demo_corpus, monkeypatch):
     (pages / "rows.jsonl").write_text('{"image": "p0.png"}\n')
     with pytest.raises(SourceError, match=r"rows.jsonl:1: expected"):
         run(cfg, stages, progress=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountSizes(GlobalStep):
+    """Test step: counts live rows per modality through Ray, hands the counts to the next pass."""
+
+    name = "count_sizes"
+    columns = ("key", "modality")
+
+    def run(self, ds, workdir):
+        counts = {r["modality"]: r["count()"] for r in ds.groupby("modality").count().take_all()}
+        storage.write_bytes(storage.join(workdir, "counts.json"), json.dumps(counts).encode())
+        return _Annotate(counts_uri=storage.join(workdir, "counts.json"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Annotate(Stage):
+    name = "annotate"
+    counts_uri: str = ""
+
+    def setup(self):
+        self.hold("counts", json.loads(storage.read_bytes(self.counts_uri)))
+
+    def process_row(self, row):
+        row["meta"]["live_in_modality"] = self.counts[row["modality"]]
+        return row
+
+
+def test_global_step_splits_passes_sees_every_partition_and_resumes(ray_cluster, demo_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEMO_CORPUS", str(demo_corpus))
+    cfg, stages = load_run("manifests/demo.toml", {"output.dir": str(tmp_path), "executor": "local"})
+    stages = stages[:-1] + [_CountSizes()] + stages[-1:]
+    summary = run(cfg, stages, progress=False)
+    live = {m: summary["kept_by_modality"][m] for m in ("image", "ocr")}
+    live["video"] = summary["kept_by_modality"]["video"]  # the last filter (duration) drops none
+    samples = list(wds.WebDataset(sorted(str(p) for p in tmp_path.rglob("*.tar")), shardshuffle=False).decode())
+    assert {s["json"]["modality"]: s["json"]["live_in_modality"] for s in samples} == live
+    # lose one final partition: the rerun redoes only it, from the kept pass-1 rows
+    (tmp_path / "_partitions" / "000002.json").unlink()
+    pass1 = {p: p.stat().st_mtime_ns for p in (tmp_path / "_work" / "pass0").iterdir()}
+    again = run(cfg, stages, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in pass1} == pass1 and again["kept"] == summary["kept"]

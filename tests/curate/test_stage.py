@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -81,3 +85,54 @@ def test_in_process_and_ray_give_identical_rows(ray_cluster, demo_corpus):
 
 
 BAD = ("tiny_thumbnail.jpg", "not_an_image.jpg", "truncated_photo.jpg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Poison(Stage):
+    """Test stage: 'crash' kills its own process with SIGSEGV, 'hang' never returns, 'flaky' fails once."""
+
+    name = "poison"
+
+    def setup(self):
+        self.hold("ready", os.getpid())
+
+    def process_row(self, row):
+        if row["uri"] == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if row["uri"] == "hang":
+            time.sleep(3600)
+        if row["uri"].startswith("flaky"):
+            marker = Path(row["uri"].split(":", 1)[1])
+            if not marker.exists():
+                marker.write_text("failed once")
+                raise ConnectionError("connection reset by peer")
+        row["meta"]["pid"] = self.ready
+        return row
+
+
+def test_isolated_rows_crash_or_hang_alone_and_transient_errors_are_retried(tmp_path):
+    uris = ["ok1", "crash", "ok2", "hang", f"flaky:{tmp_path / 'm1'}", "ok3"]
+    stage = Poison(isolate=True, timeout_s=2.0, retries=2)
+    out = run_in_process([stage], _batch(uris))
+    status = dict(zip(uris, zip(out["status"], out["reason"], out["detail"], strict=True), strict=True))
+    assert status["crash"][:2] == ("failed", "poison/WorkerCrashed") and "-11" in status["crash"][2]
+    assert status["hang"][:2] == ("failed", "poison/StageTimeout")
+    assert [status[u][0] for u in uris if u.startswith(("ok", "flaky"))] == ["live"] * 4
+    pids = {json.loads(m)["pid"] for m, s in zip(out["meta"], out["status"], strict=True) if s == "live"}
+    assert os.getpid() not in pids  # the rows ran in child processes
+    # without retries the same transient error fails the row, with its message
+    out = run_in_process([Poison(isolate=True)], _batch([f"flaky:{tmp_path / 'm2'}"]))
+    assert (out["status"][0], out["reason"][0], out["detail"][0]) == (
+        "failed",
+        "poison/ConnectionError",
+        "connection reset by peer",
+    )
+
+
+def test_stage_pickles_without_its_loaded_state():
+    import pickle
+
+    stage = Poison(retries=1)
+    stage.setup()
+    clone = pickle.loads(pickle.dumps(stage))
+    assert clone == stage and not hasattr(clone, "ready")
