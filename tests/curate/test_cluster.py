@@ -1,0 +1,104 @@
+"""The demo manifest on a real two-node Ray cluster (two `ray start` processes on this machine)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tars(out: Path) -> dict:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.tar"))}
+
+
+@pytest.fixture()
+def two_nodes():
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    port = _port()
+    temp = tempfile.mkdtemp(prefix="ovf-ray-")  # own session folder (short: Ray's socket paths have a length limit)
+    common = ["--num-cpus=1", "--object-store-memory=400000000", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false", *common],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    procs = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        _wait_for(lambda: _listening(port), "head node")
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address={address}", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        )
+        _wait_for_nodes(address, env, 2)
+        yield address, env
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_nodes(address: str, env: dict, n: int, seconds: int = 120) -> None:
+    code = (
+        f"import ray, time; ray.init(address={address!r}, log_to_driver=False)\n"
+        f"deadline = time.time() + {seconds}\n"
+        f"while sum(x['Alive'] for x in ray.nodes()) < {n}:\n"
+        "    assert time.time() < deadline, 'nodes did not join'\n"
+        "    time.sleep(0.5)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=seconds + 60)
+
+
+def _wait_for(check, what: str, seconds: float = 90):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not come up in {seconds}s")
+
+
+@pytest.mark.slow
+def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, demo_corpus, tmp_path):
+    address, env = two_nodes
+    env = dict(env, DEMO_CORPUS=str(demo_corpus))
+    base = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", "--quiet"]
+    cluster = subprocess.run([*base, f"--output.dir={tmp_path / 'cluster'}", "--address", address],
+                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
+    assert "inputs = kept + dropped + failed: checked" in cluster.stdout
+    local = subprocess.run([*base, f"--output.dir={tmp_path / 'local'}", "--executor=local"],
+                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert _tars(tmp_path / "cluster") == _tars(tmp_path / "local") != {}
