@@ -1,4 +1,4 @@
-"""``inspect`` and ``verify`` for shard sets, local or on S3."""
+"""``inspect``, ``stats`` and ``verify`` for shard sets, local or on S3."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import tarfile
 from collections import Counter
 
+import numpy as np
 from webdataset import tariterators
 
 from shards import format as fmt
@@ -25,34 +26,109 @@ def iter_tar(data: bytes, uri: str):
         raise ShardSetError(f"{uri}: not a readable tar ({exc})") from None
 
 
+def _label_sets(folder: str, samples: int) -> dict:
+    """Published sidecar label sets of a shard set: bank version -> share of the set's samples labelled."""
+    try:
+        metas = [u for u, _ in storage.list_files(storage.join(folder, "labels")) if u.endswith("/labels.json")]
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for uri in metas:
+        meta = json.loads(storage.read_bytes(uri))
+        out[meta["bank_version"]] = round(meta["samples"] / max(samples, 1), 4)
+    return out
+
+
 def inspect(root: str, samples: int = 3) -> dict:
-    """Counts, bytes, modality mix and a few sample keys of every shard set under ``root``."""
-    report = {"root": root, "sets": []}
+    """Counts, bytes, modality mix, label coverage and a few samples of every shard set under ``root``.
+
+    Label coverage of ``cls.npy`` is measured on the first shard; sidecar sets come from their counts.
+    """
+    report = {"root": root, "sets": [], "modality_mix": Counter()}
     for folder in find_sets(root):
         index = read_index(folder)
-        first = shard_uris(folder, index)[:1]
-        preview = []
-        for uri in first:
+        preview, n, labelled, mix = [], 0, 0, Counter()
+        for uri in shard_uris(folder, index)[:1]:
             for key, fields in iter_tar(storage.read_bytes(uri), uri):
                 meta = json.loads(fields["json"])
-                preview.append({"key": key, "fields": sorted(fields), "source": meta.get("source")})
-                if len(preview) >= samples:
-                    break
+                n, labelled = n + 1, labelled + ("cls.npy" in fields)
+                mix[meta.get("modality")] += 1
+                if len(preview) < samples:
+                    preview.append({"key": key, "fields": sorted(fields), "source": meta.get("source"),
+                                    "uri": uri, "data": fields})  # fmt: skip
+        modality = index.get("modality") or (mix.most_common(1)[0][0] if mix else None)
+        report["modality_mix"][modality] += index["samples"]
         report["sets"].append(
             {
                 "folder": folder,
                 "set": index["set"],
                 "version": index["version"],
-                "modality": index.get("modality"),
+                "modality": modality,
                 "shards": len(index["shards"]),
                 "samples": index["samples"],
                 "bytes": index["bytes"],
+                "cls_coverage_first_shard": round(labelled / max(n, 1), 4),
+                "label_sets": _label_sets(folder, index["samples"]),
                 "preview": preview,
             }
         )
     if not report["sets"]:
         raise ShardSetError(f"{root}: no shard set (no index.json) found")
+    report["modality_mix"] = dict(report["modality_mix"])
     return report
+
+
+def preview_image(report: dict, out: str) -> None:
+    """Save the previewed samples of an ``inspect`` report as one PNG: pixels, video mosaics, OCR text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = [s for s in report["sets"] if s["preview"]]
+    cols = max(len(s["preview"]) for s in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 3 * len(rows)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, s in enumerate(rows):
+        for c, sample in enumerate(s["preview"]):
+            data = sample["data"]
+            pixels = data.get("jpg") or data.get("png") or data.get("frames.jpg") or data.get("patches.jpg")
+            if pixels:
+                axes[r, c].imshow(Image.open(io.BytesIO(pixels)).convert("RGB"))
+            text = data.get("txt", b"").decode("utf-8", "replace")[:40]
+            axes[r, c].set_title(f"{s['modality']} {sample['key']}\n{text}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def stats(root: str) -> dict:
+    """Reads every tar: per-field bytes, the sample size distribution and per-modality counts."""
+    fields, sizes, modalities = Counter(), [], Counter()
+    counts = Counter()
+    for folder in find_sets(root):
+        for uri in shard_uris(folder, read_index(folder)):
+            for _, sample in iter_tar(storage.read_bytes(uri), uri):
+                for field, value in sample.items():
+                    fields[field] += len(value)
+                    counts[field] += 1
+                sizes.append(sum(len(v) for v in sample.values()))
+                modalities[json.loads(sample["json"]).get("modality")] += 1
+    if not sizes:
+        raise ShardSetError(f"{root}: no samples in any shard set")
+    q = np.percentile(sizes, [0, 50, 90, 99, 100]).round().astype(int).tolist()
+    return {
+        "root": root,
+        "samples": len(sizes),
+        "modalities": dict(modalities),
+        "fields": {
+            f: {"samples": counts[f], "bytes": fields[f], "mean_bytes": round(fields[f] / counts[f])}
+            for f in sorted(fields)
+        },  # fmt: skip
+        "sample_bytes": dict(zip(["min", "p50", "p90", "p99", "max"], q, strict=True)),
+    }
 
 
 def verify(root: str) -> dict:
