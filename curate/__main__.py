@@ -15,6 +15,7 @@ commands:
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
   patchify VIDEO ...  select one clip's codec tokens and show them (see: python -m curate patchify -h)
+  report OUT_DIR      (re)write OUT_DIR/report.html for a finished run
 """
 
 
@@ -30,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         from curate.demo_corpus import main as demo_main
 
         return demo_main(rest)
+    if command == "report":
+        from curate.report import build_report
+
+        if len(rest) != 1 or rest[0].startswith("-"):
+            print("usage: python -m curate report OUT_DIR", file=sys.stderr)
+            return 2
+        print(build_report(rest[0]))
+        return 0
     if command == "patchify":
         from curate.codec.cli import main as patchify_main
 
@@ -66,7 +75,7 @@ def _run(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
-    print(f"outputs in {cfg.output.dir}: shards/, ledger/, manifest.resolved.toml, summary.json")
+    print(f"outputs in {cfg.output.dir}: shards/, ledger/, report.html, summary.json, manifest.resolved.toml")
     print(json.dumps({k: summary[k] for k in ("inputs", "kept", "dropped", "failed", "shards")}))
     return 0
 

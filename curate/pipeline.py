@@ -43,7 +43,7 @@ class AccountingError(RuntimeError):
     """The ledger does not account for every input exactly once."""
 
 
-def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True) -> dict:
+def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True, report: bool = True) -> dict:
     started = time.time()
     out = cfg.output.dir
     if cfg.s3.endpoint_url:
@@ -86,7 +86,14 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
     indexes = _publish_indexes(out, cfg, markers)
     ledger = read_ledger(out)
     summary = account(items, ledger, indexes, skipped, time.time() - started)
+    throughput = stage_throughput(markers.values())
+    order = [s.name for s in stages] + sorted(throughput)  # manifest order; steps' apply stages last
+    summary["stages"] = {name: throughput[name] for name in dict.fromkeys(order) if name in throughput}
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
+    if report:
+        from curate.report import build_report
+
+        build_report(out)
     return summary
 
 
@@ -246,6 +253,19 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
     }
 
 
+def stage_throughput(markers) -> dict:
+    """Rows and busy seconds per stage over all partitions (from the markers), and rows per busy second."""
+    total = defaultdict(lambda: [0, 0.0])
+    for marker in markers:
+        for stage, st in marker.get("stage_stats", {}).items():
+            total[stage][0] += st["rows"]
+            total[stage][1] += st["seconds"]
+    return {
+        stage: {"rows": n, "seconds": round(sec, 3), "rows_per_second": round(n / sec, 1) if sec else None}
+        for stage, (n, sec) in total.items()
+    }
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-run table a person reads."""
     lines = [
@@ -258,6 +278,8 @@ def format_summary(summary: dict) -> str:
         f"{'shards':<34}{summary['shards']:>10}",
         f"{'shard bytes':<34}{summary['shard_bytes']:>10,}",
         f"{'time (s)':<34}{summary['seconds']:>10}",
+        "stage throughput (rows per busy second of one worker):",
+        *[f"  {name:<32}{st['rows_per_second'] or 0:>10,.0f}" for name, st in summary.get("stages", {}).items()],
     ]
     rule = "-" * 46
     return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked"])

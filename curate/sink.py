@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import defaultdict
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from curate.stage import FAILED, KEPT, LIVE, to_rows
+from curate.stage import FAILED, KEPT, LIVE, TIMING, to_rows
 from shards import format as fmt
 from shards import storage
 from shards.writer import write_shard
@@ -29,7 +30,8 @@ FIELD_OF_COLUMN = {
     "frames_jpg": "frames.jpg",
     "cls_npy": "cls.npy",
 }
-LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard"]
+LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta"]
+NOT_IN_SAMPLE = ("traceback", "text_uri", TIMING)
 
 
 def keys_digest(keys) -> str:
@@ -107,17 +109,30 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
         if samples:
             info = write_shard(samples, storage.join(shard_folder(out, modality), name))
             shards.append({**info, "modality": modality, "partition": partition})
-    ledger = pd.DataFrame([{c: row.get(c) for c in LEDGER_COLUMNS} for row in rows], columns=LEDGER_COLUMNS)
+    stats = defaultdict(lambda: [0, 0.0])
+    for row in rows:
+        for stage, seconds in row["meta"].pop(TIMING, {}).items():
+            stats[stage][0] += 1
+            stats[stage][1] += seconds
+    records = [
+        {c: row.get(c) for c in LEDGER_COLUMNS} | {"meta": fmt.encode_json(row["meta"]).decode()} for row in rows
+    ]
+    ledger = pd.DataFrame(records, columns=LEDGER_COLUMNS)
     buf = io.BytesIO()
     ledger.to_parquet(buf, index=False)
     storage.write_bytes(storage.join(out, "ledger", f"part-{partition:06d}.parquet"), buf.getvalue())
-    marker = {"partition": partition, "keys_sha256": keys_digest(r["key"] for r in rows), "shards": shards}
+    marker = {
+        "partition": partition,
+        "keys_sha256": keys_digest(r["key"] for r in rows),
+        "shards": shards,
+        "stage_stats": {stage: {"rows": n, "seconds": round(sec, 6)} for stage, (n, sec) in sorted(stats.items())},
+    }
     storage.write_bytes(marker_uri(out, partition), fmt.encode_json(marker))
     return marker
 
 
 def _sample(row: dict, set_name: str, version: str) -> dict:
-    meta = {k: v for k, v in row["meta"].items() if k not in ("traceback", "text_uri")}
+    meta = {k: v for k, v in row["meta"].items() if k not in NOT_IN_SAMPLE}
     meta.update(key=row["key"], modality=row["modality"], source=row["uri"], set=set_name, version=version)
     sample = {"__key__": fmt.check_key(row["key"]), "json": fmt.encode_json(meta)}
     for column, field in FIELD_OF_COLUMN.items():

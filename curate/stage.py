@@ -26,6 +26,7 @@ from manifests import ManifestError, build
 
 BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta")
 LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
+TIMING = "_seconds"  # meta key holding {stage: seconds} for one row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +178,7 @@ def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
     rows = to_rows(batch)
     columns = list(batch) + [c for c in stage.outputs if c not in batch]
     todo = [i for i, r in enumerate(rows) if r["status"] == LIVE and r["modality"] in stage.modalities]
+    started = time.perf_counter()
     if todo and (stage.isolate or stage.retries):
         for i in todo:
             rows[i] = _settle(stage, _one(stage, rows[i]))
@@ -189,6 +191,9 @@ def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
             results = [_one(stage, rows[i]) for i in todo]
         for i, result in zip(todo, results, strict=True):
             rows[i] = _settle(stage, result)
+    share = (time.perf_counter() - started) / max(1, len(todo))
+    for i in todo:  # per-stage seconds, for the run's throughput stats (never in shards or the ledger)
+        rows[i]["meta"].setdefault(TIMING, {})[stage.name] = share
     for row in rows:
         if row["status"] != LIVE:
             for c in stage.outputs:  # dropped/failed rows carry no payload downstream

@@ -192,3 +192,16 @@ def test_global_step_splits_passes_sees_every_partition_and_resumes(ray_cluster,
     pass1 = {p: p.stat().st_mtime_ns for p in (tmp_path / "_work" / "pass0").iterdir()}
     again = run(cfg, stages, progress=False)
     assert {p: p.stat().st_mtime_ns for p in pass1} == pass1 and again["kept"] == summary["kept"]
+
+
+def test_report_is_self_contained_and_names_every_failure(ray_demo):
+    out, summary = ray_demo
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing fetched
+    assert page.count("data:image/png;base64,") >= 5
+    for section in ("Outcomes by modality", "Per-stage throughput", "Video codec tokens", "Duplicate groups"):
+        assert f"<h2>{section}</h2>" in page
+    ledger = read_ledger(str(out))
+    for uri in ledger.loc[ledger.status != "kept", "uri"]:
+        assert uri in page
+    assert "codec_patchify" in summary["stages"] and summary["stages"]["codec_patchify"]["rows"] == 19

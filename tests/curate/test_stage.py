@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curate.stage import Stage, apply_stage, new_rows, run_in_process
+from curate.stage import TIMING, Stage, apply_stage, new_rows, run_in_process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,8 @@ def test_failures_and_drops_become_ledger_statuses_and_good_rows_survive():
     assert out["reason"][1] == "square/ValueError" and out["detail"][1] == "negative input -1"
     assert out["reason"][2] == "square/odd" and out["detail"][2] == "3 is odd"
     assert list(out["payload"]) == [b"5", None, None, b"17"]  # dropped/failed rows carry no payload
-    assert json.loads(out["meta"][0]) == {"squared": True}
+    meta = json.loads(out["meta"][0])
+    assert meta["squared"] is True and meta[TIMING]["square"] >= 0  # per-stage seconds ride in meta
 
 
 def test_stage_skips_rows_of_other_modalities_and_settled_rows():
@@ -78,7 +79,10 @@ def test_in_process_and_ray_give_identical_rows(ray_cluster, demo_corpus):
     assert set(remote.columns) == set(local)
     for column in local:
         got = [v if isinstance(v, bytes | str | int) else None if pd.isna(v) else v for v in remote[column]]
-        assert got == list(local[column]), column
+        want = list(local[column])
+        if column == "meta":  # equal but for the measured seconds
+            got, want = ([{k: v for k, v in json.loads(m).items() if k != TIMING} for m in ms] for ms in (got, want))
+        assert got == want, column
     statuses = dict(zip([f.name for f in files], local["status"], strict=True))
     assert statuses["tiny_thumbnail.jpg"] == "dropped" and statuses["not_an_image.jpg"] == "failed"
     assert statuses["truncated_photo.jpg"] == "failed"

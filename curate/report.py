@@ -1,0 +1,204 @@
+"""A self-contained HTML report of one run: outcomes, reasons, throughput, codec tokens, dups, concepts.
+
+Everything comes from what the run wrote (ledger, summary, shards), so a report can be made
+again for any finished run: ``python -m curate report OUT_DIR``. Plots are PNGs embedded as
+base64, so the file can be mailed or attached to a ticket as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from shards import format as fmt  # noqa: E402
+from shards import storage  # noqa: E402
+from shards.index import find_sets, read_index, shard_uris  # noqa: E402
+from shards.tools import iter_tar  # noqa: E402
+
+STATUS_COLOURS = {"kept": "#3a7d44", "dropped": "#d9a400", "failed": "#c0392b"}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _outcomes(ledger) -> str:
+    table = ledger.groupby(["modality", "status"]).size().unstack(fill_value=0)
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    left = np.zeros(len(table))
+    for status in ("kept", "dropped", "failed"):
+        if status in table:
+            ax.barh(table.index, table[status], left=left, color=STATUS_COLOURS[status], label=status)
+            left += table[status].to_numpy()
+    ax.set_xlabel("inputs")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def _reasons(ledger) -> str:
+    bad = ledger[ledger["status"] != "kept"]
+    if bad.empty:
+        return "<p>Every input was kept.</p>"
+    counts = bad.groupby(["status", "reason"]).size().sort_values()
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(counts) + 0.8))
+    ax.barh([r for _, r in counts.index], counts.to_numpy(), color=[STATUS_COLOURS[s] for s, _ in counts.index])
+    ax.set_xlabel("inputs")
+    rows = "".join(
+        f"<tr><td>{html.escape(r.status)}</td><td>{html.escape(str(r.reason))}</td><td>{html.escape(str(r.uri))}</td>"
+        f"<td>{html.escape(str(r.detail or ''))[:300]}</td></tr>"
+        for r in bad.sort_values(["status", "reason"]).head(50).itertuples()
+    )
+    return _png(fig) + f"<table><tr><th>status</th><th>reason</th><th>input</th><th>detail</th></tr>{rows}</table>"
+
+
+def _throughput(summary: dict) -> str:
+    stages = {k: v for k, v in summary.get("stages", {}).items() if v.get("rows_per_second")}
+    if not stages:
+        return "<p>No stage timings recorded.</p>"
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(stages) + 0.8))
+    ax.barh(list(stages), [v["rows_per_second"] for v in stages.values()], color="#34607f")
+    ax.set_xscale("log")
+    ax.set_xlabel("rows per busy second of one worker (log)")
+    return _png(fig)
+
+
+def _samples(out: str, modality: str, limit_shards: int = 20):
+    """Samples of one modality, from at most ``limit_shards`` shards (a report never reads a whole corpus)."""
+    folder = storage.join(out, "shards", modality)
+    if folder not in find_sets(storage.join(out, "shards")):
+        return
+    index = read_index(folder)
+    for uri in shard_uris(folder, index)[:limit_shards]:
+        for key, fields in iter_tar(storage.read_bytes(uri), uri):
+            yield key, fields, json.loads(fields["json"])
+
+
+def _video(out: str, examples: int = 4) -> str:
+    ratios, selections, signals, overlays = [], Counter(), Counter(), []
+    for key, fields, meta in _samples(out, "video"):
+        codec = meta.get("codec")
+        if not codec or "pos.npy" not in fields:
+            continue
+        ratios.append(codec["k"] / float(np.prod(codec["grid"])))
+        selections[codec.get("selection", "?")] += 1
+        signals[codec.get("signal", "?")] += 1
+        if len(overlays) < examples and "frames.jpg" in fields:
+            overlays.append(
+                f"<h4>{html.escape(key)} ({html.escape(codec.get('selection', ''))})</h4>" + _overlay(fields, meta)
+            )
+    if not ratios:
+        return "<p>No video codec tokens in this run.</p>"
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.hist(np.array(ratios) * 100, bins=20, color="#34607f")
+    ax.set_xlabel("kept tokens, % of the clip's grid")
+    ax.set_ylabel("clips")
+    facts = ", ".join(f"{k}: {v}" for k, v in {**selections, **signals}.items())
+    return _png(fig) + f"<p>{html.escape(facts)}</p>" + "".join(overlays)
+
+
+def _overlay(fields: dict, meta: dict) -> str:
+    """Stored whole frames dimmed, with the patches kept at those frames lit from the mosaic."""
+    codec, ids = meta["codec"], meta["frames"]["ids"]
+    patch = codec["patch"]
+    frames = np.asarray(Image.open(io.BytesIO(fields["frames.jpg"])).convert("RGB"))
+    frames = frames.reshape(len(ids), -1, *frames.shape[1:])
+    pos = fmt.decode_npy(fields["pos.npy"]).astype(int)
+    mosaic = np.asarray(Image.open(io.BytesIO(fields["patches.jpg"])).convert("RGB"))
+    cols = codec.get("mosaic_cols", fmt.MOSAIC_COLS)
+    tiles = []
+    for j, t in enumerate(ids):
+        tile = (frames[j] * 0.3).astype(np.uint8)
+        for n in np.nonzero(pos[:, 0] == t)[0]:
+            r, c = divmod(int(n), cols)
+            h, w = pos[n, 1] * patch, pos[n, 2] * patch
+            tile[h : h + patch, w : w + patch] = mosaic[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch]
+        tiles.append(tile)
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.4))
+    for ax, tile, t in zip(np.atleast_1d(axes), tiles, ids, strict=True):
+        ax.imshow(tile)
+        ax.set_title(f"t={t}", fontsize=8)
+        ax.axis("off")
+    return _png(fig)
+
+
+def _duplicates(ledger, limit: int = 20) -> str:
+    metas = [json.loads(m) for m in ledger["meta"]] if "meta" in ledger else []
+    groups: dict = {}
+    for key, status, meta in zip(ledger["key"], ledger["status"], metas, strict=True):
+        dedup = meta.get("dedup") or {}
+        if dedup.get("group") is not None:
+            groups.setdefault(dedup["group"], []).append((key, status, dedup.get("kind", "")))
+    groups = {g: m for g, m in groups.items() if len(m) > 1}
+    if not groups:
+        return "<p>No duplicate groups recorded in this run.</p>"
+    sizes = Counter(len(m) for m in groups.values())
+    rows = "".join(
+        f"<tr><td>{html.escape(str(g))}</td><td>{html.escape(', '.join(f'{k} ({s})' for k, s, _ in members))}</td>"
+        f"<td>{html.escape(', '.join(sorted({kind for *_, kind in members if kind})))}</td></tr>"
+        for g, members in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:limit]
+    )
+    return (
+        f"<p>{len(groups)} groups; sizes: {dict(sorted(sizes.items()))}</p>"
+        f"<table><tr><th>group</th><th>members (status)</th><th>kind</th></tr>{rows}</table>"
+    )
+
+
+def _concepts(out: str) -> str:
+    top1 = Counter()
+    for modality in fmt.MODALITIES:
+        for _, fields, _ in _samples(out, modality):
+            if "cls.npy" in fields:
+                labels = fmt.decode_npy(fields["cls.npy"])
+                if labels.size:
+                    top1[(modality, int(labels[0]))] += 1
+    if not top1:
+        return "<p>No concept labels in this run's shards.</p>"
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    for modality in fmt.MODALITIES:
+        sizes = sorted((n for (m, _), n in top1.items() if m == modality), reverse=True)
+        if sizes:
+            ax.plot(range(1, len(sizes) + 1), sizes, marker=".", label=modality)
+    ax.set_xlabel("concept rank")
+    ax.set_ylabel("samples with it as top-1")
+    ax.legend(fontsize=8)
+    return _png(fig) + f"<p>{len(top1)} concepts used as top-1 (sampled from up to 20 shards per modality).</p>"
+
+
+def build_report(out: str) -> str:
+    """Write ``report.html`` into the run folder and return its URI."""
+    from curate.pipeline import format_summary, read_ledger
+
+    summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
+    ledger = read_ledger(out)
+    sections = [
+        ("Summary", f"<pre>{html.escape(format_summary(summary))}</pre>"),
+        ("Outcomes by modality", _outcomes(ledger)),
+        ("Why inputs were dropped or failed", _reasons(ledger)),
+        ("Per-stage throughput", _throughput(summary)),
+        ("Video codec tokens", _video(out)),
+        ("Duplicate groups", _duplicates(ledger)),
+        ("Concept clusters", _concepts(out)),
+    ]
+    body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
+    page = (
+        "<!doctype html><meta charset=utf-8><title>ovforge run report</title><style>"
+        "body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+        f"</style><h1>Run report: {html.escape(out)}</h1>{body}"
+    )
+    uri = storage.join(out, "report.html")
+    storage.write_bytes(uri, page.encode())
+    return uri
