@@ -20,6 +20,8 @@ from collections import defaultdict
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import manifests
 from curate.config import RunConfig
@@ -149,8 +151,6 @@ def _local_partitions(source):
         for p in sorted(groups):
             yield new_rows(groups[p])
         return
-    import pyarrow.parquet as pq
-
     for uri in source:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
         yield {c: _objects(table[c].to_pylist()) for c in table.column_names}
@@ -163,30 +163,62 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _run_ray(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None):
-    import ray
+    """Stream partitions through the stages; a partition is one block from load to sink.
 
-    from curate.ray_runner import init_ray, map_stage, to_arrow, worker_env
+    Blocks are never split (``target_max_block_size = None``), so no shuffle is needed to bring a
+    partition's rows back together; blocks that Ray merges are split again by partition at the
+    sink, and a partition that arrives incomplete stops the run with a clear error.
+    """
+    import ray
+    from ray.data import DataContext
+
+    from curate.ray_runner import init_ray, map_stage, worker_env
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
     if isinstance(source[0], dict):
-        table = to_arrow(new_rows(source))
-        blocks = max(1, min(len(source), 4 * _cpus()))
-        step = -(-len(source) // blocks)
-        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(source), step)])
-        partitions = len({it["partition"] for it in source})
+        groups = defaultdict(list)
+        for it in source:
+            groups[it["partition"]].append(it)
+        descriptors = [{"partition": p, "items": json.dumps(g), "uri": ""} for p, g in sorted(groups.items())]
+        expected = {p: len(g) for p, g in groups.items()}
     else:
-        ds = ray.data.read_parquet(source)
-        partitions = len(source)
-    for stage in stages:
-        ds = map_stage(ds, stage)
+        descriptors = [{"partition": i, "items": "", "uri": u} for i, u in enumerate(source)]
+        expected = None  # pass files are whole partitions by construction
+    ctx = DataContext.get_current()
+    saved, ctx.target_max_block_size = ctx.target_max_block_size, None
+    try:
+        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
+        ds = ds.map_batches(_load_partitions, batch_size=1, batch_format="numpy", **worker_env())
+        for stage in stages:
+            ds = map_stage(ds, stage)
 
-    def finish(group):
-        return {"result": [json.dumps(_finish(group, cfg, pass_index))]}
+        def finish(batch):
+            results = []
+            for p in sorted(set(batch["partition"].tolist())):
+                mask = batch["partition"] == p
+                if expected is not None and int(mask.sum()) != expected[p]:
+                    raise RuntimeError(f"partition {p} arrived split ({int(mask.sum())} of {expected[p]} rows)")
+                results.append(json.dumps(_finish({c: v[mask] for c, v in batch.items()}, cfg, pass_index)))
+            return {"result": np.array(results, dtype=object)}
 
-    finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
-    groups = min(partitions, 8 * _cpus())
-    result = ds.groupby("partition", num_partitions=groups).map_groups(finish, batch_format="numpy", **worker_env())
-    return [json.loads(m) for m in result.to_pandas()["result"]]
+        finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
+        out = ds.map_batches(finish, batch_size=None, batch_format="numpy", **worker_env())
+        return [json.loads(r["result"]) for r in out.take_all()]
+    finally:
+        ctx.target_max_block_size = saved
+
+
+def _load_partitions(descriptors: dict) -> pa.Table:
+    """Descriptors -> the partitions' rows: new rows from listed items, or a previous pass's parquet."""
+    from curate.ray_runner import to_arrow
+
+    tables = []
+    for items, uri in zip(descriptors["items"], descriptors["uri"], strict=True):
+        if items:
+            tables.append(to_arrow(new_rows(json.loads(items))))
+        else:
+            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
+    return pa.concat_tables(tables)
 
 
 def _cpus() -> int:

@@ -6,7 +6,7 @@ import os
 
 import pyarrow as pa
 
-from curate.stage import BOOKKEEPING, Stage, apply_stage
+from curate.stage import BOOKKEEPING, Stage, apply_in_chunks
 
 
 def to_arrow(batch: dict) -> pa.Table:
@@ -23,7 +23,7 @@ class _StageActor:
         self.stage = stage
 
     def __call__(self, batch):
-        return to_arrow(apply_stage(self.stage, batch))
+        return to_arrow(apply_in_chunks(self.stage, batch))
 
 
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -37,8 +37,12 @@ def worker_env() -> dict:
 
 
 def map_stage(ds, stage: Stage):
-    """Append ``stage`` to a Ray dataset of bookkeeping rows."""
-    common = {"batch_size": stage.batch_size, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
+    """Append ``stage`` to a Ray dataset of bookkeeping rows.
+
+    Whole blocks are batches (a block holds whole partitions; see ``curate.pipeline``), and the
+    stage sees them in slices of its own ``batch_size``.
+    """
+    common = {"batch_size": None, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
     if stage.gpus:
         common["num_gpus"] = stage.gpus
     if stage.stateful:
@@ -48,7 +52,7 @@ def map_stage(ds, stage: Stage):
         )
 
     def run(batch, _stage=stage):
-        return to_arrow(apply_stage(_stage, batch))
+        return to_arrow(apply_in_chunks(_stage, batch))
 
     run.__name__ = run.__qualname__ = type(stage).__name__
     if stage.concurrency:

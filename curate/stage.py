@@ -249,6 +249,14 @@ def _settle(stage: Stage, row: dict) -> dict:
     return row
 
 
+def apply_in_chunks(stage: Stage, batch: dict[str, Any], size: int | None = None) -> dict[str, np.ndarray]:
+    """``apply_stage`` over slices of ``size`` rows (default: the stage's batch size), concatenated."""
+    n = len(batch["key"])
+    size = size or stage.batch_size
+    parts = [apply_stage(stage, {c: v[i : i + size] for c, v in batch.items()}) for i in range(0, n, size)]
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else batch
+
+
 def run_in_process(
     stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None, setup: bool = True
 ) -> dict[str, np.ndarray]:
@@ -256,8 +264,5 @@ def run_in_process(
     for stage in stages:
         if setup:
             stage.setup()
-        n = len(batch["key"])
-        size = batch_size or stage.batch_size
-        parts = [apply_stage(stage, {c: v[i : i + size] for c, v in batch.items()}) for i in range(0, n, size)]
-        batch = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else batch
+        batch = apply_in_chunks(stage, batch, batch_size)
     return batch
