@@ -52,7 +52,7 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
         os.environ["AWS_ENDPOINT_URL"] = cfg.s3.endpoint_url
     if force and not storage.is_s3(out) and os.path.isdir(out):
         shutil.rmtree(out)
-    items, skipped = list_inputs(cfg.sources, cfg.partition_size)
+    items, skipped = list_inputs(cfg.sources, cfg.partition_size, cfg.partition_bytes)
     storage.write_bytes(storage.join(out, "manifest.resolved.toml"), manifests.resolved_toml(cfg).encode())
 
     by_partition = defaultdict(list)

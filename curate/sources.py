@@ -76,8 +76,13 @@ def _jsonl_pages(uri: str) -> list[dict]:
     return items
 
 
-def list_inputs(sources, partition_size: int) -> tuple[list[dict], int]:
-    """All inputs of all sources, key-sorted, each with its partition number."""
+def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], int]:
+    """All inputs of all sources, key-sorted, each with its partition number.
+
+    A partition closes at ``partition_size`` inputs or, when ``partition_bytes`` is set, once its
+    inputs' file sizes reach it: a file's size is the cost predictor known before any decode (long
+    or high-bitrate videos are big), so no partition, and so no task, dominates the run.
+    """
     items, skipped = [], 0
     for src in sources:
         found, passed = list_source(src)
@@ -85,9 +90,14 @@ def list_inputs(sources, partition_size: int) -> tuple[list[dict], int]:
         skipped += passed
     items.sort(key=lambda it: it["key"])
     seen = set()
-    for i, it in enumerate(items):
+    partition, count, size = 0, 0, 0
+    for it in items:
         if it["key"] in seen:
             raise SourceError(f"input {it['uri']} is listed twice (two sources overlap)")
         seen.add(it["key"])
-        it["partition"] = i // partition_size
+        cost = it["meta"].get("bytes", 0)
+        if count and (count >= partition_size or (partition_bytes and size + cost > partition_bytes)):
+            partition, count, size = partition + 1, 0, 0
+        it["partition"] = partition
+        count, size = count + 1, size + cost
     return items, skipped
