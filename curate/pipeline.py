@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 import manifests
 from curate.config import RunConfig
@@ -75,11 +76,17 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
             # a global step needs every partition's rows, so earlier passes cover all partitions
             need = todo if last else [p for p in sorted(by_partition) if read_pass_marker(out, k, p) != digests[p]]
             if need:
-                source = [it for p in need for it in by_partition[p]] if k == 0 else pass_files(out, k - 1, need)
+                if k == 0:
+                    source = [{"partition": p, "items": json.dumps(by_partition[p]), "uri": ""} for p in need]
+                else:
+                    source = [
+                        {"partition": p, "items": "", "uri": u}
+                        for p, u in zip(need, pass_files(out, k - 1, need), strict=True)
+                    ]
                 if progress:
                     print(f"pass {k + 1}/{len(segments)}: {len(segment)} stages over {len(need)} partitions")
                 executor = _run_local if cfg.executor == "local" else _run_ray
-                done = executor(source, segment, cfg, None if last else k)
+                done = executor(source, segment, cfg, None if last else k, progress)
                 if last:
                     markers.update({m["partition"]: m for m in done})
             if not last:
@@ -132,28 +139,12 @@ def _finish(batch: dict, cfg: RunConfig, pass_index: int | None) -> dict:
     return write_pass(batch, cfg.output.dir, pass_index)
 
 
-def _run_local(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None):
-    """Partition by partition in this process: memory holds one partition at a time."""
-    for stage in stages:
-        stage.setup()
-    results = []
-    for part in _local_partitions(source):
-        batch = run_in_process(stages, part, setup=False)
-        results.append(_finish(batch, cfg, pass_index))
-    return results
-
-
-def _local_partitions(source):
-    if isinstance(source[0], dict):
-        groups = defaultdict(list)
-        for it in source:
-            groups[it["partition"]].append(it)
-        for p in sorted(groups):
-            yield new_rows(groups[p])
-        return
-    for uri in source:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        yield {c: _objects(table[c].to_pylist()) for c in table.column_names}
+def load_partition(desc: dict) -> dict[str, np.ndarray]:
+    """One partition's rows: fresh rows from its listed items, or the previous pass's parquet."""
+    if desc["items"]:
+        return new_rows(json.loads(desc["items"]))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(desc["uri"])))
+    return {c: _objects(table[c].to_pylist()) for c in table.column_names}
 
 
 def _objects(values: list) -> np.ndarray:
@@ -162,7 +153,18 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def _run_ray(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None):
+def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool):
+    """Partition by partition in this process: memory holds one partition at a time."""
+    for stage in stages:
+        stage.setup()
+    done = []
+    label = "final pass" if pass_index is None else f"pass {pass_index + 1}"
+    for desc in tqdm(source, desc=label, unit="partition", disable=not progress):
+        done.append(_finish(run_in_process(stages, load_partition(desc), setup=False), cfg, pass_index))
+    return done
+
+
+def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool):
     """Stream partitions through the stages; a partition is one block from load to sink.
 
     Blocks are never split (``target_max_block_size = None``), so no shuffle is needed to bring a
@@ -172,53 +174,38 @@ def _run_ray(source, stages: list[Stage], cfg: RunConfig, pass_index: int | None
     import ray
     from ray.data import DataContext
 
-    from curate.ray_runner import init_ray, map_stage, worker_env
+    from curate.ray_runner import init_ray, map_stage, to_arrow, worker_env
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
-    if isinstance(source[0], dict):
-        groups = defaultdict(list)
-        for it in source:
-            groups[it["partition"]].append(it)
-        descriptors = [{"partition": p, "items": json.dumps(g), "uri": ""} for p, g in sorted(groups.items())]
-        expected = {p: len(g) for p, g in groups.items()}
-    else:
-        descriptors = [{"partition": i, "items": "", "uri": u} for i, u in enumerate(source)]
-        expected = None  # pass files are whole partitions by construction
+    expected = {d["partition"]: len(json.loads(d["items"])) for d in source if d["items"]}
+
+    def load(batch):
+        descs = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        return pa.concat_tables([to_arrow(load_partition(d)) for d in descs])
+
+    def finish(batch):
+        results = []
+        for p in sorted(set(batch["partition"].tolist())):
+            mask = batch["partition"] == p
+            if p in expected and int(mask.sum()) != expected[p]:
+                raise RuntimeError(f"partition {p} arrived split ({int(mask.sum())} of {expected[p]} rows)")
+            results.append(json.dumps(_finish({c: v[mask] for c, v in batch.items()}, cfg, pass_index)))
+        return {"result": np.array(results, dtype=object)}
+
+    load.__name__ = "LoadPartitions"
+    finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
     ctx = DataContext.get_current()
     saved, ctx.target_max_block_size = ctx.target_max_block_size, None
+    ctx.enable_progress_bars = progress  # one bar per stage, with rows/s
     try:
-        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
-        ds = ds.map_batches(_load_partitions, batch_size=1, batch_format="numpy", **worker_env())
+        ds = ray.data.from_items(source, override_num_blocks=len(source))
+        ds = ds.map_batches(load, batch_size=1, batch_format="numpy", **worker_env())
         for stage in stages:
             ds = map_stage(ds, stage)
-
-        def finish(batch):
-            results = []
-            for p in sorted(set(batch["partition"].tolist())):
-                mask = batch["partition"] == p
-                if expected is not None and int(mask.sum()) != expected[p]:
-                    raise RuntimeError(f"partition {p} arrived split ({int(mask.sum())} of {expected[p]} rows)")
-                results.append(json.dumps(_finish({c: v[mask] for c, v in batch.items()}, cfg, pass_index)))
-            return {"result": np.array(results, dtype=object)}
-
-        finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
         out = ds.map_batches(finish, batch_size=None, batch_format="numpy", **worker_env())
         return [json.loads(r["result"]) for r in out.take_all()]
     finally:
         ctx.target_max_block_size = saved
-
-
-def _load_partitions(descriptors: dict) -> pa.Table:
-    """Descriptors -> the partitions' rows: new rows from listed items, or a previous pass's parquet."""
-    from curate.ray_runner import to_arrow
-
-    tables = []
-    for items, uri in zip(descriptors["items"], descriptors["uri"], strict=True):
-        if items:
-            tables.append(to_arrow(new_rows(json.loads(items))))
-        else:
-            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
-    return pa.concat_tables(tables)
 
 
 def _cpus() -> int:
