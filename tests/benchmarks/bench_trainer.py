@@ -1,0 +1,207 @@
+"""Trainer benchmarks on one GPU: model FLOP utilisation, timm parity, packing cost, partial-FC share.
+
+    python tests/benchmarks/bench_trainer.py [--smoke]     # --smoke: debug flavour on CPU, no timing value
+
+Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
+baseline measured in the same run:
+* T1  model TFLOP/s of ViT-L/16 training steps at 224 px, 448 px and packed 2048-token codec
+      micro-batches, divided by the bf16 GEMM TFLOP/s of the same card;
+* T2  our images/s over timm ViT-L/16 + torch.compile, same batch, same loss on the embedding;
+* T3  useful TFLOP/s of a packed mixed-length batch over a dense batch of equal total tokens;
+* T4  partial-FC share of step time at 2M classes (sample rate 0.1, 8 of 10 labels drawn).
+Imports only torch (and timm for the baseline): the GPU machine has no webdataset or ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from train.config import HeadConfig, ModelConfig, ParallelConfig  # noqa: E402
+from train.loss import ConceptHeads  # noqa: E402
+from train.model import Encoder  # noqa: E402
+from train.packing import pack  # noqa: E402
+from train.parallelize import parallelize  # noqa: E402
+
+SMOKE = "--smoke" in sys.argv
+DEV = torch.device("cpu" if SMOKE else "cuda")
+FLAVOUR = "debug" if SMOKE else "large"
+STEPS, WARMUP = (2, 1) if SMOKE else (10, 3)
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, steps=STEPS, warmup=WARMUP) -> float:
+    """Median seconds per call after warm-up (compilation happens in the warm-up)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_tflops(n=8192) -> float:
+    a = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
+    dt = timed(lambda: a @ b, steps=30, warmup=5)
+    return 2 * n**3 / dt / 1e12
+
+
+def batch(lengths, patch=16, grid=None):
+    """Random tokens at valid positions: images as full grids, longer samples as codec-like (t, h, w)."""
+    items = []
+    for n in lengths:
+        side = int(n**0.5)
+        if side * side == n:  # an image
+            hh, ww = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+            pos = torch.stack([torch.zeros_like(hh), hh, ww], -1).reshape(-1, 3)
+        else:  # codec tokens: n of a 64 x 16 x 16 grid
+            idx = torch.randperm(64 * 256)[:n].sort().values
+            pos = torch.stack([idx // 256, idx // 16 % 16, idx % 16], -1)
+        items.append((torch.randn(n, 3 * patch * patch), pos))
+    return pack(items).to(DEV)
+
+
+def make_step(model, params, forward, compile_opt=True):
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV.type == "cuda")
+
+    def step():
+        with torch.autocast(DEV.type, dtype=torch.bfloat16):
+            loss = forward()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def ours(mode="blocks", reset=True):
+    """A fresh ViT; ``blocks``: per-block compile (the trainer's default), ``model``: whole-module compile."""
+    if reset:
+        torch._dynamo.reset()  # static shapes per case, like the timm baseline
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(FLAVOUR)).to(DEV)
+    if SMOKE:
+        return enc, enc
+    if mode == "model":
+        enc.compile()
+        return enc, enc
+    return enc, parallelize(enc, ParallelConfig(compile=True), 1, DEV)
+
+
+def useful_flops(enc, lengths) -> float:
+    return sum(n * enc.flops_per_token(n) for n in lengths)
+
+
+def run_case(res, name, lengths, mode="blocks", flex=False):
+    import train.packing as packing
+
+    saved = packing._varlen
+    if flex:
+        packing._varlen = None  # force the FlexAttention path
+    enc, model = ours(mode)
+    b = batch(lengths)
+    step = make_step(model, enc.parameters(), lambda: model(b).float().square().mean())
+    dt = timed(step)
+    packing._varlen = saved
+    tf = useful_flops(enc, lengths) / dt / 1e12
+    res[name] = {"s_per_step": dt, "samples_per_s": len(lengths) / dt, "tflops": tf, "of_gemm": tf / res["gemm_tflops"]}
+    print(name, json.dumps(res[name]), flush=True)
+    save(res)
+    torch.cuda.empty_cache() if DEV.type == "cuda" else None
+
+
+def pfc_case(res, name, classes, local_rows_factor, lengths, optimise_head=True):
+    """Step time with a partial-FC head; ``local_rows_factor`` x the local batch stands in for gathered ranks."""
+    enc, model = ours("blocks", reset=False)  # same shapes as vit_l_224_bs128: no recompilation
+    heads = ConceptHeads((HeadConfig(name="image", num_classes=classes, sample_rate=0.1, draw=8),), enc.dim, 0, DEV)
+    b = batch(lengths)
+    n = len(lengths) * local_rows_factor
+    labels = torch.randint(0, classes, (n, 10))
+    modality = ["image"] * n
+    counter = iter(range(10**9))
+
+    def with_head():
+        emb = model(b).float()
+        emb = torch.cat([emb] * local_rows_factor) if local_rows_factor > 1 else emb
+        return heads(emb, modality, labels, seed=0, step=next(counter))[0]
+
+    params = list(enc.parameters()) + (list(heads.parameters()) if optimise_head else [])
+    res[name] = {"s_per_step": timed(make_step(model, params, with_head))}
+    print(name, json.dumps(res[name]), flush=True)
+    torch.cuda.empty_cache() if DEV.type == "cuda" else None
+
+
+def save(res):
+    out = Path(os.environ.get("OUT", "out/bench"))  # $OUT on the device machine
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_trainer.json").write_text(json.dumps(res, indent=1))
+
+
+def main():
+    res = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__}
+    res["gemm_tflops"] = gemm_tflops(1024 if SMOKE else 8192)
+    print(f"bf16 GEMM {res['gemm_tflops']:.0f} TFLOP/s", flush=True)
+    k = 1 if SMOKE else 0  # smoke: tiny batches
+    img224 = [196] * (4 if k else 128)
+    # ------------------------------------------------------------------ T1, T2 (ours), T3
+    run_case(res, "vit_l_224_bs128", img224)
+    run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
+    run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
+    run_case(res, "codec_2048x8", [2048] * (1 if k else 8))
+    mixed = [2048, 1024, 512] if k else [2048] * 4 + [1024] * 4 + [512] * 8
+    run_case(res, "mixed_16k_varlen", mixed)
+    run_case(res, "mixed_16k_flex", mixed, flex=True)
+    res["T3_packed_over_dense"] = res["mixed_16k_varlen"]["tflops"] / res["codec_2048x8"]["tflops"]
+
+    # ------------------------------------------------------------------ T4: partial FC at 2M classes
+    run_case(res, "vit_l_224_bs128", img224)  # re-measured right before the head cases, same compiled graphs
+    big = 20_000 if k else 2_000_000
+    pfc_case(res, "pfc_2M_one_gpu", big, 1, img224)
+    pfc_case(res, "pfc_2M_one_gpu_head_not_optimised", big, 1, img224, optimise_head=False)
+    pfc_case(res, "pfc_2M_shard_of_8", big // 8, 8, img224)
+    base = res["vit_l_224_bs128"]["s_per_step"]
+    res["T4_share_one_gpu"] = 1 - base / res["pfc_2M_one_gpu"]["s_per_step"]
+    res["T4_share_one_gpu_without_head_adamw"] = 1 - base / res["pfc_2M_one_gpu_head_not_optimised"]["s_per_step"]
+    res["T4_share_shard_of_8"] = 1 - base / res["pfc_2M_shard_of_8"]["s_per_step"]
+
+    # ------------------------------------------------------------------ T2: timm ViT-L/16 + compile
+    try:
+        import timm
+
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        n = len(img224)
+        name = "vit_large_patch16_224" if not SMOKE else "vit_tiny_patch16_224"
+        tm = timm.create_model(name, num_classes=0).to(DEV)
+        tmc = torch.compile(tm) if not SMOKE else tm
+        x = torch.randn(n, 3, 224, 224, device=DEV)
+        dt = timed(make_step(tmc, tm.parameters(), lambda: tmc(x).float().square().mean()))
+        res["timm_vit_l_224_bs128"] = {"s_per_step": dt, "samples_per_s": n / dt}
+        res["T2_ours_over_timm"] = res["vit_l_224_bs128"]["samples_per_s"] / (n / dt)
+        res["T2_ours_model_compile_over_timm"] = res["vit_l_224_bs128_model_compile"]["samples_per_s"] / (n / dt)
+        print("timm", json.dumps(res["timm_vit_l_224_bs128"]), flush=True)
+    except ImportError:
+        res["timm_vit_l_224_bs128"] = "timm not installed"
+
+    save(res)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

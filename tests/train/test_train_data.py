@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+from trainkit import write_shards
+
+from train.config import DataConfig
+from train.data import Stream, decode
+
+NUM = {"image": 12, "video": 12, "ocr": 12}
+
+
+def _video_sample(tmp_path):
+    import webdataset as wds
+
+    (path,) = write_shards(tmp_path / "v", n_shards=1, per_shard=1, modalities=("video",))
+    return next(iter(wds.DataPipeline(wds.SimpleShardList([path]), wds.tarfile_to_samples())))
+
+
+@pytest.mark.parametrize("shares, mode", [((1, 0, 0), "codec"), ((0, 1, 0), "frames"), ((0, 0, 1), "collage")])
+def test_video_modes_give_tokens_at_their_positions(tmp_path, shares, mode):
+    sample = _video_sample(tmp_path)
+    cfg = DataConfig(video_size=32, codec_share=shares[0], frames_share=shares[1], collage_share=shares[2])
+    (patches, pos), modality, labels = decode(sample, cfg, 16, 32, 0.5, NUM)
+    assert modality == "video" and labels.shape == (3,)
+    if mode == "codec":  # the mosaic holds the selected patches in pos.npy order
+        from shards.format import decode_npy
+
+        stored = decode_npy(sample["pos.npy"])
+        assert torch.equal(pos, torch.from_numpy(stored.astype(np.float32)))
+    elif mode == "frames":  # 4 whole frames of 2x2 tokens, t = frame id
+        assert pos.shape == (16, 3) and pos[:, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4 + [3.0] * 4
+    else:  # one 128x32 collage: t = 0, h runs over the stacked frames
+        assert pos.shape == (16, 3) and pos[:, 0].max() == 0 and pos[:, 1].max() == 7 and pos[:, 2].max() == 1
+    assert patches.shape == (pos.shape[0], 3 * 16 * 16)
+
+
+def test_codec_patches_are_the_video_pixels(tmp_path):
+    """Round trip through the mosaic: each token's pixels are the frame's pixels at (t, h, w)."""
+    from PIL import Image
+
+    sample = _video_sample(tmp_path)
+    (patches, pos), _, _ = decode(sample, DataConfig(codec_share=1.0), 16, 32, 0.0, NUM)
+    import io
+
+    frames = np.asarray(Image.open(io.BytesIO(sample["frames.jpg"])).convert("RGB")).astype(np.float32)
+    mean = np.array([0.48145466, 0.4578275, 0.40821073]) * 255
+    std = np.array([0.26862954, 0.26130258, 0.27577711]) * 255
+    for token, (t, h, w) in zip(patches, pos.int().tolist(), strict=True):
+        want = frames[t * 64 + h * 16 : t * 64 + h * 16 + 16, w * 16 : w * 16 + 16]
+        got = token.view(3, 16, 16).permute(1, 2, 0).numpy() * std + mean
+        assert np.abs(got - want).mean() < 12  # two independent JPEG encodes of the same pixels
+
+
+def test_stream_state_resumes_at_the_next_sample(tmp_path):
+    shards = write_shards(tmp_path / "s", n_shards=3, per_shard=5)
+    cfg = DataConfig(shards=tuple(shards), batch_size=3, image_size=32, decode_threads=1)
+    stream = Stream(cfg, 16, NUM, seed=1)
+    keys = [next(stream).keys for _ in range(7)]  # 21 samples: crosses shards and an epoch boundary
+    stream.close()
+    assert len({k for ks in keys[:5] for k in ks}) == 15  # one epoch sees every sample once
+    stream = Stream(cfg, 16, NUM, seed=1)
+    for _ in range(3):
+        state = next(stream).state
+    stream.close()
+    resumed = Stream(cfg, 16, NUM, seed=1, state=state)
+    assert [next(resumed).keys for _ in range(4)] == keys[3:]
+    resumed.close()
+
+
+def test_labels_outside_the_head_are_rejected(tmp_path):
+    shards = write_shards(tmp_path / "s", n_shards=1, per_shard=3)
+    stream = Stream(DataConfig(shards=tuple(shards), batch_size=2, image_size=32), 16, {"image": 5})
+    with pytest.raises(ValueError, match="outside the image head's 5 classes"):
+        next(stream)
+    stream.close()

@@ -1,0 +1,119 @@
+"""Run-manifest schema: one frozen dataclass per TOML section, loaded by ``manifests.load``.
+
+Each builder receives only its own section. Field comments are the documentation of the
+manifest keys; unknown keys are rejected by the loader before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# name -> (width, depth, heads, mlp); head_dim must be a multiple of 32 for the 4:6:6 RoPE split.
+FLAVOURS = {
+    "debug": (64, 2, 2, 256),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+    "huge": (1280, 32, 20, 5120),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    flavour: Literal["debug", "base", "large", "huge"] = "debug"
+    patch: int = 16  # 14 also works; codec patches (16 px) are resized to it
+    rope_theta: float = 10000.0
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        return FLAVOURS[self.flavour]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: tuple[str, ...] = ()  # tar paths or globs; every sample's json names its modality
+    batch_size: int = 8  # samples per micro-batch per rank, packed into one token sequence
+    image_size: int = 224  # images and OCR pages (square, divisible by the patch)
+    # (from_step, image_size) pairs; overrides image_size from that optimizer step on (224 then 448)
+    resolution_schedule: tuple[tuple[int, ...], ...] = ()
+    video_size: int = 224  # whole frames for frame sampling / collage
+    codec_share: float = 1.0  # video modes, drawn per sample: codec tokens / frame sampling / collage
+    frames_share: float = 0.0
+    collage_share: float = 0.0
+    max_frames: int = 8  # frames used by frame sampling and collage
+    decode_threads: int = 4
+    prefetch: int = 2  # batches decoded ahead in a background thread
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    name: str = "image"
+    modalities: tuple[str, ...] = ("image",)  # which sample modalities this head scores
+    num_classes: int = 1000
+    weight: float = 1.0
+    bank: str = ""  # .npy of centroids (num_classes, dim) to initialise the class centres
+    bank_version: str = ""
+    sample_rate: float = 0.1  # share of this rank's classes scored per step (positives always kept)
+    margin: float = 0.3  # CosFace additive cosine margin
+    scale: float = 64.0
+    filter: float = 0.75  # negatives with cosine above this are zeroed
+    draw: int = 8  # labels drawn per sample per step out of its top-k
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    decay: Literal["cosine", "poly"] = "cosine"
+    power: float = 2.0  # for poly decay
+    weight_decay: float = 0.05
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip: float = 5.0  # grad-norm clip, applied to the backbone and to the heads separately
+    head_lr_scale: float = 1.0
+    head_weight_decay: float = 0.05
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    mode: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    dtype: Literal["bf16", "fp32"] = "bf16"  # autocast dtype; master weights stay fp32
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "out/train"
+    seed: int = 0
+    steps: int = 100  # optimizer steps
+    accum: int = 1  # micro-batches per optimizer step
+    log_every: int = 1
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+    init_from: str = ""  # checkpoint folder of an earlier stage: weights (and matching heads) only
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    heads: tuple[HeadConfig, ...] = (HeadConfig(),)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self):
+        patch = self.model.patch
+        sizes = [self.data.image_size, self.data.video_size] + [s[1] for s in self.data.resolution_schedule]
+        bad = [s for s in sizes if s % patch]
+        if bad:
+            raise ValueError(f"image sizes {bad} are not divisible by the patch {patch}")
+        if any(len(s) != 2 for s in self.data.resolution_schedule):
+            raise ValueError("data.resolution_schedule holds [from_step, size] pairs")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names repeat: {names}")
+        mods = [m for h in self.heads for m in h.modalities]
+        if len(set(mods)) != len(mods):
+            raise ValueError(f"a modality feeds two heads: {mods}")
+        shares = (self.data.codec_share, self.data.frames_share, self.data.collage_share)
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(f"video mode shares must be >= 0 with a positive sum, got {shares}")

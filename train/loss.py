@@ -1,0 +1,228 @@
+"""Partial-FC cluster discrimination: CosFace softmax over sharded concept centres.
+
+Each head (image bank, video bank, OCR vocabulary) owns a (num_classes, dim) centre matrix,
+sharded by rows across all ranks as a DTensor (so checkpoints reshard to any world size).
+Per step and head:
+
+1. embeddings and label rows are gathered from every rank (variable per-rank batch sizes);
+2. each sample keeps ``draw`` of its top-k labels (same draw on every rank);
+3. every rank scores the global batch against a sample of its own centres: all positives of
+   the drawn labels plus random negatives up to ``sample_rate`` of its rows (one sample shared
+   by the drawn columns, so one GEMM per step instead of one per column);
+4. negatives with cosine above ``filter`` are zeroed, the target cosine gets ``-margin``,
+   everything is multiplied by ``scale``; the softmax is model-parallel: row maxima and
+   sum-exps are all-reduced, each target logit comes from the rank that owns it.
+
+The drawn columns differ only in which single entry is the target, so one (B, S) logit
+matrix serves all of them: each column's sum-exp is the sum over non-target entries plus the
+other columns' targets plus its own margin target (added, never subtracted: no cancellation).
+Gradients: every rank computes the same loss value, so the all-reduces pass gradients
+through unchanged; the embedding gather sums the per-shard gradients back to the owner and
+multiplies by the world size, which DDP/FSDP gradient averaging then cancels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import DTensor, Shard
+
+from train.config import HeadConfig
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows owned by ``rank``: torch.chunk semantics, the layout of a Shard(0) DTensor."""
+    size = -(-num_classes // world)
+    lo = min(rank * size, num_classes)
+    return lo, min(lo + size, num_classes)
+
+
+class _SumKeepGrad(torch.autograd.Function):
+    """all_reduce(SUM) of a value whose reduced result every rank uses identically."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather rows of unequal count; backward sums the gradient and keeps the local rows x world."""
+
+    @staticmethod
+    def forward(ctx, x, counts: list[int]):
+        rank, world = _world()
+        ctx.rank, ctx.world, ctx.counts = rank, world, counts
+        return _gather_nograd(x, counts, world)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        lo = sum(ctx.counts[: ctx.rank])
+        return grad[lo : lo + ctx.counts[ctx.rank]] * ctx.world, None
+
+
+def gather_rows(x: torch.Tensor, differentiable: bool = False, fill: float = 0) -> torch.Tensor:
+    """Concatenate every rank's rows; ranks may differ in row count and (2D, not differentiable) width."""
+    rank, world = _world()
+    if world == 1:
+        return x
+    shape = torch.tensor([x.shape[0], x.shape[1] if x.ndim > 1 else 0], device=x.device)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    counts = [int(s[0]) for s in shapes]
+    if differentiable:
+        return _Gather.apply(x, counts)
+    width = max(int(s[1]) for s in shapes)
+    if x.ndim == 2 and x.shape[1] < width:  # e.g. label rows of different top-k widths
+        x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), fill)], dim=1)
+    with torch.no_grad():
+        return _gather_nograd(x, counts, world)
+
+
+def _gather_nograd(x, counts, world):
+    buf = x.new_zeros((max(counts), *x.shape[1:]))
+    buf[: x.shape[0]] = x.detach()
+    out = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf)
+    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
+
+
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    return _SumKeepGrad.apply(x) if _world()[1] > 1 else x
+
+
+def draw_labels(labels: torch.Tensor, draw: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, k) labels (-1 = none) -> (B, min(k, draw)) randomly drawn valid labels (-1 where too few)."""
+    score = torch.rand(labels.shape, generator=gen)
+    score[labels < 0] = 2.0
+    order = score.argsort(dim=1)[:, :draw]
+    return labels.gather(1, order)
+
+
+class PartialFC(nn.Module):
+    """One concept head: sharded centres and the sampled, model-parallel CosFace softmax."""
+
+    def __init__(self, cfg: HeadConfig, dim: int, seed: int = 0, device=None):
+        super().__init__()
+        self.cfg = cfg
+        rank, world = _world()
+        self.lo, self.hi = shard_range(cfg.num_classes, rank, world)
+        if cfg.bank:
+            bank = np.load(cfg.bank, mmap_mode="r")
+            if bank.ndim != 2 or bank.shape[0] != cfg.num_classes:
+                raise ValueError(
+                    f"head {cfg.name!r}: bank {cfg.bank} holds {bank.shape[0] if bank.ndim else '?'} classes, "
+                    f"the head declares num_classes={cfg.num_classes}"
+                )
+            if bank.shape[1] != dim:
+                raise ValueError(
+                    f"head {cfg.name!r}: bank {cfg.bank} has dim {bank.shape[1]}, the encoder embeds {dim}"
+                )
+            local = torch.from_numpy(np.array(bank[self.lo : self.hi], dtype=np.float32))
+        else:
+            gen = torch.Generator().manual_seed(seed * 1000 + rank)
+            local = torch.randn(self.hi - self.lo, dim, generator=gen) * 0.01
+        local = local.to(device)
+        if world > 1 or dist.is_initialized():
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(local.device.type, (world,))
+            local = DTensor.from_local(local, mesh, [Shard(0)], shape=(cfg.num_classes, dim), stride=(dim, 1))
+        self.weight = nn.Parameter(local)
+
+    def local_weight(self) -> torch.Tensor:
+        w = self.weight
+        return w.to_local() if isinstance(w, DTensor) else w
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor, gen_draw, gen_neg) -> torch.Tensor:
+        """emb (b, D) local rows, labels (b, k) global ids (-1 pad) -> global-batch mean loss."""
+        cfg = self.cfg
+        emb = gather_rows(emb, differentiable=True)
+        labels = gather_rows(labels.to(emb.device), fill=-1).cpu()
+        if emb.shape[0] == 0:
+            return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
+        cols = draw_labels(labels, cfg.draw, gen_draw).to(emb.device)  # (B, J)
+        w = self.local_weight()
+        n_local = w.shape[0]
+        local = (cols >= self.lo) & (cols < self.hi)
+        target = torch.where(local, cols - self.lo, -1)
+        if cfg.sample_rate < 1.0 and n_local > 0:
+            pos = target[local].unique()
+            n_sample = max(int(cfg.sample_rate * n_local), pos.numel())
+            score = torch.rand(n_local, generator=gen_neg, device=w.device)
+            score[pos] = 2.0
+            index = score.topk(n_sample).indices.sort().values
+            remap = torch.full((n_local,), -1, dtype=torch.long, device=w.device)
+            remap[index] = torch.arange(n_sample, device=w.device)
+            target = torch.where(local, remap[target.clamp(min=0)], -1)
+            w = w[index]
+        # the GEMM may run in bf16 under autocast; everything after it is fp32
+        cos = (F.normalize(emb.float(), dim=1) @ F.normalize(w.float(), dim=1).T).float().clamp(-1, 1)  # (B, S)
+        base = torch.where(cos > cfg.filter, torch.zeros_like(cos), cos) * cfg.scale
+        has = target >= 0
+        t_idx = target.clamp(min=0)
+        t_margin = (cos.gather(1, t_idx) - cfg.margin) * cfg.scale  # (B, J)
+        with torch.no_grad():  # stabiliser: the global row max of every logit that can appear
+            row_max = torch.cat([base, torch.where(has, t_margin, -1e4)], 1).max(dim=1).values
+            if _world()[1] > 1:
+                dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        # sum over non-target entries, then add back the other columns' targets and this column's
+        # margin target: no subtraction, so no cancellation when the target dominates the row
+        e = (base - row_max[:, None]).exp()
+        is_target = torch.zeros_like(base, dtype=torch.bool)
+        rows = torch.arange(base.shape[0], device=base.device)[:, None].expand_as(target)
+        is_target[rows[has], target[has]] = True
+        rest = e.masked_fill(is_target, 0.0).sum(dim=1)  # (B,)
+        e_t = torch.where(has, e.gather(1, t_idx), 0.0)
+        same = target[:, :, None] == target[:, None, :]  # (B, J, J)
+        first = has & ~(same & torch.ones_like(same).tril(-1)).any(dim=2)  # first occurrence of a target
+        others = ((first[:, None, :] & ~same) * e_t[:, None, :]).sum(dim=2)
+        own = torch.where(has, (t_margin - row_max[:, None]).exp(), 0.0)
+        total = _sum(rest[:, None] + others + own)  # (B, J), identical on every rank
+        t_logit = _sum(torch.where(has, t_margin, 0.0))
+        valid = cols >= 0
+        loss = (total.clamp_min(1e-30).log() + row_max[:, None] - t_logit)[valid]
+        return loss.mean()
+
+
+class ConceptHeads(nn.Module):
+    """All heads of a run; each scores the samples of its modalities, losses weighted and summed."""
+
+    def __init__(self, heads: tuple[HeadConfig, ...], dim: int, seed: int = 0, device=None):
+        super().__init__()
+        self.cfgs = {h.name: h for h in heads}
+        self.heads = nn.ModuleDict({h.name: PartialFC(h, dim, seed, device) for h in heads})
+        self.route = {m: h.name for h in heads for m in h.modalities}
+
+    def forward(self, emb, modality: list[str], labels: torch.Tensor, seed: int, step: int, micro: int = 0):
+        unknown = sorted(set(modality) - set(self.route))
+        if unknown:
+            raise ValueError(f"samples of modality {unknown} but no head takes them (heads: {dict(self.route)})")
+        rank, _ = _world()
+        total, parts = 0.0, {}
+        for i, (name, head) in enumerate(self.heads.items()):
+            rows = [j for j, m in enumerate(modality) if self.route[m] == name]
+            idx = torch.tensor(rows, dtype=torch.long, device=emb.device)
+            key = ((seed * 1_000_003 + step) * 131 + micro) * 17 + i
+            gen_draw = torch.Generator().manual_seed(key)
+            gen_neg = torch.Generator(device=emb.device).manual_seed(key * 4099 + rank)
+            loss = head(emb.index_select(0, idx), labels.index_select(0, idx.cpu()), gen_draw, gen_neg)
+            parts[name] = loss.detach()
+            total = total + self.cfgs[name].weight * loss
+        return total, parts

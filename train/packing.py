@@ -1,0 +1,135 @@
+"""Sparse inputs as one packed token sequence per micro-batch, and attention over it.
+
+Every sample (image, OCR page, codec tokens, sampled frames, collage) becomes patches
+(L_i, 3*p*p) with explicit (t, h, w) positions; a micro-batch concatenates them into
+(N = sum L_i) tokens with no padding. Attention stays inside each sample:
+
+* all samples of equal length -> dense batched SDPA (flash/cuDNN kernels, no mask at all);
+* CUDA, mixed lengths -> varlen flash attention on cumulative sequence lengths
+  (FlexAttention with a document mask where varlen is unavailable);
+* CPU, mixed lengths -> SDPA with a block-diagonal boolean mask (exact, O(N^2) memory).
+
+This module imports only torch, so GPU benchmarks can use it without the data stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class Packed:
+    tokens: torch.Tensor  # (N, 3*p*p) normalised pixels
+    pos: torch.Tensor  # (N, 3) float (t, h, w)
+    lengths: tuple[int, ...]  # per-sample token counts (python ints: shapes, not data)
+    cu_seqlens: torch.Tensor  # (B+1,) int32
+    segment: torch.Tensor  # (N,) int64 sample index of each token
+
+    @property
+    def batch(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.lengths)) == 1
+
+    def to(self, device, non_blocking: bool = True) -> Packed:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Packed(move(self.tokens), move(self.pos), self.lengths, move(self.cu_seqlens), move(self.segment))
+
+
+def pack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> Packed:
+    """[(patches (L_i, 3pp), pos (L_i, 3))] -> one Packed sequence."""
+    lengths = tuple(int(p.shape[0]) for p, _ in items)
+    if min(lengths, default=0) == 0:
+        raise ValueError(f"every sample needs at least one token, got lengths {lengths}")
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    tokens = torch.cat([p for p, _ in items])
+    pos = torch.cat([q for _, q in items]).float()
+    return Packed(tokens, pos, lengths, cu, segment)
+
+
+def normalise(img: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) -> CLIP-normalised float."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (img.float() / 255.0 - mean) / std
+
+
+def patchify(img: torch.Tensor, patch: int, t: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float image (3, H, W) -> patches (Hp*Wp, 3*p*p) in raster order, positions (t, h, w)."""
+    c, h, w = img.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image {h}x{w} is not divisible by the patch {patch}")
+    hp, wp = h // patch, w // patch
+    patches = img.reshape(c, hp, patch, wp, patch).permute(1, 3, 0, 2, 4).reshape(hp * wp, c * patch * patch)
+    hh, ww = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing="ij")
+    pos = torch.stack([torch.full_like(hh, 0).float() + t, hh.float(), ww.float()], -1).reshape(-1, 3)
+    return patches, pos
+
+
+def codec_tokens(patches: torch.Tensor, pos: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float codec patches (K, 3, s, s) at their (t, h, w) -> tokens; resized when s != patch."""
+    if patches.shape[-1] != patch:
+        patches = F.interpolate(patches, size=(patch, patch), mode="bilinear", antialias=True, align_corners=False)
+    return patches.reshape(patches.shape[0], -1), pos.float()
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+
+def block_diagonal_mask(packed: Packed) -> torch.Tensor:
+    seg = packed.segment
+    return seg[:, None] == seg[None, :]
+
+
+try:  # flash varlen attention (torch >= 2.9); FlexAttention where it is missing
+    from torch.nn.attention.varlen import varlen_attn as _varlen
+except ImportError:
+    _varlen = None
+_flex = None
+
+
+def _flex_attention(q, k, v, packed: Packed):
+    global _flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if _flex is None:
+        _flex = torch.compile(flex_attention)
+    seg = packed.segment
+    n = seg.shape[0]
+    mask = create_block_mask(lambda b, h, qi, ki: seg[qi] == seg[ki], None, None, n, n, device=q.device)
+    out = _flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask)
+    return out[0].transpose(0, 1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """q, k, v (N, heads, d) -> (N, heads, d), attention restricted to each sample's tokens."""
+    n, h, d = q.shape
+    if packed.uniform:
+        b = packed.batch
+        q, k, v = (x.view(b, n // b, h, d).transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h, d)
+    if q.is_cuda:
+        if _varlen is not None:
+            m = max(packed.lengths)
+            return _varlen(q, k, v, packed.cu_seqlens, packed.cu_seqlens, m, m)
+        return _flex_attention(q, k, v, packed)
+    mask = block_diagonal_mask(packed)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+    return out.transpose(0, 1)
+
+
+def pool_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """One query per sample: q (B, heads, d) over its own tokens k, v (N, heads, d) -> (B, heads, d)."""
+    mask = packed.segment[None, :] == torch.arange(packed.batch, device=q.device)[:, None]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
+    return out.transpose(0, 1)

@@ -1,0 +1,138 @@
+"""``python -m train.release CHECKPOINT OUT_DIR``: a self-contained encoder release.
+
+Writes ``model.safetensors`` (encoder only; the concept heads are training machinery),
+``config.json`` (architecture and preprocessing), and a model card ``README.md`` listing the
+data manifests, concept-bank versions and final metrics. ``load_release(OUT_DIR)`` rebuilds
+the encoder in any process; its embeddings equal the checkpoint's bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+
+from train.checkpoint import read_meta
+from train.config import ModelConfig
+from train.model import Encoder
+from train.packing import CLIP_MEAN, CLIP_STD
+
+CARD = """# ovforge encoder `{name}` ({flavour})
+
+A {flavour} ViT (width {dim}, depth {depth}, {heads} heads, patch {patch}) with 3D-RoPE over
+(t, h, w) token positions and a PMA pooling head, pretrained by partial-FC cluster
+discrimination. {params:.1f} M parameters; step {step}; source git revision `{revision}`.
+
+## Data manifests
+
+{shards}
+
+## Concept banks (heads)
+
+| head | classes | bank | bank version |
+|---|---|---|---|
+{banks}
+
+## Final metrics
+
+```json
+{metrics}
+```
+
+## Loading
+
+```python
+import torch
+from train.release import load_release
+from train.packing import normalise, pack, patchify
+
+model = load_release("{out}").eval()
+image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)   # your RGB image, side divisible by {patch}
+with torch.no_grad():
+    embedding = model(pack([patchify(normalise(image), {patch})]))   # (1, {dim})
+```
+
+Videos: pass codec tokens (patches at their (t, h, w)) or frames with t set per frame; several
+samples of any lengths go through one call packed (`pack([...])`).
+"""
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    folder, out = Path(checkpoint), Path(out_dir)
+    meta = read_meta(folder)
+    model_cfg = ModelConfig(flavour=meta["flavour"], patch=meta["patch"], rope_theta=meta["rope_theta"])
+    encoder = Encoder(model_cfg)
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    with warnings.catch_warnings():  # a release is made in one process on purpose
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=not torch.distributed.is_initialized())
+    weights = {k.removeprefix("encoder."): v.detach().contiguous() for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt", "step": str(meta["step"])})
+    config = {
+        "architecture": "ovforge-vit-rope3d-pma",
+        "flavour": meta["flavour"],
+        "patch": meta["patch"],
+        "rope_theta": meta["rope_theta"],
+        "dims": {"width": meta["dims"][0], "depth": meta["dims"][1], "heads": meta["dims"][2], "mlp": meta["dims"][3]},
+        "embedding_dim": meta["dims"][0],
+        "preprocess": {"mean": CLIP_MEAN, "std": CLIP_STD, "rope_split_thw": [4, 6, 6]},
+        "step": meta["step"],
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    run_text = (folder / "config.toml").read_text() if (folder / "config.toml").is_file() else ""
+    run = tomllib.loads(run_text) if run_text else {}
+    revision = run_text.splitlines()[0].removeprefix("# git revision: ") if run_text else "unknown"
+    shards = run.get("data", {}).get("shards", [])
+    banks = "\n".join(
+        f"| {n} | {h['num_classes']} | {h['bank'] or '(random init)'} | {h['bank_version'] or '-'} |"
+        for n, h in meta["heads"].items()
+    )
+    dim, depth, heads, _ = meta["dims"]
+    card = CARD.format(
+        name=run.get("name", folder.parent.parent.name),
+        flavour=meta["flavour"],
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        patch=meta["patch"],
+        params=sum(v.numel() for v in weights.values()) / 1e6,
+        step=meta["step"],
+        revision=revision,
+        shards="\n".join(f"- `{s}`" for s in shards) or "- (none recorded)",
+        banks=banks,
+        metrics=json.dumps(meta.get("metrics", {}), indent=1),
+        out=out,
+    )
+    (out / "README.md").write_text(card)
+    if run_text:
+        (out / "train_config.toml").write_text(run_text)
+    return out
+
+
+def load_release(folder: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    encoder = Encoder(ModelConfig(flavour=config["flavour"], patch=config["patch"], rope_theta=config["rope_theta"]))
+    encoder.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=True)
+    return encoder.to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m train.release CHECKPOINT OUT_DIR", file=sys.stderr)
+        return 2
+    out = export(argv[0], argv[1])
+    print(f"[release] wrote {out}/model.safetensors, config.json, README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
