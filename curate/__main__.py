@@ -15,6 +15,8 @@ commands:
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
   patchify VIDEO ...  select one clip's codec tokens and show them (see: python -m curate patchify -h)
+  concepts BANK.toml  (re)build a concept bank and write sidecar labels for a shard set, without
+                      rewriting its tars (see: python -m curate concepts -h)
   report OUT_DIR      (re)write OUT_DIR/report.html for a finished run
 """
 
@@ -31,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from curate.demo_corpus import main as demo_main
 
         return demo_main(rest)
+    if command == "concepts":
+        from curate.concepts.cli import main as concepts_main
+
+        return concepts_main(rest)
     if command == "report":
         from curate.report import build_report
 

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pandas as pd
@@ -253,6 +253,7 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
         for status in ("dropped", "failed")
     }
     kept_by_modality = ledger[ledger["status"] == "kept"]["modality"].value_counts().sort_index().to_dict()
+    warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
     shard_samples = sum(ix["samples"] for ix in indexes.values())
     if shard_samples != counts.get("kept", 0):
         raise AccountingError(f"shards hold {shard_samples} samples but the ledger keeps {counts.get('kept', 0)}")
@@ -265,6 +266,7 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
         "dropped_by_reason": reasons["dropped"],
         "failed_by_reason": reasons["failed"],
         "files_passed_over": skipped,
+        "warnings": dict(sorted(warnings.items())),
         "shards": sum(len(ix["shards"]) for ix in indexes.values()),
         "shard_bytes": sum(ix["bytes"] for ix in indexes.values()),
         "seconds": round(seconds, 1),
@@ -301,4 +303,5 @@ def format_summary(summary: dict) -> str:
         *[f"  {name:<32}{st['rows_per_second'] or 0:>10,.0f}" for name, st in summary.get("stages", {}).items()],
     ]
     rule = "-" * 46
-    return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked"])
+    notes = [f"WARNING ({n} samples): {w}" for w, n in summary.get("warnings", {}).items()]
+    return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes])

@@ -45,18 +45,23 @@ def map_stage(ds, stage: Stage):
     common = {"batch_size": None, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
     if stage.gpus:
         common["num_gpus"] = stage.gpus
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
     if stage.stateful:
         actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the progress bar
-        return ds.map_batches(
-            actor, fn_constructor_kwargs={"stage": stage}, concurrency=stage.concurrency or (1, _cpus()), **common
+        pool = (
+            ActorPoolStrategy(size=stage.concurrency)
+            if stage.concurrency
+            else ActorPoolStrategy(min_size=1, max_size=_cpus())
         )
+        return ds.map_batches(actor, fn_constructor_kwargs={"stage": stage}, compute=pool, **common)
 
     def run(batch, _stage=stage):
         return to_arrow(apply_in_chunks(_stage, batch))
 
     run.__name__ = run.__qualname__ = type(stage).__name__
     if stage.concurrency:
-        common["concurrency"] = stage.concurrency
+        common["compute"] = TaskPoolStrategy(size=stage.concurrency)
     return ds.map_batches(run, **common)
 
 
@@ -76,6 +81,7 @@ def init_ray(address: str | None, num_cpus: int | None, object_store_gb: float) 
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(
+            address="local",  # a new cluster sized to this machine, even if `ray start` runs here
             num_cpus=num_cpus,
             include_dashboard=False,
             object_store_memory=int(object_store_gb * 2**30),

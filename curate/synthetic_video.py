@@ -15,7 +15,7 @@ import av
 import numpy as np
 import skimage.data
 
-_BACKGROUNDS = ("astronaut", "coffee", "chelsea")  # textured; a flat sky (rocket) is a known weak case
+_BACKGROUNDS = ("astronaut", "coffee", "chelsea")  # textured everywhere (background="rocket": flat sky)
 _TEXTURES = ("rocket", "chelsea", "astronaut")
 _ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 _FLIPS = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]])  # velocity signs after bounces

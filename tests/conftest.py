@@ -12,7 +12,8 @@ import pytest
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    # address="local": always a fresh cluster of our own, never one that `ray start` left on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -109,7 +109,8 @@ def test_demo_manifest_and_stage_parameters_are_validated(tmp_path):
 
     cfg, stages = load_run("manifests/demo.toml", {"output.dir": str(tmp_path)})
     assert cfg.output.dir == str(tmp_path) and [s.name for s in stages][:2] == ["image_decode", "ocr_text"]
-    with pytest.raises(ManifestError, match=r"stages\.0\[image_decode\]\.sise.*valid keys here: mode, quality, size"):
+    valid = "isolate, mode, quality, retries, size, timeout_s"  # the stage's own fields + the fault policy
+    with pytest.raises(ManifestError, match=rf"stages\.0\[image_decode\]\.sise.*valid keys here: {valid}"):
         load_run("manifests/demo.toml", {"stages.0.sise": 3})
     with pytest.raises(ManifestError, match=r"unknown stage 'imgae_decode'; valid stages: .*image_decode"):
         load_run("manifests/demo.toml", {"stages.0.name": "imgae_decode"})

@@ -1,0 +1,226 @@
+"""One clip in, codec tokens out: decode, read codec signals, score patches, select, encode.
+
+The signal ladder, cheapest first: vectors straight from the source's decoder (H.264 and other
+MPEG-family codecs); otherwise ``hevc_policy`` decides: ``reencode`` the sampled clip to H.264 in
+memory and read its vectors, ``difference`` (plain frame difference, no vectors: cheap, but a
+moving camera lights up the whole frame) or ``refuse``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from curate.codec import residual, saliency, selection, signals, tokens
+from curate.codec.sampling import Clip, VideoError, decode_clip, inspect, open_source, plan_clips
+from shards.format import encode_npy
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchifyConfig:
+    """Parameters of codec patchification; the ``codec_patchify`` stage's manifest keys."""
+
+    budget: float = 0.125  # fraction of the T x 16 x 16 candidates kept (paper: 0.031-0.25)
+    frames: int = 64  # frames per clip
+    stride: int = 1  # take every stride-th frame ...
+    fps: float | None = None  # ... or resample to this frame rate (overrides stride)
+    clip: int = 0  # which clip of the video (clips start on keyframes, see sampling.plan_clips)
+    size: int = 256  # codec grid side in pixels (256 / 16 = the ViT's 16 x 16 grid)
+    patch: int = 16
+    fit: Literal["stretch", "pad"] = "stretch"  # pad keeps the aspect ratio; padding is never selected
+    first_frame: Literal["score", "whole"] = "score"  # whole: frame 0 kept entirely (reference's LLaVA path)
+    camera: Literal["median", "similarity", "none"] = "median"  # global motion removed (RESULTS.md: ablation)
+    motion_weight: float = 1.0
+    residual_weight: float = 1.0
+    centre_prior: float = 0.0  # 0.3 in the reference's evaluation loader
+    motion_floor: float = 0.5  # px/frame: per-frame normalisation never divides by less
+    residual_floor: float = 8.0  # grey levels (reference: 1); keeps a still frame's coding noise below 1
+    min_texture: float = 3.0  # grey levels of mean gradient below which a cell's vector is ignored
+    static_motion: float = 0.5  # clip is static (fallback) if motion p95 < this (px/frame) ...
+    static_residual: float = 3.0  # ... and residual p95 < this (grey levels)
+    hevc_policy: Literal["reencode", "difference", "refuse"] = "reencode"
+    reencode_gop: int = 16  # the paper's GOP; no B-frames, one reference
+    reencode_preset: str = "superfast"
+    min_frames: int = 16  # a truncated clip is used if at least this many frames decode
+    min_side: int = 32
+    keep_frames: int = 4  # whole frames stored in frames.jpg
+    jpeg_quality: int = 90
+    analysis_scale: Literal[1, 2] = 2  # residual and texture at half resolution: 4x less work, same cells
+    threads: int = 1  # decoder threads (0 = FFmpeg's choice); a pipeline task owns one core
+
+    def __post_init__(self):
+        if self.size % self.patch or self.patch % (2 * signals.CELL):
+            raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}, itself a multiple of 8")
+        selection.budget_k(self.budget, 1)
+        if self.frames < 1 or self.stride < 1 or self.min_frames < 1:
+            raise ValueError("frames, stride and min_frames must be positive")
+
+
+@dataclasses.dataclass
+class Patchified:
+    """One clip's selection, with the decoded planes kept for encoding tokens and previews."""
+
+    positions: np.ndarray  # int16 (K, 3) of (t, h, w)
+    scores: np.ndarray  # float32 (T, Hp, Wp)
+    clip: Clip
+    facts: dict  # codec facts and saliency statistics (JSON-able)
+
+
+def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patchified:
+    """Select the salient patches of one clip of ``data`` (bytes or a local path)."""
+    with open_source(data) as container:
+        source = inspect(container, cfg.min_side)
+        stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
+        clips = plan_clips(source, cfg.frames, stride)
+        if cfg.clip >= len(clips):
+            raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)")
+        native = source.codec in signals.MV_CODECS
+        if not native and cfg.hevc_policy == "refuse":
+            raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
+        clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
+    if len(clip.frame_ids) < cfg.min_frames:
+        raise VideoError(
+            f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt"
+        )
+
+    path = "codec_mvs"
+    velocity, has, distances = _vectors(clip, source.width, source.height, cfg.size) if native else (None, None, [])
+    if native and not has.any() and len(clip.frame_ids) > 1:
+        native = False  # an all-intra stream: fall back as if the codec exported nothing
+    if not native:
+        if cfg.hevc_policy == "reencode":
+            path = "reencode_h264"
+            mvs = signals.reencode_vectors(clip.y, clip.u, clip.v, cfg.reencode_gop, cfg.reencode_preset)
+            clip.vectors, full = mvs, (clip.y.shape[2], clip.y.shape[1])
+            velocity, has, distances = _vectors(clip, *full, cfg.size, (0, 0, cfg.size, cfg.size), b_frames=False)
+        else:
+            path = "frame_difference"
+            cells = cfg.size // signals.CELL
+            velocity = np.zeros((len(clip.frame_ids), cells, cells, 2), np.float32)
+            has = np.zeros(velocity.shape[:3], bool)
+
+    # pixel statistics run at 1/analysis_scale resolution: a 4x4 cell becomes (4/scale)^2 pixels
+    y, prev_y, cell = clip.y, clip.prev_y, signals.CELL // cfg.analysis_scale
+    if cfg.analysis_scale == 2:
+        y, prev_y = residual.half_size(y), residual.half_size(prev_y)
+    has = has & (residual.cell_texture(y, cell) * cfg.analysis_scale >= cfg.min_texture)  # flat: vectors say nothing
+    model = saliency.camera_model(velocity, has, cfg.camera)
+    # residual: the better of two predictions, the block's own vector or the camera's motion;
+    # the second covers blocks whose vector or reference frame we cannot know (B-frames, multi-ref)
+    own = np.where(has[..., None], velocity, 0.0)
+    res = residual.mc_residual(y, prev_y, own / cfg.analysis_scale, model / cfg.analysis_scale, cell=cell)
+    motion = np.where(has, np.linalg.norm(velocity - model, axis=-1), 0.0)
+    e_motion = saliency.normalise(motion, cfg.motion_floor)
+    e_res = saliency.normalise(res, cfg.residual_floor)
+    fused = (cfg.motion_weight * e_motion + cfg.residual_weight * e_res) / (cfg.motion_weight + cfg.residual_weight)
+    if cfg.centre_prior:
+        fused = fused * saliency.centre_prior(fused.shape[1], cfg.centre_prior)
+    if not clip.has_prev[0] and len(fused) > 1:
+        fused[0] = fused[1]  # no predecessor: the neighbour's map is the best estimate of frame 0
+    scores = saliency.patch_scores(fused, cfg.patch // signals.CELL).astype(np.float32)
+
+    grid = cfg.size // cfg.patch
+    top, left, ch, cw = clip.content
+    edges = np.arange(grid) * cfg.patch
+    valid = None
+    if cfg.fit == "pad":
+        rows = (edges >= top) & (edges + cfg.patch <= top + ch)
+        cols = (edges >= left) & (edges + cfg.patch <= left + cw)
+        valid = rows[:, None] & cols[None, :]
+    candidates = len(scores) * (int(valid.sum()) if valid is not None else grid * grid)
+    k = selection.budget_k(cfg.budget, candidates)
+    motion_p95 = float(np.percentile(motion[has], 95)) if has.any() else 0.0
+    res_p95 = float(np.percentile(res[clip.has_prev], 95)) if clip.has_prev.any() else 0.0
+    static = motion_p95 < cfg.static_motion and res_p95 < cfg.static_residual
+    if static:
+        positions = selection.uniform_frames(scores, k, valid)
+    else:
+        positions = selection.top_k(scores, k, valid, cfg.first_frame)
+
+    kept = scores[positions[:, 0], positions[:, 1], positions[:, 2]]
+    facts = {
+        "codec": source.codec,
+        "colour": ("full" if clip.full_range else "limited") + ("/bt709" if clip.bt709 else "/bt601"),
+        "gop": source.gop,
+        "fps": source.fps,
+        "width": source.width,
+        "height": source.height,
+        "stride": stride,
+        "frame_ids": clip.frame_ids.tolist(),
+        "pict_types": "".join(p[0] for p in clip.pict_types),
+        "signal": path,
+        "reference_distances": distances,
+        "truncated": clip.truncated,
+        "grid": [len(scores), grid, grid],
+        "patch": cfg.patch,
+        "size": cfg.size,
+        "fit": cfg.fit,
+        "content": list(clip.content),
+        "budget": cfg.budget,
+        "k": int(len(positions)),
+        "first_frame": cfg.first_frame,
+        "selection": "static_fallback" if static else "top_k",
+        "saliency": {
+            "motion_p95_px": round(motion_p95, 4),
+            "residual_p95": round(res_p95, 4),
+            "score_p50": round(float(np.percentile(scores, 50)), 4),
+            "score_p95": round(float(np.percentile(scores, 95)), 4),
+            "kept_share": round(float(kept.sum() / max(scores.sum(), 1e-9)), 4),
+            "vector_cells": round(float(has.mean()), 4),
+        },
+    }
+    return Patchified(positions, scores, clip, facts)
+
+
+def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_frames: bool = True):
+    """Per-frame velocity (T, cells, cells, 2) in px/frame at the grid, presence mask, ref distances.
+
+    ``b_frames=False`` (our P-only re-encode) takes every reference to be the previous frame.
+    """
+    content = content or clip.content
+    cells = size // signals.CELL
+    iy, ix = signals.grid_index((src_w, src_h), content, cells)
+    gain = np.array([content[3] / src_w, content[2] / src_h], np.float32)
+    n = len(clip.frame_ids)
+    disp, present = signals.rasterize(clip.vectors, src_w, src_h, iy, ix)  # (T, 2, cells, cells[, 2])
+    disp = disp * gain  # source pixels -> grid pixels
+    dist = np.ones((n, 2), np.float32)
+    if b_frames and "B" in clip.pict_types:  # B-frame streams: references may be several frames away
+        for k, d in zip(*np.nonzero(present.any(axis=(2, 3))), strict=True):
+            shift = np.median(disp[k, d][present[k, d]], axis=0)
+            if d == 0 and clip.has_prev[k]:
+                dist[k, d] = signals.reference_distance(clip.y[k], clip.prev_y[k], shift)
+            elif d == 1 and k + 1 < n and clip.frame_ids[k + 1] == clip.frame_ids[k] + 1:
+                dist[k, d] = signals.reference_distance(clip.y[k + 1], clip.y[k], shift)
+    count = present.sum(axis=1)
+    velocity = (np.where(present[..., None], disp, 0.0) / dist[:, :, None, None, None]).sum(axis=1)
+    velocity = (velocity / np.maximum(count, 1)[..., None]).astype(np.float32)
+    has = count > 0
+    for k in range(1, n):  # an I-frame inside the clip: motion is smooth, borrow the previous field
+        if not has[k].any() and clip.has_prev[k]:
+            velocity[k], has[k] = velocity[k - 1], has[k - 1]
+    return velocity, has, sorted(set(dist[present.any(axis=(2, 3))].astype(int).tolist()))
+
+
+def encode(result: Patchified, cfg: PatchifyConfig = PatchifyConfig()) -> dict:
+    """Shard fields of one clip: ``patches_jpg``, ``pos_npy``, ``frames_jpg`` bytes and the json facts."""
+    clip = result.clip
+    patches = tokens.jpeg_ycbcr(
+        tokens.gather(clip.y, clip.u, clip.v, result.positions, cfg.patch), clip.full_range, clip.bt709
+    )
+    n = max(1, min(cfg.keep_frames, len(clip.frame_ids)))
+    ids = np.unique(np.linspace(0, len(clip.frame_ids) - 1, n).round().astype(int))
+    meta = dict(result.facts, mosaic_cols=tokens.MOSAIC_COLS)
+    out = {
+        "patches_jpg": tokens.encode_jpeg(tokens.mosaic(patches), cfg.jpeg_quality),
+        "pos_npy": encode_npy(result.positions.astype(np.int16)),
+        "frames_jpg": tokens.encode_jpeg(
+            tokens.jpeg_ycbcr(tokens.frames_ycbcr(clip.y, clip.u, clip.v, ids), clip.full_range, clip.bt709),
+            cfg.jpeg_quality,
+        ),
+        "codec": meta,
+        "frames": {"ids": ids.tolist(), "source_ids": clip.frame_ids[ids].tolist()},
+    }
+    return out

@@ -1,0 +1,81 @@
+"""Per-patch saliency: camera-motion-compensated vectors plus residual, normalised per frame.
+
+Follows the reference's online variant: subtract a global camera model from the vector field
+(per-frame median, or a robust similarity fit), normalise motion and residual energy by their
+per-frame 95th percentile (with floors, so a still frame's noise is not blown up to 1), fuse
+them with configurable weights, optionally weight by a centre prior, and sum over each patch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def camera_model(velocity: np.ndarray, has: np.ndarray, mode: str, trim: float = 0.7, iters: int = 2) -> np.ndarray:
+    """Global motion field (T, gh, gw, 2) fitted to the vectors of each frame.
+
+    ``median``: per-frame median translation. ``similarity``: dx = tx + a x - b y,
+    dy = ty + b x + a y on a [-1, 1] grid (pan, zoom, roll), least squares re-fitted ``iters``
+    times on the ``trim`` fraction of cells it explains best, batched over frames, on every
+    second cell. Zero vectors count (a still background must pull the fit to zero, or a lone
+    mover would be "compensated" away). Frames with fewer than 64 vectors use the median.
+    """
+    t, gh, gw, _ = velocity.shape
+    if mode == "none":
+        return np.zeros_like(velocity)
+    sub = (slice(None), slice(None, None, 2), slice(None, None, 2))
+    vel = velocity[sub].reshape(t, -1, 2).astype(np.float64)
+    present = has[sub].reshape(t, -1)
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN frames (no vectors)
+        median = np.nan_to_num(np.nanmedian(np.where(present[..., None], vel, np.nan), axis=1))  # (t, 2)
+    if mode == "median":
+        return np.broadcast_to(median[:, None, None, :], velocity.shape).astype(np.float32)
+    yy, xx = np.mgrid[:gh, :gw]
+    x, y = ((xx + 0.5) / gw * 2 - 1)[sub[1:]].ravel(), ((yy + 0.5) / gh * 2 - 1)[sub[1:]].ravel()
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    a = np.concatenate([np.stack([one, zero, x, -y], 1), np.stack([zero, one, y, x], 1)])  # (2n, 4)
+    b = np.concatenate([vel[..., 0], vel[..., 1]], axis=1)  # (t, 2n)
+    outer = (a[:, :, None] * a[:, None, :]).reshape(len(a), 16)  # per-row a a^T: normal matrices by one GEMM
+    weight = present.astype(np.float64)
+    counts = present.sum(axis=1)
+    for _ in range(iters + 1):
+        w2 = np.concatenate([weight, weight], axis=1)  # (t, 2n)
+        normal = (w2 @ outer).reshape(t, 4, 4) + 1e-6 * np.eye(4)
+        params = np.linalg.solve(normal, ((w2 * b) @ a)[..., None])[..., 0]  # (t, 4)
+        fit = params @ a.T  # (t, 2n)
+        n = x.size
+        err = np.hypot(b[:, :n] - fit[:, :n], b[:, n:] - fit[:, n:])
+        err = np.where(present, err, np.inf)
+        rank = np.clip((trim * counts).astype(int) - 1, 0, err.shape[1] - 1)
+        cut = np.take_along_axis(np.sort(err, axis=1), rank[:, None], axis=1)
+        weight = (err <= cut).astype(np.float64)
+    # evaluate the fitted model on the full grid
+    xf, yf = ((xx + 0.5) / gw * 2 - 1).ravel(), ((yy + 0.5) / gh * 2 - 1).ravel()
+    dx = params[:, :1] + params[:, 2:3] * xf - params[:, 3:4] * yf
+    dy = params[:, 1:2] + params[:, 3:4] * xf + params[:, 2:3] * yf
+    model = np.stack([dx, dy], axis=-1)
+    few = counts < 64
+    model[few] = median[few, None, :]
+    return model.reshape(velocity.shape).astype(np.float32)
+
+
+def normalise(energy: np.ndarray, floor: float) -> np.ndarray:
+    """Divide each frame by max(its 95th percentile, floor) and clip to [0, 1]."""
+    scale = np.maximum(np.percentile(energy.reshape(len(energy), -1), 95, axis=1), floor)
+    return np.clip(energy / scale[:, None, None], 0.0, 1.0)
+
+
+def centre_prior(cells: int, strength: float) -> np.ndarray:
+    """1 + strength * Gaussian(sigma = 0.35 side), peak-normalised, as in the reference."""
+    c = (np.arange(cells) + 0.5) / cells - 0.5
+    g = np.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 0.35**2))
+    return (1.0 + strength * g).astype(np.float32)
+
+
+def patch_scores(fused: np.ndarray, cells_per_patch: int) -> np.ndarray:
+    """Sum of the fused cell map over each patch: (T, gh, gw) -> (T, gh/c, gw/c)."""
+    t, gh, gw = fused.shape
+    c = cells_per_patch
+    return fused.reshape(t, gh // c, c, gw // c, c).sum(axis=(2, 4))

@@ -1,0 +1,257 @@
+"""Clip sampling: find GOP boundaries by demuxing, then decode one clip at the codec grid.
+
+Clips start on a keyframe so decoding never needs a frame outside the clip. Frames are scaled
+once by swscale to 4:2:0 at the target grid (not at all when the source is already that size):
+the Y plane feeds the residual, and Y/U/V are what a 4:2:0 JPEG stores, so only the kept
+patches' samples are remapped to JPEG range (``tokens.jpeg_ycbcr``), never whole frames to RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import av
+import numpy as np
+
+SUPPORTED_PIX_FMTS = ("yuv420p", "yuvj420p")
+
+
+class VideoError(ValueError):
+    """A source the patchifier refuses, with the reason in the message."""
+
+
+@dataclasses.dataclass
+class Source:
+    """Stream facts from the container and one demux pass (no decoding)."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float
+    pix_fmt: str
+    pts: np.ndarray  # display-ordered presentation timestamps, one per frame
+    keyframes: np.ndarray  # display indices of keyframes (GOP starts)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.pts)
+
+    @property
+    def gop(self) -> int | None:
+        """Median keyframe interval, or None for a single-GOP stream."""
+        return int(np.median(np.diff(self.keyframes))) if len(self.keyframes) > 1 else None
+
+
+@dataclasses.dataclass
+class Clip:
+    """Decoded clip at the target grid, samples as coded: Y (T,H,W), U and V (T,H/2,W/2), uint8."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    prev_y: np.ndarray  # (T,H,W) the decoded frame just before each sampled frame (itself if none)
+    has_prev: np.ndarray  # (T,) bool
+    vectors: list  # per sampled frame: MOTION_VECTORS structured array or None
+    pict_types: list[str]
+    frame_ids: np.ndarray  # display indices in the source
+    content: tuple[int, int, int, int]  # (top, left, height, width) of real pixels (pad mode)
+    truncated: bool
+    full_range: bool  # JPEG-range samples (else 16-235 video range)
+    bt709: bool  # BT.709 matrix (else BT.601)
+
+
+def open_source(data: bytes | str) -> av.container.InputContainer:
+    try:
+        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise VideoError(f"not a readable video container ({exc})") from None
+
+
+def inspect(container, min_side: int) -> Source:
+    """Check the stream is one we can patchify and index its frames and keyframes by demuxing."""
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoError(f"no video stream (streams: {', '.join(kinds)}); audio-only or not a video")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    pix_fmt = ctx.format.name if ctx.format else "unknown"
+    if pix_fmt not in SUPPORTED_PIX_FMTS:
+        raise VideoError(f"pixel format {pix_fmt} unsupported (8-bit 4:2:0 only; 10-bit and 4:4:4 are refused)")
+    w, h = ctx.width, ctx.height
+    if w % 2 or h % 2 or min(w, h) < min_side:
+        raise VideoError(f"frame size {w}x{h} refused: need even sides of at least {min_side} px")
+    pts, keys, untimed = [], [], 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is None:
+                untimed += 1
+            elif packet.size:
+                pts.append(packet.pts)
+                keys.append(packet.is_keyframe)
+    except av.FFmpegError:
+        pass  # truncated tail: index what demuxed
+    if untimed and not pts:
+        raise VideoError("video packets carry no timestamps (raw elementary stream?); remux into mp4/mkv first")
+    if not pts:
+        raise VideoError("video stream holds zero frames")
+    order = np.argsort(pts, kind="stable")
+    pts_sorted = np.asarray(pts, dtype=np.int64)[order]
+    keyframes = np.flatnonzero(np.asarray(keys)[order])
+    if len(keyframes) == 0 or keyframes[0] != 0:
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+    steps = np.diff(pts_sorted)
+    if len(steps) > 2:
+        med = np.median(steps)
+        multiple = steps / med if med > 0 else steps
+        if med <= 0 or np.mean(np.abs(multiple - np.rint(multiple)) > 0.1) > 0.05:
+            raise VideoError("variable frame rate (timestamps irregular); convert to constant fps first")
+        gaps = np.flatnonzero(np.rint(multiple) >= 2)  # missing frames (a truncated tail drops B-frames)
+        if len(gaps):
+            pts_sorted = pts_sorted[: gaps[0] + 1]
+            keyframes = keyframes[keyframes <= gaps[0]]
+    rate = stream.average_rate or stream.guessed_rate
+    return Source(ctx.name, w, h, float(rate) if rate else 0.0, pix_fmt, pts_sorted, keyframes)
+
+
+def plan_clips(source: Source, frames: int, stride: int) -> list[np.ndarray]:
+    """Split the video into clips of ``frames`` display indices at ``stride``, each from a keyframe.
+
+    The next clip starts at the first keyframe after the previous clip's last frame, so no GOP
+    is shared or cut; a tail shorter than one clip becomes a short final clip.
+    """
+    clips, start, n = [], 0, source.frame_count
+    while start < n:
+        ids = np.arange(start, min(n, start + frames * stride), stride)
+        clips.append(ids)
+        later = source.keyframes[source.keyframes > ids[-1]]
+        if len(later) == 0:
+            break
+        start = int(later[0])
+    return clips
+
+
+def decode_clip(
+    data: bytes | str,
+    source: Source,
+    ids: np.ndarray,
+    size: int,
+    fit: str,
+    want_vectors: bool,
+    threads: int = 1,
+    container=None,
+) -> Clip:
+    """Decode the frames ``ids`` (plus their predecessors) scaled to the ``size`` square grid.
+
+    ``fit="stretch"`` scales to the square; ``fit="pad"`` keeps the aspect ratio and centres the
+    picture on a black canvas (``content`` says where). Decoding stops at the first corrupt packet.
+    An open ``container`` (e.g. the one :func:`inspect` demuxed) is sought back to the clip's
+    keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
+    decoded from the start of a freshly opened stream instead.
+    """
+    if container is not None:
+        try:
+            clip = _decode(container, source, ids, size, fit, want_vectors, threads, seek=True)
+        except av.FFmpegError:
+            clip = None
+        if clip is not None:
+            return clip
+    with open_source(data) as fresh:
+        return _decode(fresh, source, ids, size, fit, want_vectors, threads, seek=False)
+
+
+def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> Clip | None:
+    stream = container.streams.video[0]
+    stream.thread_count = threads
+    if threads != 1:
+        stream.thread_type = "AUTO"
+    if want_vectors:
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+    scale = min(size / source.width, size / source.height)
+    if fit == "pad":
+        cw, ch = max(2, round(source.width * scale / 2) * 2), max(2, round(source.height * scale / 2) * 2)
+    else:
+        cw, ch = size, size
+    top, left = (size - ch) // 2, (size - cw) // 2
+    wanted = {int(source.pts[i]): k for k, i in enumerate(ids)}
+    taken = set(ids.tolist())
+    before = {int(source.pts[i - 1]): k for k, i in enumerate(ids) if i > 0 and i - 1 not in taken}
+    last_pts = int(source.pts[ids[-1]])
+    n = len(ids)
+    y = np.zeros((n, size, size), np.uint8)
+    u = np.full((n, size // 2, size // 2), 128, np.uint8)
+    v = u.copy()
+    prev_y = np.zeros_like(y)
+    has_prev = np.zeros(n, bool)
+    got = np.zeros(n, bool)
+    vectors: list = [None] * n
+    kinds = ["?"] * n
+    truncated = full_range = bt709 = False
+    first = int(source.pts[source.keyframes[source.keyframes <= ids[0]][-1]])
+    if seek:
+        container.seek(first, stream=stream, backward=True, any_frame=False)
+    last_y = None
+    try:
+        for frame in container.decode(stream):
+            if seek and frame.pts is not None and frame.pts > first and not got.any() and last_y is None:
+                return None  # landed after the clip's keyframe
+            seek = False
+            if frame.pts is None or frame.pts < first:
+                continue
+            if getattr(frame, "rotation", 0):
+                raise VideoError(f"rotation metadata ({frame.rotation} deg) refused; rotate the source first")
+            k, kp = wanted.get(frame.pts), before.get(frame.pts)
+            if k is not None or kp is not None:
+                scaled = frame
+                if (frame.width, frame.height) != (cw, ch):
+                    scaled = frame.reformat(cw, ch, interpolation="AREA", threads=1)  # colours stay as coded
+                fy, fu, fv = (_plane(p, r) for p, r in zip(scaled.planes, (ch, ch // 2, ch // 2), strict=True))
+                if k is not None:
+                    y[k, top : top + ch, left : left + cw] = fy[:, :cw]
+                    u[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fu[:, : cw // 2]
+                    v[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fv[:, : cw // 2]
+                    got[k] = True
+                    kinds[k] = av.video.frame.PictureType(frame.pict_type).name
+                    full_range = frame.color_range == 2 or frame.format.name == "yuvj420p"
+                    bt709 = frame.colorspace == 1
+                    if want_vectors:
+                        sd = frame.side_data.get("MOTION_VECTORS")
+                        vectors[k] = None if sd is None else sd.to_ndarray()
+                    if last_y is not None:
+                        prev_y[k] = last_y
+                        has_prev[k] = True
+                    if k + 1 < n:
+                        last_y = y[k]
+                if kp is not None:
+                    last_y = np.zeros((size, size), np.uint8)
+                    last_y[top : top + ch, left : left + cw] = fy[:, :cw]
+            if frame.pts >= last_pts:
+                break
+    except av.FFmpegError:  # corrupt or cut stream: keep what decoded
+        truncated = True
+    keep = np.flatnonzero(got)
+    if len(keep) < n:
+        truncated = True
+        # only the decoded prefix is usable: a gap would break the clip's frame-to-frame signals
+        stop = int(np.argmin(got)) if not got.all() else n
+        keep = np.arange(stop)
+    prev_y[~has_prev] = y[~has_prev]
+    return Clip(
+        y[keep],
+        u[keep],
+        v[keep],
+        prev_y[keep],
+        has_prev[keep],
+        [vectors[i] for i in keep],
+        [kinds[i] for i in keep],
+        ids[keep],
+        (top, left, ch, cw),
+        truncated,
+        full_range,
+        bt709,
+    )
+
+
+def _plane(plane, rows: int) -> np.ndarray:
+    """A plane's samples without a copy; rows are ``line_size`` long (the caller crops the padding)."""
+    return np.frombuffer(plane, np.uint8, count=rows * plane.line_size).reshape(rows, plane.line_size)

@@ -1,0 +1,152 @@
+"""open_clip image embeddings for images and videos; weights from a local path or ``s3://`` only.
+
+A video's embedding reduces the embeddings of ``video_frames`` of its stored whole frames
+(``frames_jpg``, stacked vertically): ``concat`` L2-normalises each frame, concatenates them in
+time order and normalises again (the reference's 8 x D features), ``mean`` averages them. Random
+weights are seeded, so every worker of a run builds the same random model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from curate.concepts.config import EmbedConfig
+from curate.concepts.kmeans import resolve_device, resolve_precision
+from shards import storage
+
+RANDOM_SEED = 0
+
+
+def fetch(uri: str, cache_dir: str = "") -> str:
+    """A local path for ``uri``: itself when local, else a cached copy (downloaded once, atomically)."""
+    if not storage.is_s3(uri):
+        if not os.path.isfile(uri):
+            raise FileNotFoundError(f"{uri}: no such file")
+        return uri
+    root = os.path.join(cache_dir or tempfile.gettempdir(), "ovforge-weights")
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + uri.rsplit("/", 1)[-1])
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=root, prefix=".part-")
+        os.close(fd)
+        try:
+            bucket, key = storage.split_s3(uri)
+            storage.s3_client().download_file(bucket, key, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path
+
+
+@dataclasses.dataclass
+class Encoder:
+    """The image tower of an open_clip model with its eval preprocessing, on one device."""
+
+    cfg: EmbedConfig
+    visual: torch.nn.Module
+    preprocess: object
+    device: torch.device
+    precision: str
+    frame_dim: int
+
+    @property
+    def info(self) -> dict:
+        """What rows record in ``meta["embedding"]`` (and banks in bank.json)."""
+        return {
+            "model": self.cfg.model,
+            "weights": self.cfg.weights,
+            "random_weights": self.cfg.weights == "random",
+            "image_size": self.cfg.image_size,
+            "frame_dim": self.frame_dim,
+            "video_frames": self.cfg.video_frames,
+            "video_reduction": self.cfg.video_reduction,
+            "dtype": self.cfg.dtype,
+        }
+
+    def video_dim(self) -> int:
+        return self.frame_dim * (self.cfg.video_frames if self.cfg.video_reduction == "concat" else 1)
+
+    @torch.no_grad()
+    def images(self, images: list[Image.Image], batch: int = 64) -> np.ndarray:
+        """(n, D) float32 L2-normalised embeddings."""
+        out = []
+        autocast = self.precision in ("bf16", "fp16")
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        for i in range(0, len(images), batch):
+            x = torch.stack([self.preprocess(im) for im in images[i : i + batch]]).to(self.device)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=autocast):
+                y = self.visual(x)
+            out.append(torch.nn.functional.normalize(y.float(), dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.frame_dim), np.float32)
+
+    def videos(self, frame_lists: list[list[Image.Image]]) -> np.ndarray:
+        """(n, D') embeddings, one per list of frames, reduced as the config says."""
+        picked = [[frames[i] for i in frame_ids(len(frames), self.cfg.video_frames)] for frames in frame_lists]
+        per_frame = self.images([f for frames in picked for f in frames])
+        per_frame = per_frame.reshape(len(picked), self.cfg.video_frames, -1)
+        if self.cfg.video_reduction == "concat":
+            y = per_frame.reshape(len(picked), -1)
+        else:
+            y = per_frame.mean(1)
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def frame_ids(available: int, wanted: int) -> list[int]:
+    """The reference's pick: ``i * step + step // 2`` with ``step = max(1, available // wanted)``."""
+    step = max(1, available // wanted)
+    return [min(available - 1, i * step + step // 2) for i in range(wanted)]
+
+
+def split_frames(data: bytes, meta: dict, key: str) -> list[Image.Image]:
+    """``frames_jpg`` (whole frames stacked vertically) -> one picture per frame."""
+    ids = (meta.get("frames") or {}).get("ids")
+    if not ids:
+        raise ValueError(f"{key}: meta.frames.ids is missing, so frames_jpg cannot be split into frames")
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    if h % len(ids):
+        raise ValueError(f"{key}: frames_jpg height {h} is not a multiple of its {len(ids)} frames")
+    fh = h // len(ids)
+    return [img.crop((0, i * fh, w, (i + 1) * fh)) for i in range(len(ids))]
+
+
+def load_encoder(cfg: EmbedConfig) -> Encoder:
+    """Build the model from open_clip's config (or ``model_config``) and load ``weights`` strictly."""
+    import open_clip
+
+    if cfg.model_config:
+        spec = json.loads(Path(fetch(cfg.model_config, cfg.cache_dir)).read_text())
+        spec = spec.get("model_cfg", spec)
+        folder = tempfile.mkdtemp(prefix="ovforge-openclip-")
+        with open(os.path.join(folder, f"{cfg.model}.json"), "w") as f:
+            json.dump(spec, f)
+        open_clip.add_model_config(os.path.join(folder, f"{cfg.model}.json"))
+    if cfg.model not in open_clip.list_models():
+        raise ValueError(
+            f"open_clip has no model {cfg.model!r}; give model_config (a JSON) or one of open_clip's names"
+        )
+    device = resolve_device(cfg.device)
+    random = cfg.weights == "random"
+    pretrained = None if random else fetch(cfg.weights, cfg.cache_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=pretrained, force_image_size=cfg.image_size
+        )
+    visual = model.visual.eval().to(device)
+    del model
+    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    with torch.no_grad():
+        dim = visual(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+    return Encoder(cfg, visual, preprocess, device, resolve_precision(cfg.precision, device), dim)

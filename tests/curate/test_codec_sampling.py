@@ -1,0 +1,89 @@
+"""Clip sampling: keyframe-aligned clips, strides, aspect-keeping padding and rotation refusal."""
+
+from __future__ import annotations
+
+import struct
+
+import av
+import numpy as np
+import pytest
+
+from curate.codec import PatchifyConfig, VideoError, patchify
+from curate.codec.sampling import inspect, open_source, plan_clips
+from curate.synthetic_video import make_clip
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sampling") / "long.mp4"
+    make_clip(path, size=128, frames=100, gop=16, bframes=0, seed=2)
+    with av.open(str(path)) as c:
+        luma = np.stack([f.to_ndarray()[:128] for f in c.decode(video=0)])  # the decoder's own Y planes
+    return str(path), luma
+
+
+def test_clips_start_on_keyframes_and_never_share_a_gop(long_clip):
+    path, _ = long_clip
+    with open_source(path) as c:
+        source = inspect(c, 32)
+    assert source.frame_count == 100 and source.keyframes.tolist() == [0, 16, 32, 48, 64, 80, 96]
+    assert source.gop == 16 and source.fps == 24
+    clips = plan_clips(source, 32, 1)
+    assert [c[0] for c in clips] == [0, 32, 64, 96] and [len(c) for c in clips] == [32, 32, 32, 4]
+    assert [c[0] for c in plan_clips(source, 10, 2)] == [0, 32, 64, 96]  # 0..18 ends before 32
+
+
+def test_second_clip_decodes_exactly_its_frames(long_clip):
+    path, luma = long_clip
+    r = patchify(path, PatchifyConfig(frames=32, clip=1, size=128, min_frames=8))
+    assert r.facts["frame_ids"] == list(range(32, 64))
+    assert np.array_equal(r.clip.y, luma[32:64])  # same size: the planes are the decoder's, untouched
+    assert r.scores.shape == (32, 8, 8) and r.positions[:, 0].max() <= 31
+    assert not r.clip.has_prev[0] and r.clip.has_prev[1:].all()  # a clip starts at its keyframe
+
+
+def test_stride_and_fps_sampling_keep_the_true_predecessor(long_clip):
+    path, luma = long_clip
+    for cfg in (PatchifyConfig(frames=16, stride=3, size=128), PatchifyConfig(frames=16, fps=8.0, size=128)):
+        r = patchify(path, cfg)
+        ids = np.arange(0, 48, 3)
+        assert r.facts["frame_ids"] == ids.tolist() and r.facts["stride"] == 3
+        assert np.array_equal(r.clip.y, luma[ids])
+        assert np.array_equal(r.clip.prev_y[1:], luma[ids[1:] - 1])  # residual against frame t-1, decoded
+
+
+def test_pad_keeps_aspect_and_never_selects_padding(tmp_path):
+    path = tmp_path / "wide.mp4"
+    mask = make_clip(path, size=(320, 180), frames=32, seed=1)
+    r = patchify(str(path), PatchifyConfig(fit="pad", frames=32))
+    assert r.clip.content == (56, 0, 144, 256)  # 320x180 -> 256x144, centred
+    assert set(np.unique(r.positions[:, 1])) <= set(range(4, 12))  # rows fully inside 56..200
+    assert len(r.positions) == round(0.125 * 32 * 8 * 16)
+    assert (r.clip.y[:, :56] == 0).all() and (r.clip.y[:, 200:] == 0).all()
+    # the object is still found: its centre row on the padded grid is among the kept rows
+    rows = (np.argwhere(mask[10])[:, 0].mean() * 144 / 180 + 56) // 16
+    assert rows in r.positions[r.positions[:, 0] == 10][:, 1]
+
+
+def test_rotation_metadata_is_refused(tmp_path):
+    path = tmp_path / "rot.mp4"
+    make_clip(path, size=64, frames=8)
+    data = bytearray(path.read_bytes())
+    # PyAV cannot write a display matrix, so write the 90-degree matrix into the mp4 track header
+    matrix = data.find(b"tkhd") - 4 + 48
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    with pytest.raises(VideoError, match="rotation"):
+        patchify(bytes(data), PatchifyConfig(min_frames=4))
+
+
+def test_mpegts_clip_after_an_imprecise_seek_and_raw_streams(tmp_path):
+    ts = tmp_path / "x.ts"
+    make_clip(ts, size=128, frames=40, gop=16, seed=1)
+    with av.open(str(ts)) as c:
+        luma = np.stack([f.to_ndarray()[:128] for f in c.decode(video=0)])
+    r = patchify(str(ts), PatchifyConfig(frames=16, clip=1, size=128, min_frames=8))
+    assert r.facts["frame_ids"] == list(range(16, 32)) and np.array_equal(r.clip.y, luma[16:32])
+    raw = tmp_path / "x.h264"
+    make_clip(raw, size=64, frames=8)
+    with pytest.raises(VideoError, match="no timestamps"):
+        patchify(str(raw))

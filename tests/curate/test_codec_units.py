@@ -1,0 +1,179 @@
+"""Codec patchification building blocks, each against an independently computed answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate.codec import residual, saliency, selection, signals, tokens
+
+
+def test_chunk_positions_are_whole_frames_on_the_64_grid():
+    pos = selection.chunk_positions(8)
+    assert pos.dtype == np.int16 and pos.shape == (8 * 256, 3)
+    assert np.unique(pos[:, 0]).tolist() == [0, 9, 18, 27, 36, 45, 54, 63]  # floor(linspace(0, 63, 8))
+    first = pos[pos[:, 0] == 9]
+    assert first[:, 1].tolist() == np.repeat(np.arange(16), 16).tolist()
+    assert first[:, 2].tolist() == np.tile(np.arange(16), 16).tolist()
+
+
+def test_spatial_positions_cover_any_divisible_image():
+    pos = selection.spatial_positions(32, 48)
+    assert pos.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]]
+    with pytest.raises(ValueError, match="divisible"):
+        selection.spatial_positions(30, 48)
+
+
+def test_top_k_is_global_sorted_and_breaks_ties_by_grid_order():
+    scores = np.zeros((4, 2, 2))
+    scores[2, 1, 0], scores[0, 0, 1] = 5.0, 3.0
+    pos = selection.top_k(scores, 4)
+    # the two best, then ties (all zero) in raster order: (0,0,0), (0,1,0)... first two zeros
+    assert pos.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 0], [2, 1, 0]]
+    whole = selection.top_k(scores, 5, first_frame="whole")
+    assert whole.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1], [2, 1, 0]]
+    valid = np.array([[True, False], [True, True]])
+    assert [0, 0, 1] not in selection.top_k(scores, 4, valid=valid).tolist()
+
+
+def test_budget_and_fallback():
+    assert selection.budget_k(0.125, 16384) == 2048 and selection.budget_k(0.031, 16384) == 508
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="budget"):
+            selection.budget_k(bad, 100)
+    scores = np.random.default_rng(0).random((16, 4, 4))
+    pos = selection.uniform_frames(scores, 16 * 3 + 2)  # three whole frames, two best of the rest
+    frames, counts = np.unique(pos[:, 0], return_counts=True)
+    whole = frames[counts == 16].tolist()
+    assert whole == [0, 8, 15] and len(pos) == 50
+    rest = np.ones(scores.shape, bool)
+    rest[whole] = False
+    best_two = np.sort(scores[rest])[-2:]
+    assert np.allclose(np.sort(scores[tuple(pos[counts.repeat(counts) < 16].T)]), best_two)
+
+
+def test_rasterize_places_blocks_and_signs_motion():
+    mvs = np.zeros(
+        3,
+        dtype=[
+            (n, t)
+            for n, t in [
+                ("source", "<i4"),
+                ("w", "u1"),
+                ("h", "u1"),
+                ("src_x", "<i2"),
+                ("src_y", "<i2"),
+                ("dst_x", "<i2"),
+                ("dst_y", "<i2"),
+                ("flags", "<u8"),
+                ("motion_x", "<i4"),
+                ("motion_y", "<i4"),
+                ("motion_scale", "<u2"),
+            ]
+        ],
+    )
+    # a 16x16 block centred at (24, 8) copied from 2 px to its right: the content moved 2 px left
+    mvs[0] = (-1, 16, 16, 26, 8, 24, 8, 0, 8, 0, 4)
+    # an 8x8 block centred at (4, 28) predicted from the future, quarter-pel (-6, 2) -> (-1.5, 0.5)
+    mvs[1] = (1, 8, 8, 0, 0, 4, 28, 0, -6, 2, 4)
+    # an 8x8 block half outside the frame's right edge: clipped to the last column, not wrapped
+    mvs[2] = (-1, 8, 8, 0, 0, 32, 20, 0, 4, 4, 4)
+    disp, has = signals.rasterize([None, mvs], 32, 32)
+    assert not has[0].any()  # a frame without vectors (an I-frame)
+    disp, has = disp[1], has[1]
+    assert has[0].sum() == 16 + 2 and has[1].sum() == 4
+    assert np.all(disp[0, 0:4, 4:8] == [-2.0, 0.0])  # dst - src
+    assert np.all(disp[1, 6:8, 0:2] == [-1.5, 0.5])  # src - dst for a future reference
+    assert np.all(disp[0, 4:6, 7] == [-1.0, -1.0]) and not has[0, :, 0].any()
+
+
+def test_camera_model_recovers_a_similarity_despite_a_mover():
+    t, g = 3, 32
+    yy, xx = np.mgrid[:g, :g]
+    x, y = (xx + 0.5) / g * 2 - 1, (yy + 0.5) / g * 2 - 1
+    truth = np.zeros((t, g, g, 2), np.float32)
+    for i, (tx, ty, a, b) in enumerate([(2.0, -1.0, 0.0, 0.0), (0.5, 0.5, 0.3, 0.0), (-1.0, 0.0, 0.1, 0.2)]):
+        truth[i, ..., 0] = tx + a * x - b * y
+        truth[i, ..., 1] = ty + b * x + a * y
+    observed = truth.copy()
+    observed[:, 4:14, 4:14] = [6.0, -5.0]  # a moving object: 10 % of the cells
+    has = np.ones((t, g, g), bool)
+    has[:, 20:, :3] = False  # intra blocks
+    fit = saliency.camera_model(observed, has, "similarity")
+    assert np.abs(fit - truth).max() < 0.05
+    median = saliency.camera_model(observed, has, "median")
+    assert np.allclose(median[0], [2.0, -1.0])  # pure translation: the median is exact
+
+
+def test_mc_residual_matches_a_direct_computation():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)
+    prev = rng.integers(0, 256, (2, 16, 16), dtype=np.uint8)
+    vel = rng.integers(-5, 6, (2, 4, 4, 2)).astype(np.float32)
+    got = residual.mc_residual(y, prev, vel)
+    for t in range(2):
+        for i in range(4):
+            for j in range(4):
+                dx, dy = vel[t, i, j]
+                rows = np.clip(np.arange(4 * i, 4 * i + 4) - int(dy), 0, 15)
+                cols = np.clip(np.arange(4 * j, 4 * j + 4) - int(dx), 0, 15)
+                want = np.abs(
+                    y[t, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].astype(int) - prev[t][np.ix_(rows, cols)]
+                ).mean()
+                assert got[t, i, j] == pytest.approx(want)
+    # a frame that is its predecessor shifted by (2, 1) is predicted exactly by that vector
+    shifted = np.roll(prev, (1, 2), axis=(1, 2))
+    exact = residual.mc_residual(shifted, prev, np.broadcast_to(np.float32([2, 1]), (2, 4, 4, 2)))
+    assert exact[:, 1:, 1:].max() == 0 and residual.mc_residual(shifted, prev, 0 * vel)[:, 1:, 1:].mean() > 20
+
+
+def test_mosaic_patches_do_not_bleed():
+    rng = np.random.default_rng(2)
+    colours = rng.integers(20, 236, (70, 3)).astype(np.uint8)
+    patches = np.broadcast_to(colours[:, None, None, :], (70, 16, 16, 3)).copy()  # flat YCbCr patches
+    image = tokens.mosaic(patches)
+    assert image.shape == (3 * 16, 32 * 16, 3)
+    back = tokens.unmosaic(tokens.decode_jpeg(tokens.encode_jpeg(image, 95)), 70, 16).astype(np.int16)
+    error = np.abs(back - tokens.to_rgb(colours[:, None, :]).astype(np.int16)[:, :, None, :])
+    # each patch is coded as its own MCU: exact inside; only libjpeg's "fancy" chroma upsampling
+    # at decode time blends the outermost pixel with the neighbour's chroma (random colours here)
+    assert error[:, 1:-1, 1:-1].max() <= 3
+    assert error.mean() < 6
+
+
+def test_video_range_is_mapped_to_jpeg_range():
+    limited = np.array([[[16, 128, 128], [235, 128, 128], [126, 128, 128]]], np.uint8)
+    full = tokens.jpeg_ycbcr(limited, full_range=False, bt709=False)
+    assert full[0, :, 0].tolist() == [0, 255, 128] and (full[0, :, 1:] == 128).all()
+    grey709 = tokens.jpeg_ycbcr(np.array([[[100, 128, 128]]], np.uint8), True, True)
+    assert grey709.tolist() == [[[100, 128, 128]]]  # greys do not depend on the matrix
+    red709 = tokens.to_rgb(tokens.jpeg_ycbcr(np.array([[[63, 102, 240]]], np.uint8), False, True))
+    assert np.abs(red709.astype(int) - [255, 0, 0]).max() <= 4  # BT.709 limited-range pure red
+
+
+def test_reference_distance_recovers_how_far_back_the_reference_is():
+    ref = np.random.default_rng(3).integers(0, 256, (96, 96), dtype=np.uint8)
+    cur = np.roll(ref, (-2, 3), axis=(0, 1))  # one frame later: moved by (3, -2)
+    for d in (1, 2, 3, 4):  # a vector pointing d frames back measures d times the per-frame motion
+        assert signals.reference_distance(cur, ref, np.array([3.0, -2.0]) * d) == d
+    assert signals.reference_distance(cur, ref, np.array([0.2, 0.1])) == 1  # no camera motion: irrelevant
+
+
+def test_rasterize_onto_a_coarser_grid_equals_sampling_the_full_raster(tmp_path):
+    import av
+
+    from curate.synthetic_video import make_clip
+
+    path = tmp_path / "wide.mp4"
+    make_clip(path, size=(320, 192), frames=6, pan=(2, 1))
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.codec_context.options = {"flags2": "+export_mvs"}
+        mvs = [f.side_data.get("MOTION_VECTORS") for f in c.decode(s)]
+    mvs = [None if m is None else m.to_ndarray() for m in mvs]
+    assert sum(m is not None for m in mvs) >= 4
+    rows, cols = signals.grid_index((320, 192), (0, 0, 64, 64), 16)  # 80x48 source cells -> 16x16
+    full_disp, full_has = signals.rasterize(mvs, 320, 192)
+    disp, has = signals.rasterize(mvs, 320, 192, rows, cols)
+    assert np.array_equal(has, full_has[:, :, rows, cols]) and has[1:].any()
+    assert np.array_equal(disp, full_disp[:, :, rows, cols])
