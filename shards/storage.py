@@ -149,8 +149,11 @@ def _endpoint() -> str:
 def retrying(uri: str, fn, attempts: int = READ_ATTEMPTS, backoff: float = 0.2):
     """Call ``fn()`` up to ``attempts`` times with exponential backoff; a missing object is FileNotFoundError.
 
-    boto3 retries each request, but not a body that breaks mid-read; this covers both.
+    boto3 retries each request, but not a body that breaks mid-read; this covers both. Local paths
+    run ``fn`` once (and need no boto3: the GPU machine has none).
     """
+    if not is_s3(uri):
+        return fn()
     from botocore.exceptions import BotoCoreError, ClientError
 
     for attempt in range(attempts):

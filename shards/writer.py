@@ -25,7 +25,9 @@ def write_shard(samples: list[dict[str, bytes]], uri: str) -> dict:
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as stream:
-            writer = wds.TarWriter(stream, user="ovforge", group="ovforge", mtime=0.0, encoder=False)
+            writer = wds.TarWriter(
+                stream, user="ovforge", group="ovforge", mtime=0, encoder=False
+            )  # int: no PAX header
             for sample in samples:
                 fmt.check_key(sample["__key__"])
                 fmt.check_sample(sample)

@@ -1,13 +1,15 @@
-"""``python -m train.release CHECKPOINT OUT_DIR``: a self-contained encoder release.
+"""``python -m train.release CHECKPOINT OUT_DIR [--format native|hf|onnx]``: a self-contained encoder release.
 
 Writes ``model.safetensors`` (encoder only; the concept heads are training machinery),
 ``config.json`` (architecture and preprocessing), and a model card ``README.md`` listing the
 data manifests, concept-bank versions and final metrics. ``load_release(OUT_DIR)`` rebuilds
-the encoder in any process; its embeddings equal the checkpoint's bit for bit.
+the encoder in any process; its embeddings equal the checkpoint's bit for bit. ``--format hf``
+(``train.hf``) and ``--format onnx`` (``train.onnx_export``) build on the native release.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tomllib
@@ -125,12 +127,20 @@ def load_release(folder: str | Path, device: str | torch.device = "cpu") -> Enco
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m train.release CHECKPOINT OUT_DIR", file=sys.stderr)
-        return 2
-    out = export(argv[0], argv[1])
-    print(f"[release] wrote {out}/model.safetensors, config.json, README.md")
+    parser = argparse.ArgumentParser(prog="python -m train.release", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("out_dir")
+    parser.add_argument("--format", choices=("native", "hf", "onnx"), default="native",
+                        help="hf: transformers AutoModel/AutoProcessor folder; onnx: adds encoder.onnx")  # fmt: skip
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.format == "hf":
+        from train.hf import export_hf as write
+    elif args.format == "onnx":
+        from train.onnx_export import export_onnx_release as write
+    else:
+        write = export
+    out = write(args.checkpoint, args.out_dir)
+    print(f"[release] wrote {args.format} release: {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     return 0
 
 

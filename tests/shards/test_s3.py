@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import manifests
 from curate.config import load_run
 from curate.pipeline import read_ledger, run
 from shards import storage
@@ -55,13 +56,16 @@ def test_curate_from_s3_into_s3_through_ray(ray_cluster, bucket, demo_corpus, tm
         f'[[sources]]\nmodality = "video"\nuri = "s3://{bucket}/corpus/videos"\n'
         f'[[sources]]\nmodality = "ocr"\nuri = "s3://{bucket}/corpus/ocr"\n'
     )
-    cfg, stages = load_run(str(manifest))
+    names = manifests.load_raw("manifests/demo.toml")["stages"]
+    k = [s["name"] for s in names].index("concepts")
+    cfg, stages = load_run(str(manifest), {f"stages.{k}.k": 2, f"stages.{k}.top_k": 2})  # two images reach it
     summary = run(cfg, stages, progress=False)
     assert (summary["inputs"], summary["kept"], summary["failed"]) == (6, 4, 2)
     ledger = read_ledger(f"s3://{bucket}/out").set_index("uri")
     assert ledger.loc[f"s3://{bucket}/corpus/videos/clip19_truncated.mp4", "status"] == "failed"
     assert ledger.loc[f"s3://{bucket}/corpus/images/not_an_image.jpg", "reason"] == "image_decode/ValueError"
     assert storage.exists(f"s3://{bucket}/out/shards/image/index.json")
+    capsys.readouterr()  # the run's own messages
     assert shards_main(["verify", f"s3://{bucket}/out"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["samples"] == 4
