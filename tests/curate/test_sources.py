@@ -20,7 +20,9 @@ def test_partitions_close_on_count_or_on_bytes(tmp_path):
     items, skipped = list_inputs([src], partition_size=4, partition_bytes=50)
     assert skipped == 0
     assert [it["partition"] for it in items] == [0, 0, 0, 1, 2, 2, 2, 2, 3]  # the 100-byte file sits alone
-    assert [it["partition"] for it in list_inputs([src], partition_size=4, partition_bytes=0)[0]] == [0] * 4 + [1] * 4 + [2]
+    assert [it["partition"] for it in list_inputs([src], partition_size=4, partition_bytes=0)[0]] == [0] * 4 + [
+        1
+    ] * 4 + [2]
     again = list_inputs([src], partition_size=4, partition_bytes=50)[0]
     assert [(it["key"], it["partition"]) for it in again] == [(it["key"], it["partition"]) for it in items]
 
