@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import random
 import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 from datasketch import MinHash, MinHashLSH
 from PIL import Image
 
@@ -23,20 +23,6 @@ from curate.dedup import lsh
 from curate.dedup.signatures import image_bits, minhash_batch, minhash_shingles, shingles
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.machine()}"
 
 
 def best(fn, repeat: int = 3) -> float:

@@ -28,16 +28,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import io
-import platform
 import shutil
 import sys
 import tempfile
-import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from common import cpu_seconds, machine
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -47,22 +46,6 @@ from curate.codec.sampling import decode_clip, inspect, open_source
 from curate.codec.selection import top_k
 from curate.synthetic_video import make_clip
 from shards.format import decode_npy, encode_npy
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
-    return f"{platform.platform()}, {cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, PyAV {av.__version__}"
-
-
-def measure(fn, repeat: int) -> float:
-    """Least CPU seconds of ``fn()`` over ``repeat`` runs, after one warm-up (min: the least disturbed run)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return min(times)
 
 
 def decode_only(path: str, frames: int = 64) -> int:
@@ -187,7 +170,7 @@ def main() -> None:
     for name, spec in specs.items():
         clips[name] = str(tmp / f"{name}.mp4")
         make_clip(clips[name], **spec)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine('PyAV ' + av.__version__)}")
     print(f"repeat: {args.repeat} (least CPU seconds); load average at start: {os.getloadavg()[0]:.1f}\n")
     rows = []
 
@@ -198,12 +181,12 @@ def main() -> None:
         with open_source(path) as c:
             source = inspect(c, cfg.min_side)
         ids, native = result.clip.frame_ids, result.facts["signal"] == "codec_mvs"
-        t_ours = measure(lambda p=path: patchify(p, cfg), args.repeat)
-        t_own_decode = measure(
-            lambda p=path, s=source, i=ids, v=native: decode_clip(p, s, i, 256, "stretch", v), args.repeat
+        t_ours = cpu_seconds(lambda p=path: patchify(p, cfg), args.repeat, reduce=min)
+        t_own_decode = cpu_seconds(
+            lambda p=path, s=source, i=ids, v=native: decode_clip(p, s, i, 256, "stretch", v), args.repeat, reduce=min
         )
-        t_dec = measure(lambda p=path: decode_only(p), args.repeat)
-        t_grid = measure(lambda p=path: decode_to_grid(p), args.repeat)
+        t_dec = cpu_seconds(lambda p=path: decode_only(p), args.repeat, reduce=min)
+        t_grid = cpu_seconds(lambda p=path: decode_to_grid(p), args.repeat, reduce=min)
         ours[name] = t_ours
         signal = result.facts["signal"]
         fig = "P1" if name.startswith("h264") else "P2"
@@ -220,7 +203,7 @@ def main() -> None:
     # P3: the reference's way over ours, same source clip
     for name in ("h264_256", "h264_720p"):
         path = clips[name]
-        t_ref = measure(lambda p=path: reference_way(p), max(1, args.repeat // 2))
+        t_ref = cpu_seconds(lambda p=path: reference_way(p), max(1, args.repeat // 2), reduce=min)
         rows.append(
             (
                 "P3",
@@ -233,12 +216,12 @@ def main() -> None:
 
     # P4: clips per second per core, shard bytes included
     path = clips["h264_256"]
-    t_full = measure(lambda: encode(patchify(path, cfg), cfg), args.repeat)
+    t_full = cpu_seconds(lambda: encode(patchify(path, cfg), cfg), args.repeat, reduce=min)
     rows.append(
         ("P4", "h264_256 patchify + shard bytes", f"{t_full * 1e3:.1f} ms", "-", f"{1 / t_full:.1f} clips/s/core")
     )
     path = clips["h264_720p"]
-    t_full7 = measure(lambda: encode(patchify(path, cfg), cfg), args.repeat)
+    t_full7 = cpu_seconds(lambda: encode(patchify(path, cfg), cfg), args.repeat, reduce=min)
     rows.append(
         ("P4", "h264_720p patchify + shard bytes", f"{t_full7 * 1e3:.1f} ms", "-", f"{1 / t_full7:.1f} clips/s/core")
     )
@@ -256,7 +239,7 @@ def main() -> None:
     for content, path in (("noise sprite", clips["h264_256"]), ("photo", still)):
         result = patchify(path, cfg)
         for label, blob, decode, ref in _encodings(result, path):
-            t = measure(lambda b=blob, d=decode: d(b), args.repeat)
+            t = cpu_seconds(lambda b=blob, d=decode: d(b), args.repeat, reduce=min)
             print(f"| {content}: {label} | {len(blob):,} | {t * 1e3:.2f} | {psnr(decode(blob), ref):.1f} dB |")
     print(f"| pos.npy (int16 K x 3) | {len(encode_npy(result.positions)):,} | - | - |")
     print(f"| frames.jpg (4 whole photo frames, q90) | {len(encode(result, cfg)['frames_jpg']):,} | - | - |")

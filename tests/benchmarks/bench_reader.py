@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import io
-import platform
 import socket
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ from skimage import data as skdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from common import cpu_seconds, machine
+
 from shards import format as fmt
 from shards import storage
 from shards.reader import ShardStream, iter_samples
@@ -55,11 +56,6 @@ from shards.writer import write_index, write_shard
 RESULTS = Path(__file__).with_name("RESULTS.md")
 COUNTS = {"image": (3, 400), "video": (3, 150), "ocr": (3, 200)}  # shards x samples
 K = 512
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")
-    return f"{platform.platform()}, {cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
 def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
@@ -122,17 +118,6 @@ def build(root: Path, modalities=tuple(COUNTS), suffix: str = "") -> dict[str, s
         write_index(str(root / (m + suffix)), f"b_{m}", "v1", infos, {"modality": m})
         folders[m] = str(root / (m + suffix))
     return folders
-
-
-def cpu(fn, repeat: int) -> float:
-    """Median CPU seconds of ``fn()`` over ``repeat`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
 
 
 def paired(fns: list, repeat: int, clock=time.process_time) -> list[list[float]]:
@@ -202,7 +187,7 @@ def main() -> None:
                      f"| **{statistics.median(r1):.2f}** ({min(r1):.2f}-{max(r1):.2f}) | {n / t_raw:.0f} |")  # fmt: skip
         if m == "video":
             arrays = [fmt.encode_npy(fn(s)["patches"].numpy()) for s in raw]
-            t_npy = cpu(lambda a=arrays: [torch.from_numpy(fmt.decode_npy(b)) for b in a], args.repeat)
+            t_npy = cpu_seconds(lambda a=arrays: [torch.from_numpy(fmt.decode_npy(b)) for b in a], args.repeat)
             mosaic = np.mean([len(s["patches.jpg"]) for s in raw])
             lines.append(f"| video tokens: JPEG mosaic vs raw uint8 (K={K}) | {mosaic / 1e3:.1f} kB vs "
                          f"{np.mean([len(a) for a in arrays]) / 1e3:.1f} kB | {t_dec / n * 1e3:.2f} vs "
