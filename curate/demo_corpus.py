@@ -98,33 +98,52 @@ def _zen_words() -> list[str]:
     return [w.strip(".,!*-'\"").lower() for w in text.split() if w.strip(".,!*-'\"").isalpha()]
 
 
-def _render(text: str, size=(640, 480)) -> Image.Image:
+def _font():
     import matplotlib
 
-    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf")), 22)
-    img = Image.new("RGB", size, "white")
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf")), 22)
+
+
+PAGE = (640, 480)
+MARGIN = 24
+
+
+def _lines(words: list[str], font) -> list[str]:
+    """Greedy wrap: every line fits the page, so the page shows exactly its transcript."""
+    lines, line = [], ""
+    for word in words:
+        candidate = f"{line} {word}".strip()
+        if line and font.getlength(candidate) > PAGE[0] - 2 * MARGIN:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return [*lines, line] if line else lines
+
+
+def _render(text: str, font) -> Image.Image:
+    img = Image.new("RGB", PAGE, "white")
     draw = ImageDraw.Draw(img)
-    y = 24
-    for line in text.splitlines():
-        draw.text((24, y), line, fill="black", font=font)
-        y += 32
+    for i, line in enumerate(text.splitlines()):
+        draw.text((MARGIN, MARGIN + 32 * i), line, fill="black", font=font)
     return img
 
 
 def build_ocr(out: Path, pages: int = 30, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    words = _zen_words()
+    words, font = _zen_words(), _font()
+    max_lines = (PAGE[1] - 2 * MARGIN) // 32
     texts = []
     for _ in range(pages - 1):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 8))) for _ in range(rng.randint(6, 12))]
-        texts.append("\n".join(lines))
+        page = [rng.choice(words) for _ in range(rng.randint(40, 90))]
+        texts.append("\n".join(_lines(page, font)[:max_lines]))
     near = texts[0].splitlines()
-    near[-1] = " ".join(rng.choice(words) for _ in range(6))  # page 29 shares all but its last line
+    near[-1] = " ".join(rng.choice(words) for _ in range(4))  # page 29 shares all but its last line
     texts.append("\n".join(near))
     texts.append("beautiful")  # too little text to keep
     for i, text in enumerate(texts):
-        _render(text).save(out / f"page{i:02d}.png")
+        _render(text, font).save(out / f"page{i:02d}.png")
         (out / f"page{i:02d}.txt").write_text(text + "\n")
     (out / "near_duplicates.json").write_text(json.dumps([["page00.png", f"page{pages - 1:02d}.png"]]))
     return {f"page{len(texts) - 1:02d}.png": "dropped: text_length/too_little_text"}

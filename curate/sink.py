@@ -29,6 +29,8 @@ FIELD_OF_COLUMN = {
     "pos_npy": "pos.npy",
     "frames_jpg": "frames.jpg",
     "cls_npy": "cls.npy",
+    "words_npy": "words.npy",
+    "crop_jpg": "crop.jpg",
 }
 LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta"]
 NOT_IN_SAMPLE = ("traceback", "text_uri", TIMING)

@@ -250,10 +250,17 @@ def _settle(stage: Stage, row: dict) -> dict:
 
 
 def apply_in_chunks(stage: Stage, batch: dict[str, Any], size: int | None = None) -> dict[str, np.ndarray]:
-    """``apply_stage`` over slices of ``size`` rows (default: the stage's batch size), concatenated."""
+    """``apply_stage`` over slices of ``size`` rows (default: the stage's batch size), concatenated.
+
+    Slices never span two partitions, so a stage sees the same batches whichever executor runs it
+    and however Ray merged blocks: batched float math (embeddings) then gives the same bits.
+    """
     n = len(batch["key"])
     size = size or stage.batch_size
-    parts = [apply_stage(stage, {c: v[i : i + size] for c, v in batch.items()}) for i in range(0, n, size)]
+    partition = np.asarray(batch["partition"])
+    bounds = [0, *(np.flatnonzero(partition[1:] != partition[:-1]) + 1).tolist(), n]
+    starts = [(i, min(i + size, hi)) for lo, hi in zip(bounds, bounds[1:], strict=False) for i in range(lo, hi, size)]
+    parts = [apply_stage(stage, {c: v[a:b] for c, v in batch.items()}) for a, b in starts]
     return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else batch
 
 

@@ -13,6 +13,8 @@ One sample per key; each field is one tar member ``{key}.{field}``:
 ``pos.npy``  int16 array (K, 3) of (t, h, w) grid positions of those patches
 ``frames.jpg``   a few whole frames stacked vertically (frame ids in ``json["frames"]["ids"]``)
 ``cls.npy``  int32 top-k concept ids (or a sidecar label set keyed by sample key)
+``words.npy``  int32 OCR word ids, 0 to 100 of them (empty: no readable text, never padded)
+``crop.jpg``   OCR: the text-dense region at the training resolution
 ========== ==============================================================================
 """
 
@@ -26,7 +28,8 @@ import numpy as np
 
 FORMAT_VERSION = 1
 MODALITIES = ("image", "video", "ocr")
-FIELDS = ("json", "jpg", "png", "txt", "patches.jpg", "pos.npy", "frames.jpg", "cls.npy")
+FIELDS = ("json", "jpg", "png", "txt", "patches.jpg", "pos.npy", "frames.jpg", "cls.npy", "words.npy", "crop.jpg")
+MAX_WORDS = 100
 REQUIRED = {"image": ("json", "jpg"), "video": ("json",), "ocr": ("json", "jpg", "txt")}
 MOSAIC_COLS = 32
 INDEX_NAME = "index.json"
@@ -84,4 +87,8 @@ def check_sample(sample: dict[str, bytes]) -> dict:
             raise ValueError(f"pos.npy must be int16 (K, 3), got {pos.dtype} {pos.shape}")
     if "cls.npy" in sample and decode_npy(sample["cls.npy"]).dtype != np.int32:
         raise ValueError("cls.npy must be int32")
+    if "words.npy" in sample:
+        words = decode_npy(sample["words.npy"])
+        if words.dtype != np.int32 or words.ndim != 1 or len(words) > MAX_WORDS:
+            raise ValueError(f"words.npy must be int32 (n <= {MAX_WORDS},), got {words.dtype} {words.shape}")
     return meta

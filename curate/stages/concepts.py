@@ -10,6 +10,7 @@ frame embeddings are wider) take one step each, as the reference's separate bank
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -37,6 +38,20 @@ def _decode_image(data: bytes):
     from PIL import Image
 
     return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu():
+    """CPU matmul results depend on the thread count; one thread (as in a 1-CPU Ray worker) everywhere
+    makes embeddings, and so banks and labels, the same bits in every executor."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @register
@@ -69,10 +84,11 @@ class Embed(Stage, EmbedConfig):
             if r.get("jpg") is None:
                 raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
         enc = self.encoder
-        if stills:
-            self._put(stills, enc.images([_decode_image(r["jpg"]) for r in stills]))
-        if videos:
-            self._put(videos, enc.videos([split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]))
+        with _one_thread_on_cpu():
+            if stills:
+                self._put(stills, enc.images([_decode_image(r["jpg"]) for r in stills]))
+            if videos:
+                self._put(videos, enc.videos([split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]))
         return rows
 
     def _put(self, rows: list[dict], emb: np.ndarray) -> None:

