@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import io
 import random
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from curate.demo_corpus import _render, _zen_words
-
-
-def _fits(line: str, width: int = 640 - 2 * 24) -> bool:
-    import matplotlib
-
-    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), "fonts/ttf/DejaVuSans.ttf")), 22)
-    return font.getlength(line) <= width
+from curate.demo_corpus import _font, _lines, _render, _zen_words
 
 
 def pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
-    """``n`` pages of 6-12 lines of 5-8 Zen-of-Python words (build_ocr's mix): (RGB array, text).
-
-    Unlike the demo corpus, a line that would run past the page's right edge is drawn again, so
-    the known text is exactly the visible text.
-    """
+    """``n`` pages of 30-70 Zen-of-Python words wrapped to the page by the demo corpus's own renderer:
+    (RGB array, text); the known text is exactly the visible text."""
     rng = random.Random(seed)
-    words = _zen_words()
+    words, font = _zen_words(), _font()
     out = []
     for _ in range(n):
-        lines, target = [], rng.randint(6, 12)
-        while len(lines) < target:
-            line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 8)))
-            if _fits(line):
-                lines.append(line)
-        text = "\n".join(lines)
-        out.append((np.asarray(_render(text)), text))
+        text = "\n".join(_lines([rng.choice(words) for _ in range(rng.randint(30, 70))], font)[:12])
+        out.append((np.asarray(_render(text, font)), text))
     return out
 
 
