@@ -75,7 +75,7 @@ def manifest(root: Path, corpus: Path) -> Path:
     text = demo.read_text().split("[[sources]]")[0]
     stages = "[[stages]]" + "[[stages]]".join(demo.read_text().split("[[stages]]")[1:])
     keep = [s for s in stages.split("[[stages]]") if s.strip() and not any(
-        n in s for n in ('"dedup_group"', '"embed"', '"concepts"', '"ocr_text"', '"text_length"'))]  # fmt: skip
+        n in s for n in ('"dedup_group"', '"embed"', '"concepts"', '"ocr', '"text_length"'))]  # fmt: skip
     body = text + f'[[sources]]\nmodality = "image"\nuri = "{corpus}/images"\n'
     body += f'[[sources]]\nmodality = "video"\nuri = "{corpus}/videos"\n' + "".join("[[stages]]" + s for s in keep)
     path = root / "bench.toml"
