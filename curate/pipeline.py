@@ -74,7 +74,11 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             # a global step needs every partition's rows, so earlier passes cover all partitions
-            need = todo if last else [p for p in sorted(by_partition) if read_pass_marker(out, k, p) != digests[p]]
+            need = (
+                todo
+                if last
+                else [p for p in sorted(by_partition) if force or read_pass_marker(out, k, p) != digests[p]]
+            )
             if need:
                 if k == 0:
                     source = [{"partition": p, "items": json.dumps(by_partition[p]), "uri": ""} for p in need]
