@@ -119,7 +119,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) ->
         q, k, v = (x.view(b, n // b, h, d).transpose(1, 2) for x in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h, d)
     if q.is_cuda:
-        if _varlen is not None:
+        if _varlen is not None and q.dtype in (torch.float16, torch.bfloat16):  # flash kernels: half only
             m = max(packed.lengths)
             return _varlen(q, k, v, packed.cu_seqlens, packed.cu_seqlens, m, m)
         return _flex_attention(q, k, v, packed)
