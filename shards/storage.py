@@ -70,9 +70,10 @@ def list_files(uri: str) -> list[tuple[str, int]]:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole object; on S3 retried with backoff, a missing key is ``FileNotFoundError`` as locally."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return retrying(uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
     return Path(uri).read_bytes()
 
 
@@ -82,10 +83,6 @@ def try_read(uri: str) -> bytes | None:
         return read_bytes(uri)
     except FileNotFoundError:
         return None
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise
 
 
 def exists(uri: str) -> bool:

@@ -11,6 +11,7 @@ from curate.config import load_run
 from curate.pipeline import read_ledger, run
 from shards import storage
 from shards.__main__ import main as shards_main
+from shards.index import ShardSetError, read_index
 
 
 @pytest.fixture()
@@ -40,6 +41,11 @@ def test_storage_round_trip_listing_and_atomic_put(bucket, tmp_path):
     assert storage.exists(f"s3://{bucket}/big.bin") and not storage.exists(f"s3://{bucket}/nope")
     with pytest.raises(FileNotFoundError, match="no objects under this prefix"):
         storage.list_files(f"s3://{bucket}/empty/")
+    with pytest.raises(FileNotFoundError, match="nope.bin: no such object"):
+        storage.read_bytes(f"s3://{bucket}/nope.bin")
+    assert storage.try_read(f"s3://{bucket}/nope.bin") is None
+    with pytest.raises(ShardSetError, match="no index; the set is missing or was never published"):
+        read_index(f"s3://{bucket}/a")
 
 
 def test_curate_from_s3_into_s3_through_ray(ray_cluster, bucket, demo_corpus, tmp_path, capsys):
