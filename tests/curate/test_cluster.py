@@ -33,7 +33,9 @@ def two_nodes():
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     port = _port()
     temp = tempfile.mkdtemp(prefix="ovf-ray-")  # own session folder (short: Ray's socket paths have a length limit)
-    common = ["--num-cpus=1", "--object-store-memory=400000000", "--block", "--disable-usage-stats"]
+    # two CPUs per node: a demo pass holds up to two actor pools (ocr, embed) beside its task stages;
+    # with one CPU per node the run once hung waiting for a CPU (1 of 4 runs)
+    common = ["--num-cpus=2", "--object-store-memory=400000000", "--block", "--disable-usage-stats"]
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false", *common],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
