@@ -14,6 +14,9 @@ commands:
                       reruns skip finished partitions (--force redoes everything)
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
+  motion-bench OUT_DIR [--seed N] [--size PX] [--frames N] [--train N] [--test N] [--pretrain N]
+                      generate the labelled motion-sensitive video benchmark (path-shape task, static
+                      control, pretraining clips) with its ground truth (see: python -m curate motion-bench -h)
   patchify VIDEO ...  select one clip's codec tokens and show them (see: python -m curate patchify -h)
   concepts BANK.toml  (re)build a concept bank and write sidecar labels for a shard set, without
                       rewriting its tars (see: python -m curate concepts -h)
@@ -33,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from curate.demo_corpus import main as demo_main
 
         return demo_main(rest)
+    if command == "motion-bench":
+        from curate.motion_bench import main as bench_main
+
+        return bench_main(rest)
     if command == "concepts":
         from curate.concepts.cli import main as concepts_main
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -64,4 +65,8 @@ class IsolatedRunner:
             proc.join(5)
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:  # the executor's own thread may be reaping it: its exit code lands a moment later
+            deadline = time.monotonic() + 2
+            while proc.exitcode is None and not proc.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return [p.exitcode for p in processes]

@@ -9,6 +9,7 @@ so every codec signal the patchifier reads comes from a real encoder, while the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
@@ -89,11 +90,8 @@ def make_clip(
         sprites.append([texture, shape, pos, np.zeros(2) if static else vel])
 
     mask = np.zeros((frames, height, width), dtype=bool)
-    container = av.open(str(path), "w", options={"movflags": "+faststart"} if str(path).endswith(".mp4") else {})
-    try:
-        stream = container.add_stream(_ENCODERS[codec], rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.options = _encoder_options(codec, gop, bframes, crf)
+
+    def render():
         for t in range(frames):
             ox, oy = np.round(origin + pan_xy * t).astype(int)
             img = canvas[oy : oy + height, ox : ox + width].copy()
@@ -109,17 +107,55 @@ def make_clip(
                     if not 0 <= pos[axis] <= limit:
                         vel[axis] = -vel[axis]
                         pos[axis] = np.clip(pos[axis], 0, limit)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    finally:
-        container.close()
+            yield img
+
+    write_video(path, render(), codec=codec, fps=fps, gop=gop, bframes=bframes, crf=crf)
     return mask
 
 
-def _encoder_options(codec: str, gop: int | None, bframes: int | None, crf: int) -> dict[str, str]:
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    *,
+    codec: str = "h264",
+    fps: int = 24,
+    gop: int | None = None,
+    bframes: int | None = None,
+    crf: int = 23,
+    threads: int | None = None,
+) -> None:
+    """Encode RGB frames (each ``(H, W, 3)`` uint8, even sides) with libx264/libx265 through PyAV.
+
+    The settings are :func:`make_clip`'s (preset ``veryfast``, yuv420p; ``gop`` and ``bframes`` as
+    there). ``threads=1`` makes the bytes independent of the machine's core count (the encoder
+    otherwise picks its thread count from it). ``.mp4`` files get ``+faststart``.
+    """
+    if codec not in _ENCODERS:
+        raise ValueError(f"codec must be one of {sorted(_ENCODERS)}, got {codec!r}")
+    container = av.open(str(path), "w", options={"movflags": "+faststart"} if str(path).endswith(".mp4") else {})
+    try:
+        stream = None
+        for img in frames:
+            if stream is None:
+                stream = container.add_stream(_ENCODERS[codec], rate=fps)
+                stream.height, stream.width = img.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.options = _encoder_options(codec, gop, bframes, crf, threads)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        if stream is None:
+            raise ValueError("no frames to encode")
+        container.mux(stream.encode())
+    finally:
+        container.close()
+
+
+def _encoder_options(
+    codec: str, gop: int | None, bframes: int | None, crf: int, threads: int | None = None
+) -> dict[str, str]:
     opts = {"preset": "veryfast", "crf": str(crf)}
     params = []
+    if threads is not None:
+        params.append(f"threads={threads}" if codec == "h264" else f"pools={threads}:frame-threads={threads}")
     if gop is not None:
         params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
     if bframes is not None:

@@ -12,6 +12,7 @@ from typing import Literal
 # name -> (width, depth, heads, mlp); head_dim must be a multiple of 32 for the 4:6:6 RoPE split.
 FLAVOURS = {
     "debug": (64, 2, 2, 256),
+    "small": (384, 6, 6, 1536),
     "base": (768, 12, 12, 3072),
     "large": (1024, 24, 16, 4096),
     "huge": (1280, 32, 20, 5120),
@@ -20,7 +21,7 @@ FLAVOURS = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    flavour: Literal["debug", "base", "large", "huge"] = "debug"
+    flavour: Literal["debug", "small", "base", "large", "huge"] = "debug"
     patch: int = 16  # 14 also works; codec patches (16 px) are resized to it
     rope_theta: float = 10000.0
 
@@ -94,6 +95,7 @@ class RunConfig:
     save_every: int = 0  # 0: only at the end
     keep_last: int = 3
     init_from: str = ""  # checkpoint folder of an earlier stage: weights (and matching heads) only
+    max_bad_steps: int = 20  # consecutive steps with non-finite gradients (skipped) before the run stops
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     heads: tuple[HeadConfig, ...] = (HeadConfig(),)

@@ -74,15 +74,36 @@ def _square(img: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def _frames(sample: dict, meta: dict, cfg: DataConfig) -> tuple[list[torch.Tensor], list[float]]:
+def frame_images(sample: dict, meta: dict, count: int, size: int) -> tuple[list[torch.Tensor], list[float]]:
+    """Up to ``count`` of the stored whole frames, evenly spaced, squared to ``size``; their clip times."""
     img = _rgb(sample["frames.jpg"])
     ids = list(meta.get("frames", {}).get("ids", []))
     n = len(ids) or max(1, img.height // img.width)
     ids = ids or list(range(n))
     fh = img.height // n
-    keep = np.unique(np.linspace(0, n - 1, min(n, cfg.max_frames)).round().astype(int))
-    frames = [_square(img.crop((0, i * fh, img.width, (i + 1) * fh)), cfg.video_size) for i in keep]
+    keep = np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
+    frames = [_square(img.crop((0, i * fh, img.width, (i + 1) * fh)), size) for i in keep]
     return frames, [float(ids[i]) for i in keep]
+
+
+def codec_input(sample: dict, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A video sample's codec tokens (mosaic + positions) -> (patches, (t, h, w) positions)."""
+    pos = torch.from_numpy(decode_npy(sample["pos.npy"]).astype(np.float32))
+    mosaic = np.asarray(_rgb(sample["patches.jpg"]))
+    p = CODEC_PATCH
+    rows, cols = mosaic.shape[0] // p, mosaic.shape[1] // p  # MOSAIC_COLS per row by contract
+    grid = mosaic.reshape(rows, p, cols, p, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, p, p)
+    return codec_tokens(normalise(torch.from_numpy(grid[: pos.shape[0]].copy())), pos, patch)
+
+
+def frames_input(frames: list[torch.Tensor], times: list[float], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole frames, each at its own t: every patch of every frame."""
+    parts = [patchify(normalise(f), patch, t) for f, t in zip(frames, times, strict=True)]
+    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+
+
+def image_input(data: bytes, size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return patchify(normalise(_square(_rgb(data), size)), patch)
 
 
 def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int]):
@@ -100,7 +121,7 @@ def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
             f"{where}: labels {labels.tolist()[:10]} outside the {modality} head's {num_classes[modality]} classes"
         )
     if modality in ("image", "ocr"):
-        tokens = patchify(normalise(_square(_rgb(sample["jpg"]), size)), patch)
+        tokens = image_input(sample["jpg"], size, patch)
     else:
         shares = np.array([cfg.codec_share, cfg.frames_share, cfg.collage_share])
         mode = int(np.searchsorted(np.cumsum(shares) / shares.sum(), mode_rng, side="right"))
@@ -109,17 +130,11 @@ def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
         if "patches.jpg" not in sample or "pos.npy" not in sample:
             mode = max(mode, 1)
         if mode == 0:
-            pos = torch.from_numpy(decode_npy(sample["pos.npy"]).astype(np.float32))
-            mosaic = np.asarray(_rgb(sample["patches.jpg"]))
-            p = CODEC_PATCH
-            rows, cols = mosaic.shape[0] // p, mosaic.shape[1] // p  # MOSAIC_COLS per row by contract
-            grid = mosaic.reshape(rows, p, cols, p, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, p, p)
-            tokens = codec_tokens(normalise(torch.from_numpy(grid[: pos.shape[0]].copy())), pos, patch)
+            tokens = codec_input(sample, patch)
         else:
-            frames, ts = _frames(sample, meta, cfg)
+            frames, ts = frame_images(sample, meta, cfg.max_frames, cfg.video_size)
             if mode == 1:
-                parts = [patchify(normalise(f), patch, t) for f, t in zip(frames, ts, strict=True)]
-                tokens = (torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts]))
+                tokens = frames_input(frames, ts, patch)
             else:
                 tokens = patchify(normalise(torch.cat(frames, dim=1)), patch)
     return tokens, modality, labels

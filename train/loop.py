@@ -24,7 +24,7 @@ from train.config import RunConfig
 from train.data import Stream
 from train.loss import ConceptHeads
 from train.model import Encoder
-from train.optim import build_optimizer, set_lr
+from train.optim import build_optimizer, set_lr, step_if_finite
 from train.parallelize import clip_grads, parallelize, setup_distributed
 
 
@@ -61,6 +61,7 @@ def train(cfg: RunConfig) -> list[dict]:
     log = (run_dir / "metrics.jsonl").open("a") if rank == 0 else None
     records: list[dict] = []
     record: dict = {}
+    bad_run = bad_steps = 0  # steps skipped for non-finite gradients: in a row, and in this process's run
 
     # ---------------------------------------------------------------- loop
     try:
@@ -87,8 +88,16 @@ def train(cfg: RunConfig) -> list[dict]:
                 tokens += packed.tokens.shape[0]
             grad_norm = clip_grads(list(encoder.parameters()), cfg.optim.clip)
             head_norm = clip_grads(list(heads.parameters()), cfg.optim.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if step_if_finite(optimizer, grad_norm, head_norm):
+                bad_run = 0
+            else:
+                bad_run, bad_steps = bad_run + 1, bad_steps + 1
+                if rank == 0:
+                    print(f"[train] step {step + 1}: non-finite gradients (norm {float(grad_norm):.3g}, heads "
+                          f"{float(head_norm):.3g}); step skipped", flush=True)  # fmt: skip
+                if bad_run > cfg.max_bad_steps:
+                    raise ValueError(f"{bad_run} consecutive steps with non-finite gradients up to step {step + 1}; "
+                                     "lower optim.lr, or train in fp32 (parallel.dtype) to find the cause")  # fmt: skip
 
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 counts = torch.tensor([samples, tokens], dtype=torch.float64, device=device)
@@ -105,6 +114,7 @@ def train(cfg: RunConfig) -> list[dict]:
                     "samples": int(counts[0]),
                     "tokens": int(counts[1]),
                     "step_s": dt,
+                    "skipped_steps": bad_steps,
                     "samples_per_s": float(counts[0]) / dt,
                 }
                 records.append(record)

@@ -46,6 +46,24 @@ def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
     return lo, min(lo + size, num_classes)
 
 
+INIT_BLOCK = 8192  # rows per seeded block of the random centre initialisation
+
+
+def random_centres(num_classes: int, lo: int, hi: int, dim: int, seed: int) -> torch.Tensor:
+    """Rows [lo, hi) of a random (num_classes, dim) centre matrix, N(0, 0.01^2).
+
+    The matrix is drawn in blocks of ``INIT_BLOCK`` global rows, each from its own seeded generator,
+    so it is the same however the rows are sharded: one rank and n ranks start from equal centres.
+    """
+    parts = [torch.zeros(0, dim)]
+    for block in range(lo // INIT_BLOCK, -(-hi // INIT_BLOCK)):
+        start = block * INIT_BLOCK
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        rows = torch.randn(min(INIT_BLOCK, num_classes - start), dim, generator=gen) * 0.01
+        parts.append(rows[max(lo, start) - start : hi - start])
+    return torch.cat(parts)
+
+
 class _SumKeepGrad(torch.autograd.Function):
     """all_reduce(SUM) of a value whose reduced result every rank uses identically."""
 
@@ -136,8 +154,7 @@ class PartialFC(nn.Module):
                 )
             local = torch.from_numpy(np.array(bank[self.lo : self.hi], dtype=np.float32))
         else:
-            gen = torch.Generator().manual_seed(seed * 1000 + rank)
-            local = torch.randn(self.hi - self.lo, dim, generator=gen) * 0.01
+            local = random_centres(cfg.num_classes, self.lo, self.hi, dim, seed)
         local = local.to(device)
         if world > 1 or dist.is_initialized():
             from torch.distributed.device_mesh import init_device_mesh

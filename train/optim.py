@@ -47,3 +47,17 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, cfg: OptimCo
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     return lr
+
+
+def step_if_finite(optimizer: torch.optim.Optimizer, *norms: torch.Tensor) -> bool:
+    """Apply the step only when every gradient norm is finite; a NaN/inf step is dropped, not learned.
+
+    One bad micro-batch (an overflow in half precision, a degenerate sample) would otherwise
+    write NaN into every weight and the optimizer state, and the run would go on training
+    nothing. The norms are global (reduced across ranks), so every rank takes the same decision.
+    """
+    ok = all(bool(torch.isfinite(n)) for n in norms)
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return ok

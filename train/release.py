@@ -20,7 +20,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 
-from train.checkpoint import read_meta
+from train.checkpoint import latest, read_meta
 from train.config import ModelConfig
 from train.model import Encoder
 from train.packing import CLIP_MEAN, CLIP_STD
@@ -67,14 +67,8 @@ samples of any lengths go through one call packed (`pack([...])`).
 
 def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     folder, out = Path(checkpoint), Path(out_dir)
-    meta = read_meta(folder)
-    model_cfg = ModelConfig(flavour=meta["flavour"], patch=meta["patch"], rope_theta=meta["rope_theta"])
-    encoder = Encoder(model_cfg)
-    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-    with warnings.catch_warnings():  # a release is made in one process on purpose
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=not torch.distributed.is_initialized())
-    weights = {k.removeprefix("encoder."): v.detach().contiguous() for k, v in state.items()}
+    encoder, meta = checkpoint_encoder(folder)
+    weights = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt", "step": str(meta["step"])})
     config = {
@@ -116,6 +110,35 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     if run_text:
         (out / "train_config.toml").write_text(run_text)
     return out
+
+
+def checkpoint_encoder(folder: str | Path) -> tuple[Encoder, dict]:
+    """The encoder weights of one training checkpoint (in one process, whatever the run's world size)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    encoder = Encoder(ModelConfig(flavour=meta["flavour"], patch=meta["patch"], rope_theta=meta["rope_theta"]))
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    with warnings.catch_warnings():  # a release is made in one process on purpose
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=not torch.distributed.is_initialized())
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()})
+    return encoder, meta
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    """A release folder, a checkpoint folder, or a run folder (its latest checkpoint) -> the encoder."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return load_release(path, device)
+    if (path / "meta.json").is_file():
+        return checkpoint_encoder(path)[0].to(device)
+    found = latest(path / "checkpoints") if (path / "checkpoints").is_dir() else None
+    if found is None:
+        raise FileNotFoundError(
+            f"{path}: not a release (config.json + model.safetensors), a checkpoint (meta.json) "
+            "or a run folder with checkpoints/step_*"
+        )
+    return checkpoint_encoder(found)[0].to(device)
 
 
 def load_release(folder: str | Path, device: str | torch.device = "cpu") -> Encoder:

@@ -7,6 +7,11 @@ FLOPs per iteration and nothing of size N*K is ever held. Tiles are chunked over
 centroids (and their fp32 sums) stay resident. The objective is recomputed exactly in fp32 from the
 chosen centroids, so it is comparable across precisions and with faiss. faiss (CPU) is imported only
 inside :func:`faiss_kmeans`: this module needs nothing but torch and numpy.
+
+Across GPUs (``group=``, a torch.distributed process group): each rank holds a slice of the points
+and assigns it locally; per-centroid sums, counts and the objective are all-reduced, and the
+initialisation is drawn on the global index space, so n ranks compute the single-process run up to
+the order of float summation.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from curate.concepts import fused as fused_assign
 
@@ -145,21 +151,72 @@ def nearest(x, centroids, k: int = 1, **kwargs) -> np.ndarray:
     return Assigner(centroids, **kwargs)(x, k)
 
 
-def _init(x: torch.Tensor, k: int, init: str, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-    n = x.shape[0]
+class _Rows:
+    """Rows by global index: this process's points, or this rank's slice of a process group's points.
+
+    With a group, the global row order is rank order (rank 0's rows first); a row is fetched from
+    the rank that holds it (the others add zeros) and per-row vectors are gathered, so whatever is
+    drawn on the global index space is the same on every rank and equal to the single-process draw.
+    """
+
+    def __init__(self, x: torch.Tensor, dev: torch.device, group=None):
+        self.x, self.dev, self.group = x, dev, group
+        self.counts, rank = [x.shape[0]], 0
+        if group is not None:
+            mine = torch.tensor([x.shape[0]], dtype=torch.int64, device=dev)
+            every = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(every, mine, group=group)
+            self.counts, rank = [int(t) for t in every], dist.get_rank(group)
+        self.lo, self.n = sum(self.counts[:rank]), sum(self.counts)
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (int64, global) as fp32 on the device."""
+        if self.group is None:
+            return self.x[idx].to(self.dev, torch.float32)
+        mine = (idx >= self.lo) & (idx < self.lo + self.x.shape[0])
+        out = torch.zeros(idx.shape[0], self.x.shape[1], dtype=torch.float32, device=self.dev)
+        out[mine.to(self.dev)] = self.x[idx[mine] - self.lo].to(self.dev, torch.float32)
+        return self.sum(out)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) in place across the group; the identity for one process."""
+        if self.group is not None:
+            dist.all_reduce(t, group=self.group)
+        return t
+
+    def cat(self, v: torch.Tensor) -> torch.Tensor:
+        """This rank's per-row vector -> the global one, in global row order."""
+        if self.group is None:
+            return v
+        buf = v.new_zeros(max(self.counts))
+        buf[: v.shape[0]] = v
+        every = [torch.empty_like(buf) for _ in self.counts]
+        dist.all_gather(every, buf, group=self.group)
+        return torch.cat([b[:c] for b, c in zip(every, self.counts, strict=True)])
+
+
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """Squared distances (N,) of ``x`` to one centroid, in 65536-row blocks; (0,) for a rank with no points."""
+    parts = [((x[i : i + 65536].to(dev, torch.float32) - c) ** 2).sum(1) for i in range(0, x.shape[0], 65536)]
+    return torch.cat(parts) if parts else torch.zeros(0, device=dev)
+
+
+def _init(x: torch.Tensor, k: int, init: str, gen: torch.Generator, dev: torch.device, group=None) -> torch.Tensor:
+    rows = _Rows(x, dev, group)
+    n = rows.n
     if init == "random":
         idx = torch.randperm(n, generator=gen)[:k].sort().values
-        return x[idx].to(dev, torch.float32)
+        return rows.take(idx)
     # k-means++: k sequential passes over the points, so meant for small k
     first = int(torch.randint(n, (1,), generator=gen))
-    cents = [x[first].to(dev, torch.float32)]
-    d2 = torch.cat([((x[i : i + 65536].to(dev, torch.float32) - cents[0]) ** 2).sum(1) for i in range(0, n, 65536)])
+    cents = [rows.take(torch.tensor([first]))[0]]
+    d2 = rows.cat(_sq_dist(x, cents[0], dev))
     for _ in range(1, k):
         probs = (d2 / d2.sum()).cpu() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
         j = int(torch.multinomial(probs, 1, generator=gen))
-        c = x[j].to(dev, torch.float32)
+        c = rows.take(torch.tensor([j]))[0]
         cents.append(c)
-        d2 = torch.minimum(d2, torch.cat([((x[i : i + 65536].to(dev) - c) ** 2).sum(1) for i in range(0, n, 65536)]))
+        d2 = torch.minimum(d2, rows.cat(_sq_dist(x, c, dev)))
     return torch.stack(cents)
 
 
@@ -178,6 +235,7 @@ def kmeans(
     chunk_k: int | None = None,
     fused: bool | None = None,
     progress=None,
+    group=None,
 ) -> KMeansResult:
     """Lloyd's k-means of ``x`` (N, D) float16/float32 into ``k`` centroids.
 
@@ -187,11 +245,20 @@ def kmeans(
     faiss does) by copying and perturbing it. ``x`` stays on the host unless it fits easily on the GPU.
     ``fused`` (default: when Triton and a GPU are there and precision is bf16/fp16) assigns with the
     Triton kernel of :mod:`curate.concepts.fused` instead of materialising score tiles.
+
+    ``group`` (a torch.distributed process group, e.g. ``torch.distributed.group.WORLD``; None: this
+    process alone): ``x`` is this rank's slice of the points, the global order being rank order, and
+    every rank of the group calls with the same arguments. The collectives run on ``device`` (nccl for
+    cuda, gloo for cpu). The initial centroids are drawn from the global index space (so they equal
+    the single-process ones on the concatenated points; ``init_centroids`` is taken from the group's
+    first rank), assignment is local, and per-centroid sums, counts and the objective are all-reduced:
+    every rank returns the same centroids, global counts and global objective.
     """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     x = _as_tensor(x)
-    n, d = x.shape
+    d = x.shape[1]
+    n = _Rows(x, dev, group).n if group is not None else x.shape[0]
     if n < k:
         raise ValueError(f"k={k} centroids need at least k points, got {n}")
     if dev.type == "cuda" and x.element_size() * x.numel() < 0.25 * torch.cuda.mem_get_info(dev)[0]:
@@ -200,14 +267,16 @@ def kmeans(
     split_gen = torch.Generator(device=dev).manual_seed(seed + 1)
     if init_centroids is not None:
         c = _as_tensor(init_centroids).to(dev, torch.float32).clone()
+        if group is not None:
+            dist.broadcast(c, group=group, group_src=0)
     else:
-        c = _init(x, k, init, gen, dev)
+        c = _init(x, k, init, gen, dev, group)
     if spherical:
         c = torch.nn.functional.normalize(c, dim=1)
-    cn, ck = _chunks(dev, n, k, chunk_n, chunk_k)
+    cn, ck = _chunks(dev, x.shape[0], k, chunk_n, chunk_k)
     fused = _use_fused(fused, dev, prec)
     if fused and chunk_n is None:
-        cn = min(n, 65536)  # no score tiles to hold: bigger point blocks fill the GPU in one launch
+        cn = max(1, min(x.shape[0], 65536))  # no score tiles to hold: bigger point blocks fill the GPU in one launch
     objective, seconds = [], []
     counts = torch.zeros(k, dtype=torch.int64, device=dev)
     with torch.no_grad(), _matmul_precision(prec):
@@ -220,7 +289,7 @@ def kmeans(
             sums = torch.zeros(k, d, dtype=torch.float32, device=dev)
             counts = torch.zeros(k, dtype=torch.int64, device=dev)
             obj = torch.zeros((), dtype=torch.float64, device=dev)
-            for n0 in range(0, n, cn):
+            for n0 in range(0, x.shape[0], cn):
                 xf = x[n0 : n0 + cn].to(dev, torch.float32, non_blocking=True)
                 if fused:
                     idx = fused_assign.nearest1(xf.to(_DTYPES[prec]), cb, bias)
@@ -230,6 +299,9 @@ def kmeans(
                 sums.index_add_(0, idx, xf)
                 counts += torch.bincount(idx, minlength=k)
             ca = cb = None
+            if group is not None:  # every rank then holds the same sums, so takes the same update and split
+                for t in (sums, counts, obj):
+                    dist.all_reduce(t, group=group)
             c = _update(c, sums, counts, spherical, split_gen)
             objective.append(float(obj))
             if dev.type == "cuda":
@@ -287,11 +359,17 @@ def faiss_kmeans(x, k: int, *, iters: int = 20, seed: int = 0, spherical: bool =
     return KMeansResult(centroids, objective, counts, [elapsed / max(1, iters)] * iters, "faiss", "fp32")
 
 
-def fit(x, cfg, init_centroids=None, progress=None) -> KMeansResult:
-    """Run ``cfg`` (a :class:`~curate.concepts.config.KMeansConfig`) on ``x`` with the backend it picks."""
+def fit(x, cfg, init_centroids=None, progress=None, group=None) -> KMeansResult:
+    """Run ``cfg`` (a :class:`~curate.concepts.config.KMeansConfig`) on ``x`` with the backend it picks.
+
+    ``group``: ``x`` is this rank's slice of the points of a process group (see :func:`kmeans`); torch only.
+    """
     backend = cfg.backend
     if backend == "auto":
-        backend = "torch" if resolve_device(cfg.device).type == "cuda" or cfg.k > cfg.faiss_max_k else "faiss"
+        torch_wins = group is not None or resolve_device(cfg.device).type == "cuda" or cfg.k > cfg.faiss_max_k
+        backend = "torch" if torch_wins else "faiss"
+    if backend == "faiss" and group is not None:
+        raise ValueError("backend = 'faiss' runs in one process; k-means over a process group needs 'torch'")
     if backend == "faiss":
         if init_centroids is None and cfg.init == "kmeans++":
             gen = torch.Generator().manual_seed(cfg.seed)
@@ -300,7 +378,7 @@ def fit(x, cfg, init_centroids=None, progress=None) -> KMeansResult:
                             init_centroids=init_centroids)  # fmt: skip
     return kmeans(x, cfg.k, iters=cfg.iters, seed=cfg.seed, init=cfg.init, spherical=cfg.spherical,
                   precision=cfg.precision, device=cfg.device, init_centroids=init_centroids,
-                  progress=progress)  # fmt: skip
+                  progress=progress, group=group)  # fmt: skip
 
 
 def sample_rows(n: int, k: int, max_points_per_centroid: int, seed: int) -> np.ndarray | None:

@@ -271,3 +271,25 @@ def test_ddp_and_fsdp_with_checkpointing_on_two_ranks_give_the_same_losses(tmp_p
     assert sorted(losses["ddp"]) == [1, 2, 3, 4]
     for step, loss in losses["ddp"].items():
         assert losses["fsdp"][step] == pytest.approx(loss, rel=1e-4), step
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_advice(tmp_path, shard_factory, capsys):
+    from train.optim import step_if_finite
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    w.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert not step_if_finite(opt, torch.tensor(float("nan")))
+    assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None  # nothing learned from the bad step
+    w.grad = torch.ones(3)
+    assert step_if_finite(opt, torch.tensor(1.0)) and torch.allclose(w.detach(), torch.full((3,), 0.9))
+
+    # a learning rate that blows the weights up: every later step is non-finite, the run stops
+    shards = shard_factory(n_shards=1, per_shard=16)
+    cfg = base_config(tmp_path, shards, steps=10, max_bad_steps=2, optim={"lr": 1e35, "warmup_steps": 0})
+    with pytest.raises(ValueError, match="3 consecutive steps with non-finite gradients"):
+        train(_build(cfg))
+    assert "non-finite gradients" in capsys.readouterr().out
+    records = read_metrics(tmp_path / "runs" / "t" / "metrics.jsonl")
+    skipped = [records[s]["skipped_steps"] for s in sorted(records)]
+    assert skipped[0] == 0 and skipped[-1] == 2, skipped  # the first step learned; two skips were logged
