@@ -221,14 +221,14 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def seed_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean over seeds and its t interval (the seeds' spread; 0 width with one seed)."""
+    """Mean over seeds and its t interval, clipped to [0, 1] (the seeds' spread; 0 width with one seed)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         return float(v.mean()), float(v.mean()), float(v.mean())
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+    return float(v.mean()), max(0.0, float(v.mean() - half)), min(1.0, float(v.mean() + half))  # accuracies
 
 
 def fit_probe(train_x: list[torch.Tensor], train_y: list[int], test_x: list[torch.Tensor], test_y: list[int],
