@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -18,18 +18,12 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server over HTTP on loopback; boto3 finds it through AWS_ENDPOINT_URL."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {

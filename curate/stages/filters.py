@@ -72,3 +72,40 @@ class Duration(Stage):
             row["keep"] = False
             row["drop_reason"] = f"duration: {d:.2f}s outside [{self.min_seconds}, {self.max_seconds}]"
         return row
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MotionFilter(Stage):
+    """Drop clips with too little or too much motion, from the statistics ``codec_patchify`` computed.
+
+    Peers decode vectors only to reduce them to such a score; here it comes free with the tokens:
+    the camera-compensated motion p95 (px/frame at the codec grid, so a pan is not motion) and the
+    motion-compensated residual p95 (grey levels). ``drop_static`` drops clips whose selection fell
+    back to uniform frames because nothing moved.
+    """
+
+    name = "motion_filter"
+    modalities = ("video",)
+    min_motion_px: float = 0.0  # camera-compensated motion p95 below this: too still
+    max_motion_px: float = 64.0  # above this: shake, cuts or noise rather than motion
+    min_residual: float = 0.0  # residual p95 below this: nothing new appears
+    drop_static: bool = True
+
+    def process_row(self, row: dict) -> dict:
+        codec = row["meta"].get("codec")
+        if not codec or "saliency" not in codec:
+            raise KeyError("motion_filter needs the codec facts in meta: put it after codec_patchify")
+        motion, residual = codec["saliency"]["motion_p95_px"], codec["saliency"]["residual_p95"]
+        reason = None
+        if self.drop_static and codec.get("selection") == "static_fallback":
+            reason = f"static: motion p95 {motion:g} px/frame, residual p95 {residual:g}"
+        elif motion < self.min_motion_px:
+            reason = f"too_little_motion: p95 {motion:g} < {self.min_motion_px:g} px/frame"
+        elif motion > self.max_motion_px:
+            reason = f"too_much_motion: p95 {motion:g} > {self.max_motion_px:g} px/frame"
+        elif residual < self.min_residual:
+            reason = f"too_little_residual: p95 {residual:g} < {self.min_residual:g}"
+        if reason:
+            row["keep"], row["drop_reason"] = False, reason
+        return row

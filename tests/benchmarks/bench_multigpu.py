@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
 from curate.concepts.kmeans import kmeans  # noqa: E402
-from train.config import HeadConfig, ModelConfig, OptimConfig, ParallelConfig  # noqa: E402
+from train.config import FLAVOURS, HeadConfig, ModelConfig, OptimConfig, ParallelConfig  # noqa: E402
 from train.loss import ConceptHeads  # noqa: E402
 from train.model import Encoder  # noqa: E402
 from train.optim import build_optimizer, set_lr  # noqa: E402
@@ -63,10 +63,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu-smoke", action="store_true", help="2 gloo processes on the CPU at tiny sizes")
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the N-GPU runs (default: all visible)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    p.add_argument("--flavour", default="base", choices=["debug", "base", "large", "huge"])
+    p.add_argument("--flavour", default="base", choices=sorted(FLAVOURS))
     p.add_argument("--batch", type=int, default=32, help="samples per GPU per step (parity: global = N x this)")
     p.add_argument("--tokens", type=int, default=196, help="tokens per sample (a square number: an image grid)")
-    p.add_argument("--classes", type=int, default=200_000, help="classes of the one concept head")
+    p.add_argument("--classes", type=int, default=2_000_000, help="classes of the one concept head (issue: 2M)")
     p.add_argument("--steps", type=int, default=50, help="parity steps")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--compile", action="store_true", help="per-block torch.compile, as in training")

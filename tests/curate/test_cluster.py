@@ -14,14 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tars(out: Path) -> dict:
@@ -31,7 +26,7 @@ def _tars(out: Path) -> dict:
 @pytest.fixture()
 def two_nodes():
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    port = _port()
+    port = free_port()
     temp = tempfile.mkdtemp(prefix="ovf-ray-")  # own session folder (short: Ray's socket paths have a length limit)
     # two CPUs per node: a demo pass holds up to two actor pools (ocr, embed) beside its task stages;
     # with one CPU per node the run once hung waiting for a CPU (1 of 4 runs)

@@ -8,12 +8,11 @@ measured 8e-6).
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 from curate.concepts.config import KMeansConfig
 from curate.concepts.kmeans import fit, kmeans, nearest
@@ -73,16 +72,10 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_reach_the_single_process_objective_and_centroids():
     world = 2
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), out), nprocs=world, join=True)
     x, truth, centres = _blobs()
     for case in CASES:
         ref = _run(x, case)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 from shardkit import make_sample
 
 from shards import format as fmt
@@ -113,17 +114,10 @@ def test_a_writer_killed_between_tars_or_failing_leaves_no_visible_set(bucket):
     assert not storage.exists(f"{folder}/{fmt.INDEX_NAME}")
 
 
-def _closed_port() -> int:
-    """A loopback port that nothing listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_endpoint_gives_a_clear_error_naming_it(s3_server, monkeypatch, capsys):
     from shards.__main__ import main as shards_main
 
-    port = _closed_port()
+    port = free_port()  # bound, then closed: nothing listens
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(storage, "S3_RETRIES", {"max_attempts": 1, "mode": "standard"})  # fail fast
     storage._client.cache_clear()

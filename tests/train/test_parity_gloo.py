@@ -20,12 +20,11 @@ losses and gradient norms agree to rtol 1e-4 after a few steps (measured below 1
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 from trainkit import base_config, write_shards
 
 import manifests
@@ -75,18 +74,12 @@ def _worker(rank, world, port, tmp, shards, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parity")
     shards = write_shards(tmp / "shards", n_shards=4, per_shard=B)  # one epoch = one step of 2 x 2 x B samples
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(WORLD, _free_port(), tmp, shards, out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(WORLD, free_port(), tmp, shards, out), nprocs=WORLD, join=True)
     # one process: no wrapping at all (parallelize leaves a world of one alone), so one reference serves both modes
     records = train(_config(tmp, shards, "w1", 1, "ddp"))
     dist.destroy_process_group()

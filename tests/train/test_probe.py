@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from trainkit import base_config, video_sample, write_shards
+from trainkit import base_config, image_sample, video_sample, write_shards
 
 import manifests
 from shards.format import encode_json
@@ -89,6 +89,12 @@ def test_input_modes_give_the_budgeted_tokens_at_their_positions(tmp_path):
     assert patches.shape[0] == 16 and set(pos[:, 0].tolist()) == {0.0}
     with pytest.raises(ValueError, match="5 frames asked, 4 stored"):
         tokens_of(sample, "frames", 5, 64, 16)
+    # image sets: the whole image in every mode
+    _, fields = image_sample(np.random.default_rng(0))
+    image = {"json": encode_json({"modality": "image"}), **fields}
+    for mode in ("spatial", "codec", "frames"):
+        patches, pos = tokens_of(image, mode, 8, 64, 16)
+        assert patches.shape[0] == 16 and set(pos[:, 0].tolist()) == {0.0}
 
 
 def test_probe_cli_reads_a_run_and_a_labelled_set(tmp_path, capsys):

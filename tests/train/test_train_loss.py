@@ -1,11 +1,10 @@
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ports import free_port
 
 from train.config import HeadConfig
 from train.loss import ConceptHeads, PartialFC, draw_labels, shard_range
@@ -74,17 +73,11 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_with_rate_one_equal_full_softmax_loss_and_gradients():
     world = 2
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), out), nprocs=world, join=True)
     cfg = HeadConfig(num_classes=C, sample_rate=1.0, draw=3)
     x, proj, labels, centres = _data()
     labels[6:, 3] = -1  # rank 1 sent three labels per row; the gather pads the fourth with -1
