@@ -53,8 +53,9 @@ class IsolatedRunner:
             self._discard()
             raise StageTimeout(f"no result after {timeout:g}s; the worker process was killed") from None
         except BrokenProcessPool:
-            codes = self._discard()
-            raise WorkerCrashed(f"the worker process died (exit code {codes})") from None
+            codes = [c for c in self._discard() if c is not None]
+            how = f"exit code {codes[0]}" if codes else "exit code not known: the child was reaped before it was read"
+            raise WorkerCrashed(f"the worker process died ({how})") from None
 
     def _discard(self) -> list:
         pool, self.pool = self.pool, None

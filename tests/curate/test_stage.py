@@ -119,7 +119,9 @@ def test_isolated_rows_crash_or_hang_alone_and_transient_errors_are_retried(tmp_
     stage = Poison(isolate=True, timeout_s=2.0, retries=2)
     out = run_in_process([stage], _batch(uris))
     status = dict(zip(uris, zip(out["status"], out["reason"], out["detail"], strict=True), strict=True))
-    assert status["crash"][:2] == ("failed", "poison/WorkerCrashed") and "-11" in status["crash"][2]
+    assert status["crash"][:2] == ("failed", "poison/WorkerCrashed") and "worker process died" in status["crash"][2]
+    # the signal when the exit status could be read (another thread may reap the child first: then it says so)
+    assert "exit code -11" in status["crash"][2] or "exit code not known" in status["crash"][2]
     assert status["hang"][:2] == ("failed", "poison/StageTimeout")
     assert [status[u][0] for u in uris if u.startswith(("ok", "flaky"))] == ["live"] * 4
     pids = {json.loads(m)["pid"] for m, s in zip(out["meta"], out["status"], strict=True) if s == "live"}
