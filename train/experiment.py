@@ -312,14 +312,17 @@ def probe_all(cfg: ExperimentConfig, work: Path, runs: dict[str, Path]) -> list[
     cells += [("bank-random", t, "codec", cfg.probe.compare_budget) for t in TASKS]
     device = _device(cfg)
     fit = {"epochs": cfg.probe.epochs, "lr": cfg.probe.lr, "batch": cfg.probe.batch, "device": device}
-    rows = []
+    rows, encoders, datasets = [], {}, {}
     for name, task, mode, budget in cells:
         if (name, task, mode, budget) in done:
             rows.append(done[(name, task, mode, budget)])
             continue
-        encoder = PixelReference() if name == "pixels" else load_encoder(runs[f"stage2-{name}"])
+        if name not in encoders:
+            encoders[name] = PixelReference() if name == "pixels" else load_encoder(runs[f"stage2-{name}"])
         data = budget_dir(work, budget if mode == "codec" else max(cfg.budgets))
-        items = read_dataset(data, task=task)
+        if (data, task) not in datasets:
+            datasets[(data, task)] = read_dataset(data, task=task)
+        encoder, items = encoders[name], datasets[(data, task)]
         frames = round(budget * cfg.bench.frames)
         log(f"probing {name} {task} {mode} at {budget * 100:g} % ({len(items)} clips)")
         feats, tokens = extract(encoder, items, mode, frames, cfg.bench.size, device=device)

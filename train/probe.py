@@ -111,11 +111,10 @@ def tokens_of(sample: dict, mode: str, frames: int, size: int, patch: int) -> tu
     stored = len(meta.get("frames", {}).get("ids", [])) or 1
     if mode == "frames" and frames > stored:
         raise ValueError(f"sample {sample.get('__key__')}: {frames} frames asked, {stored} stored (keep_frames)")
-    imgs, times = frame_images(sample, meta, stored, size)
     if mode == "spatial":
+        imgs, _ = frame_images(sample, meta, stored, size)
         return frames_input([imgs[len(imgs) // 2]], [0.0], patch)
-    keep = np.unique(np.linspace(0, len(imgs) - 1, frames).round().astype(int))
-    return frames_input([imgs[i] for i in keep], [times[i] for i in keep], patch)
+    return frames_input(*frame_images(sample, meta, frames, size), patch)  # evenly spaced, as the trainer samples
 
 
 @torch.no_grad()

@@ -201,8 +201,8 @@ def _sq_dist(x: torch.Tensor, c: torch.Tensor, dev: torch.device) -> torch.Tenso
     return torch.cat(parts) if parts else torch.zeros(0, device=dev)
 
 
-def _init(x: torch.Tensor, k: int, init: str, gen: torch.Generator, dev: torch.device, group=None) -> torch.Tensor:
-    rows = _Rows(x, dev, group)
+def _init(x: torch.Tensor, k: int, init: str, gen: torch.Generator, dev: torch.device, rows=None) -> torch.Tensor:
+    rows = rows or _Rows(x, dev)
     n = rows.n
     if init == "random":
         idx = torch.randperm(n, generator=gen)[:k].sort().values
@@ -258,7 +258,8 @@ def kmeans(
     prec = resolve_precision(precision, dev)
     x = _as_tensor(x)
     d = x.shape[1]
-    n = _Rows(x, dev, group).n if group is not None else x.shape[0]
+    rows = _Rows(x, dev, group)
+    n = rows.n
     if n < k:
         raise ValueError(f"k={k} centroids need at least k points, got {n}")
     if dev.type == "cuda" and x.element_size() * x.numel() < 0.25 * torch.cuda.mem_get_info(dev)[0]:
@@ -270,7 +271,7 @@ def kmeans(
         if group is not None:
             dist.broadcast(c, group=group, group_src=0)
     else:
-        c = _init(x, k, init, gen, dev, group)
+        c = _init(x, k, init, gen, dev, rows)
     if spherical:
         c = torch.nn.functional.normalize(c, dim=1)
     cn, ck = _chunks(dev, x.shape[0], k, chunk_n, chunk_k)

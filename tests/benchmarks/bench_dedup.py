@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine
+from common import cpu_seconds, machine
 from datasketch import MinHash, MinHashLSH
 from PIL import Image
 
@@ -26,12 +26,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    """Least wall time of ``repeat`` runs, no warm-up (the first run is one of the measured)."""
+    return cpu_seconds(fn, repeat, min, time.perf_counter, warmup=False)
 
 
 def captions(n: int, seed: int = 0) -> list[str]:

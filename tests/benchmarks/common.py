@@ -19,12 +19,16 @@ def machine(extra: str = "") -> str:
     return f"{line}, {extra}" if extra else line
 
 
-def cpu_seconds(fn, repeat: int, reduce=statistics.median) -> float:
-    """CPU seconds of ``fn()`` over ``repeat`` runs after one warm-up, reduced (median; min = least disturbed)."""
-    fn()
+def cpu_seconds(fn, repeat: int, reduce=statistics.median, clock=time.process_time, warmup: bool = True) -> float:
+    """Seconds of ``fn()`` over ``repeat`` runs, after one warm-up, reduced (median; min = least disturbed).
+
+    CPU seconds by default; ``clock=time.perf_counter`` for wall time where threads or I/O count.
+    """
+    if warmup:
+        fn()
     times = []
     for _ in range(repeat):
-        start = time.process_time()
+        start = clock()
         fn()
-        times.append(time.process_time() - start)
+        times.append(clock() - start)
     return reduce(times)
