@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import io
 import json
 import logging
 import tarfile
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
 from shards import format as fmt
-from shards import storage
+from shards import storage, tarmembers
 from shards.index import ShardSetError, read_index
 from shards.labels import read_labels_meta, shard_labels
 from shards.transforms import DEFAULT_TRANSFORMS, npy
@@ -55,21 +54,29 @@ def iter_samples(uri: str, start: int = 0, data: bytes | None = None, attempts: 
     """Yield ``(sample, start, end)`` per sample of a tar from byte ``start``; webdataset groups the members.
 
     ``[start, end)`` spans the sample's headers and padded data, so a ranged read of it is a valid tar.
+    ``data``: the tar's bytes from ``start`` on, already read.
     """
     ranges: dict[str, list[int]] = {}
+    if data is None:
+        reopen = functools.partial(storage.open_stream, uri, attempts=attempts)
+    else:
+        reopen = tarmembers.bytes_reopener(data, start)
 
-    def members(stream, base):
-        tar = tarfile.open(fileobj=stream, mode="r|")
-        for info in tar:
-            if info.isreg():
-                span = ranges.setdefault(tariterators.base_plus_ext(info.name)[0], [base + info.offset, 0])
-                span[1] = base + info.offset_data + -(-info.size // 512) * 512
-                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": uri}
-            tar.members = []
+    broken: list[Exception] = []
 
-    with io.BytesIO(data) if data is not None else storage.open_stream(uri, start, attempts) as stream:
-        for sample in tariterators.group_by_keys(members(stream, start)):
+    def grouped(stream):
+        try:
+            for name, payload, a, b in tarmembers.members(stream, start, reopen):
+                ranges.setdefault(tariterators.base_plus_ext(name)[0], [a, 0])[1] = b
+                yield {"fname": name, "data": payload, "__url__": uri}
+        except TAR_ERRORS as exc:  # end the members here so the sample before the break is still yielded
+            broken.append(exc)
+
+    with reopen(start) as stream:
+        for sample in tariterators.group_by_keys(grouped(stream)):
             yield sample, *ranges.pop(sample["__key__"])
+    if broken:
+        raise broken[0]
 
 
 def sample_ranges(uri: str) -> dict[str, tuple[int, int]]:

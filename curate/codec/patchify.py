@@ -12,6 +12,7 @@ import dataclasses
 from typing import Literal
 
 import numpy as np
+from numba import njit
 
 from curate.codec import residual, saliency, selection, signals, tokens
 from curate.codec.sampling import Clip, VideoError, decode_clip, inspect, open_source, plan_clips
@@ -111,7 +112,8 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     # the second covers blocks whose vector or reference frame we cannot know (B-frames, multi-ref)
     own = np.where(has[..., None], velocity, 0.0)
     res = residual.mc_residual(y, prev_y, own / cfg.analysis_scale, model / cfg.analysis_scale, cell=cell)
-    motion = np.where(has, np.linalg.norm(velocity - model, axis=-1), 0.0)
+    relative = velocity - model
+    motion = np.where(has, np.sqrt(relative[..., 0] ** 2 + relative[..., 1] ** 2), 0.0)  # = linalg.norm, cheaper
     e_motion = saliency.normalise(motion, cfg.motion_floor)
     e_res = saliency.normalise(res, cfg.residual_floor)
     fused = (cfg.motion_weight * e_motion + cfg.residual_weight * e_res) / (cfg.motion_weight + cfg.residual_weight)
@@ -174,6 +176,49 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     return Patchified(positions, scores, clip, facts)
 
 
+@njit(cache=True, nogil=True)
+def _median_shifts(disp, present):  # pragma: no cover - compiled
+    """Median displacement (x, y) of each frame and direction over its cells with a vector."""
+    t, dirs, rows, cols, _ = disp.shape
+    out = np.zeros((t, dirs, 2), np.float64)
+    values = np.empty(rows * cols, np.float32)
+    for k in range(t):
+        for d in range(dirs):
+            for axis in range(2):
+                n = 0
+                for r in range(rows):
+                    for c in range(cols):
+                        if present[k, d, r, c]:
+                            values[n] = disp[k, d, r, c, axis]
+                            n += 1
+                if n:
+                    out[k, d, axis] = np.median(values[:n])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _combine(disp, present, dist):  # pragma: no cover - compiled
+    """Velocity (px/frame): the mean over directions with a vector of displacement / reference distance."""
+    t, dirs, rows, cols, _ = disp.shape
+    velocity = np.zeros((t, rows, cols, 2), np.float32)
+    has = np.zeros((t, rows, cols), np.bool_)
+    for k in range(t):
+        for r in range(rows):
+            for c in range(cols):
+                count = 0
+                vx, vy = np.float32(0), np.float32(0)
+                for d in range(dirs):
+                    if present[k, d, r, c]:
+                        vx += disp[k, d, r, c, 0] / dist[k, d]
+                        vy += disp[k, d, r, c, 1] / dist[k, d]
+                        count += 1
+                if count:
+                    velocity[k, r, c, 0] = vx / count
+                    velocity[k, r, c, 1] = vy / count
+                    has[k, r, c] = True
+    return velocity, has
+
+
 def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_frames: bool = True):
     """Per-frame velocity (T, cells, cells, 2) in px/frame at the grid, presence mask, ref distances.
 
@@ -188,16 +233,13 @@ def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_fram
     disp = disp * gain  # source pixels -> grid pixels
     dist = np.ones((n, 2), np.float32)
     if b_frames and "B" in clip.pict_types:  # B-frame streams: references may be several frames away
+        shifts = _median_shifts(disp, present)
         for k, d in zip(*np.nonzero(present.any(axis=(2, 3))), strict=True):
-            shift = np.median(disp[k, d][present[k, d]], axis=0)
             if d == 0 and clip.has_prev[k]:
-                dist[k, d] = signals.reference_distance(clip.y[k], clip.prev_y[k], shift)
+                dist[k, d] = signals.reference_distance(clip.y[k], clip.prev_y[k], shifts[k, d])
             elif d == 1 and k + 1 < n and clip.frame_ids[k + 1] == clip.frame_ids[k] + 1:
-                dist[k, d] = signals.reference_distance(clip.y[k + 1], clip.y[k], shift)
-    count = present.sum(axis=1)
-    velocity = (np.where(present[..., None], disp, 0.0) / dist[:, :, None, None, None]).sum(axis=1)
-    velocity = (velocity / np.maximum(count, 1)[..., None]).astype(np.float32)
-    has = count > 0
+                dist[k, d] = signals.reference_distance(clip.y[k + 1], clip.y[k], shifts[k, d])
+    velocity, has = _combine(disp, present, dist)
     for k in range(1, n):  # an I-frame inside the clip: motion is smooth, borrow the previous field
         if not has[k].any() and clip.has_prev[k]:
             velocity[k], has[k] = velocity[k - 1], has[k - 1]

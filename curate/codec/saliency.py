@@ -8,9 +8,26 @@ them with configurable weights, optionally weight by a centre prior, and sum ove
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _frame_medians(vel, present):  # pragma: no cover - compiled
+    """Per-frame median (x, y) of the vectors present; 0 for a frame without any."""
+    t, n, _ = vel.shape
+    out = np.zeros((t, 2))
+    values = np.empty(n)
+    for k in range(t):
+        for axis in range(2):
+            m = 0
+            for i in range(n):
+                if present[k, i]:
+                    values[m] = vel[k, i, axis]
+                    m += 1
+            if m:
+                out[k, axis] = np.median(values[:m])
+    return out
 
 
 def camera_model(velocity: np.ndarray, has: np.ndarray, mode: str, trim: float = 0.7, iters: int = 2) -> np.ndarray:
@@ -28,8 +45,7 @@ def camera_model(velocity: np.ndarray, has: np.ndarray, mode: str, trim: float =
     sub = (slice(None), slice(None, None, 2), slice(None, None, 2))
     vel = velocity[sub].reshape(t, -1, 2).astype(np.float64)
     present = has[sub].reshape(t, -1)
-    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN frames (no vectors)
-        median = np.nan_to_num(np.nanmedian(np.where(present[..., None], vel, np.nan), axis=1))  # (t, 2)
+    median = _frame_medians(vel, present)  # (t, 2)
     if mode == "median":
         return np.broadcast_to(median[:, None, None, :], velocity.shape).astype(np.float32)
     yy, xx = np.mgrid[:gh, :gw]

@@ -14,9 +14,34 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from numba import njit
 
 CELL = 4  # vectors are rasterised on a 4x4-pixel grid of the source (the smallest H.264 partition)
 MV_CODECS = ("h264", "mpeg4", "mpeg2video", "mpeg1video", "h263")  # decoders that honour export_mvs
+
+
+@njit(cache=True, nogil=True)
+def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, disp, has):  # pragma: no cover
+    """One frame's blocks onto its two direction planes, in block order (a later block wins a cell).
+
+    ``first_row[y]``: the first analysis row whose source cell is >= y (clamped table lookups
+    instead of binary searches); likewise ``first_col``.
+    """
+    last_r, last_c = len(first_row) - 1, len(first_col) - 1
+    for b in range(len(dst_x)):
+        x0, y0 = (np.int64(dst_x[b]) - bw[b] // 2) // CELL, (np.int64(dst_y[b]) - bh[b] // 2) // CELL
+        x1, y1 = x0 + max(bw[b] // CELL, 1), y0 + max(bh[b] // CELL, 1)
+        # the analysis rows/columns whose sampled source cell lies inside the block
+        r0, r1 = first_row[min(max(y0, 0), last_r)], first_row[min(max(y1, 0), last_r)]
+        c0, c1 = first_col[min(max(x0, 0), last_c)], first_col[min(max(x1, 0), last_c)]
+        sign = -1.0 if source[b] < 0 else 1.0
+        step = np.float32(max(scale[b], 1))
+        d = 1 if source[b] > 0 else 0
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                disp[d, r, c, 0] = sign * mx[b] / step
+                disp[d, r, c, 1] = sign * my[b] / step
+                has[d, r, c] = True
 
 
 def rasterize(
@@ -24,42 +49,23 @@ def rasterize(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blocks of every frame -> per-cell displacement (T, 2 directions, R, C, 2) in source pixels.
 
-    ``mvs`` holds one MOTION_VECTORS array (or None) per frame; all frames are rasterised in one
-    vectorised pass, straight onto the analysis grid: ``rows``/``cols`` (non-decreasing) name the
-    source 4x4 cell each analysis row/column samples (default: the source grid itself). The
-    displacement is ``dst - src`` for past references and ``src - dst`` for future ones, so both
-    point along the motion; dividing by the reference distance gives pixels per frame. Also
-    returns the presence mask (T, 2, R, C).
+    ``mvs`` holds one MOTION_VECTORS array (or None) per frame, rasterised by a compiled loop
+    straight onto the analysis grid: ``rows``/``cols`` (non-decreasing) name the source 4x4 cell
+    each analysis row/column samples (default: the source grid itself). The displacement is
+    ``dst - src`` for past references and ``src - dst`` for future ones, so both point along the
+    motion; dividing by the reference distance gives pixels per frame. Also returns the presence
+    mask (T, 2, R, C).
     """
     rows = np.arange(-(-height // CELL)) if rows is None else np.asarray(rows).ravel()
     cols = np.arange(-(-width // CELL)) if cols is None else np.asarray(cols).ravel()
-    nr, nc = len(rows), len(cols)
-    disp = np.zeros((len(mvs), 2, nr, nc, 2), np.float32)
-    has = np.zeros((len(mvs), 2, nr, nc), bool)
-    parts = [(k, m) for k, m in enumerate(mvs) if m is not None and len(m)]
-    if not parts:
-        return disp, has
-    frame = np.repeat([k for k, _ in parts], [len(m) for _, m in parts])
-    mvs = np.concatenate([m for _, m in parts])
-    x0 = (mvs["dst_x"] - mvs["w"] // 2).astype(np.int64) // CELL
-    y0 = (mvs["dst_y"] - mvs["h"] // 2).astype(np.int64) // CELL
-    # the analysis rows/columns whose sampled source cell lies inside each block
-    r0, r1 = np.searchsorted(rows, y0), np.searchsorted(rows, y0 + np.maximum(mvs["h"] // CELL, 1))
-    c0, c1 = np.searchsorted(cols, x0), np.searchsorted(cols, x0 + np.maximum(mvs["w"] // CELL, 1))
-    nx, ny = c1 - c0, r1 - r0
-    scale = np.maximum(mvs["motion_scale"], 1).astype(np.float32)
-    sign = np.where(mvs["source"] < 0, -1.0, 1.0).astype(np.float32)
-    dx, dy = sign * mvs["motion_x"] / scale, sign * mvs["motion_y"] / scale
-    dirs = (mvs["source"] > 0).astype(np.int64)
-    # expand every block into its cells, vectorised: block b covers nx[b]*ny[b] cells
-    counts = nx * ny
-    block = np.repeat(np.arange(len(mvs)), counts)
-    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    cy = r0[block] + local // nx[block]
-    cx = c0[block] + local % nx[block]
-    flat = ((frame[block] * 2 + dirs[block]) * nr + cy) * nc + cx  # one 1-D scatter, not a 5-D one
-    disp.reshape(-1, 2)[flat] = np.stack([dx, dy], axis=1)[block]
-    has.reshape(-1)[flat] = True
+    disp = np.zeros((len(mvs), 2, len(rows), len(cols), 2), np.float32)
+    has = np.zeros((len(mvs), 2, len(rows), len(cols)), bool)
+    first_row = np.searchsorted(rows, np.arange(-(-height // CELL) + 2))
+    first_col = np.searchsorted(cols, np.arange(-(-width // CELL) + 2))
+    for k, m in enumerate(mvs):
+        if m is not None and len(m):
+            fields = (m[f] for f in ("dst_x", "dst_y", "w", "h", "motion_x", "motion_y", "motion_scale", "source"))
+            _paint(*fields, first_row, first_col, disp[k], has[k])
     return disp, has
 
 
@@ -78,25 +84,32 @@ def grid_index(
     return iy[:, None], ix[None, :]
 
 
-def reference_distance(cur: np.ndarray, ref: np.ndarray, shift: np.ndarray, max_distance: int = 4) -> int:
+@njit(cache=True, nogil=True)
+def reference_distance(cur, ref, shift, max_distance=4):  # pragma: no cover - compiled
     """Frames between ``cur`` and its reference: the d in 1..max whose shift ``shift/d`` best predicts it.
 
-    ``shift`` is the median displacement of one direction (pixels at the analysis grid). Only
-    matters when the camera moves; a still background leaves the choice irrelevant, so 1 is returned.
+    ``shift`` is the median displacement (x, y) of one direction (pixels at the analysis grid).
+    The error is the mean |cur - shifted ref| over every second pixel far enough inside the
+    frame. Only matters when the camera moves; a still background leaves the choice irrelevant,
+    so 1 is returned.
     """
-    if np.hypot(*shift) < 1.0:
+    if np.hypot(shift[0], shift[1]) < 1.0:
         return 1
-    m = int(np.ceil(np.abs(shift).max()))  # margin so every candidate shift stays inside the frame
+    m = int(np.ceil(max(abs(shift[0]), abs(shift[1]))))  # margin so every candidate shift stays inside
     h, w = cur.shape
     if 2 * m + 8 > min(h, w):
         return 1
-    target = cur[m : h - m : 2, m : w - m : 2].astype(np.int16)
-    errors = []
+    best, best_d = np.inf, 1
     for d in range(1, max_distance + 1):
-        sx, sy = np.round(shift / d).astype(int)
-        moved = ref[m - sy : h - m - sy : 2, m - sx : w - m - sx : 2]  # ref shifted by (sx, sy), no copy
-        errors.append(np.abs(target - moved).mean())
-    return int(np.argmin(errors)) + 1
+        sx, sy = int(np.rint(shift[0] / d)), int(np.rint(shift[1] / d))
+        total, n = 0, 0
+        for i in range(m, h - m, 2):
+            for j in range(m, w - m, 2):
+                total += abs(np.int32(cur[i, j]) - np.int32(ref[i - sy, j - sx]))
+                n += 1
+        if total / n < best:  # the first of equal errors wins, as argmin
+            best, best_d = total / n, d
+    return best_d
 
 
 def reencode_vectors(y: np.ndarray, u: np.ndarray, v: np.ndarray, gop: int, preset: str) -> list[np.ndarray | None]:

@@ -127,6 +127,36 @@ def test_mc_residual_matches_a_direct_computation():
     assert exact[:, 1:, 1:].max() == 0 and residual.mc_residual(shifted, prev, 0 * vel)[:, 1:, 1:].mean() > 20
 
 
+def test_compiled_pixel_loops_equal_their_numpy_definitions():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 256, (3, 24, 32), dtype=np.uint8)
+    prev = rng.integers(0, 256, (3, 24, 32), dtype=np.uint8)
+    big = rng.integers(-40, 41, (3, 12, 16, 2)).astype(np.float32) + 0.5  # beyond reach 8, and .5 ties
+    small = rng.normal(0, 3, (3, 12, 16, 2)).astype(np.float32)
+    reach, cell = 8, 2
+    padded = np.pad(prev, ((0, 0), (reach, reach), (reach, reach)), mode="edge")
+    want = np.full((3, 12, 16), np.inf)
+    for vel in (big, small):
+        shift = np.rint(vel).astype(int)
+        for t, i, j in np.ndindex(3, 12, 16):
+            top = np.clip(cell * i - shift[t, i, j, 1] + reach, 0, 24 + 2 * reach - cell)
+            left = np.clip(cell * j - shift[t, i, j, 0] + reach, 0, 32 + 2 * reach - cell)
+            block = y[t, cell * i : cell * i + cell, cell * j : cell * j + cell].astype(int)
+            err = np.abs(block - padded[t, top : top + cell, left : left + cell]).mean()
+            want[t, i, j] = min(want[t, i, j], err)
+    got = residual.mc_residual(y, prev, big, small, cell=cell, reach=reach)
+    assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+
+    yi = y.astype(int)
+    grad = np.zeros_like(yi)
+    grad[:, :, 1:] = np.abs(np.diff(yi, axis=2))
+    grad[:, 1:, :] += np.abs(np.diff(yi, axis=1))
+    texture = grad.reshape(3, 6, 4, 8, 4).mean(axis=(2, 4))
+    assert np.array_equal(residual.cell_texture(y, 4), texture.astype(np.float32))
+    quad = yi[:, ::2, ::2] + yi[:, 1::2, ::2] + yi[:, ::2, 1::2] + yi[:, 1::2, 1::2]
+    assert np.array_equal(residual.half_size(y), (quad + 2) // 4)
+
+
 def test_mosaic_patches_do_not_bleed():
     rng = np.random.default_rng(2)
     colours = rng.integers(20, 236, (70, 3)).astype(np.uint8)
