@@ -129,7 +129,8 @@ def test_minhash_signatures_and_lsh_candidates_equal_datasketch(corpus):
             for i in rng.sample(range(40), rng.randint(1, 6)):
                 edited[i] = rng.choice(words)
             texts.append(" ".join(edited))
-    texts += ["", "one", "!!!"]
+    texts += ["", "one", "!!!", "Grüße aus Köln, STRASSE straße", "naïve café - déjà vu, naïve", "東京 大阪 京都 東京"]
+    texts += ["tab\tand\x00nul inside, twice: tab\tand\x00nul", "snake_case CamelCase 42 x2 __init__", "Two words"]
     sigs, ok = minhash_batch(texts, num_perm=128, seed=1, n=3)
     theirs = MinHash.bulk([shingles(t, 3) for t in texts], num_perm=128, seed=1)
     for t, s, good, m in zip(texts, sigs, ok, theirs, strict=True):
