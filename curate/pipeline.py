@@ -204,18 +204,13 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
     try:
         ds = ray.data.from_items(source, override_num_blocks=len(source))
         ds = ds.map_batches(load, batch_size=1, batch_format="numpy", **worker_env())
+        pools = sum(stage.stateful and not stage.concurrency for stage in stages)
         for stage in stages:
-            ds = map_stage(ds, stage)
+            ds = map_stage(ds, stage, pools)
         out = ds.map_batches(finish, batch_size=None, batch_format="numpy", **worker_env())
         return [json.loads(r["result"]) for r in out.take_all()]
     finally:
         ctx.target_max_block_size = saved
-
-
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _publish_indexes(out: str, cfg: RunConfig, markers: dict[int, dict]) -> dict[str, dict]:

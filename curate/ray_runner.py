@@ -36,11 +36,12 @@ def worker_env() -> dict:
     return {"runtime_env": {"env_vars": env}} if env else {}
 
 
-def map_stage(ds, stage: Stage):
+def map_stage(ds, stage: Stage, pools: int = 1):
     """Append ``stage`` to a Ray dataset of bookkeeping rows.
 
     Whole blocks are batches (a block holds whole partitions; see ``curate.pipeline``), and the
-    stage sees them in slices of its own ``batch_size``.
+    stage sees them in slices of its own ``batch_size``. ``pools``: how many auto-sized actor
+    pools the pass holds (see :func:`pool_plan`).
     """
     common = {"batch_size": None, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
     if stage.gpus:
@@ -49,11 +50,11 @@ def map_stage(ds, stage: Stage):
 
     if stage.stateful:
         actor = type(f"{type(stage).__name__}Actor", (_StageActor,), {})  # names the progress bar
-        pool = (
-            ActorPoolStrategy(size=stage.concurrency)
-            if stage.concurrency
-            else ActorPoolStrategy(min_size=1, max_size=_cpus())
-        )
+        if stage.concurrency:
+            pool = ActorPoolStrategy(size=stage.concurrency)
+        else:
+            size, common["num_cpus"] = pool_plan(stage.cpus, pools, _cpus())
+            pool = ActorPoolStrategy(min_size=1, max_size=size)
         return ds.map_batches(actor, fn_constructor_kwargs={"stage": stage}, compute=pool, **common)
 
     def run(batch, _stage=stage):
@@ -63,6 +64,19 @@ def map_stage(ds, stage: Stage):
     if stage.concurrency:
         common["compute"] = TaskPoolStrategy(size=stage.concurrency)
     return ds.map_batches(run, **common)
+
+
+def pool_plan(cpus_per_actor: float, pools: int, cluster_cpus: int) -> tuple[int, float]:
+    """(most actors, CPUs each) for one of ``pools`` auto-sized actor pools on ``cluster_cpus`` CPUs.
+
+    One CPU always stays with the task stages: actors holding every CPU would sit idle waiting for
+    input that the starved task stages upstream never produce. The pools split the rest; where a
+    pool's share is under one actor's request, its single actor asks for the share (a fraction of
+    a CPU, so it shares a core: slower on a tiny cluster, never stuck).
+    """
+    share = max(0, cluster_cpus - 1) / max(1, pools)
+    cpus = min(cpus_per_actor, share)
+    return (max(1, int(share // cpus)) if cpus > 0 else 1), cpus
 
 
 def _cpus() -> int:

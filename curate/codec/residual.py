@@ -17,39 +17,41 @@ from curate.codec.signals import CELL
 
 
 @njit(cache=True, nogil=True)
-def _mc_residual(y, prev, shifts, cell, reach, out):  # pragma: no cover - compiled
-    fields, t, gh, gw, _ = shifts.shape
-    h, w = y.shape[1], y.shape[2]
+def _mc_residual(y, prev, first, second, cell, reach, out):  # pragma: no cover - compiled
+    t, h, w = y.shape
     for k in range(t):
-        for r in range(gh):
-            for c in range(gw):
+        for r in range(h // cell):
+            for c in range(w // cell):
                 best = 1 << 30
-                for f in range(fields):
+                for field in (first, second):
+                    sx, sy = int(np.rint(field[k, r, c, 0])), int(np.rint(field[k, r, c, 1]))
                     # top-left of the prediction, clamped to ``reach`` pixels outside the frame
-                    top = min(max(r * cell - shifts[f, k, r, c, 1], -reach), h + reach - cell)
-                    left = min(max(c * cell - shifts[f, k, r, c, 0], -reach), w + reach - cell)
+                    top = min(max(r * cell - sy, -reach), h + reach - cell)
+                    left = min(max(c * cell - sx, -reach), w + reach - cell)
                     total = 0
                     for i in range(cell):
-                        sy = min(max(top + i, 0), h - 1)  # edge extension
+                        py = min(max(top + i, 0), h - 1)  # edge extension
                         for j in range(cell):
-                            sx = min(max(left + j, 0), w - 1)
-                            total += abs(np.int32(y[k, r * cell + i, c * cell + j]) - np.int32(prev[k, sy, sx]))
+                            px = min(max(left + j, 0), w - 1)
+                            total += abs(np.int32(y[k, r * cell + i, c * cell + j]) - np.int32(prev[k, py, px]))
                     best = min(best, total)
                 out[k, r, c] = best
     return out
 
 
 def mc_residual(
-    y: np.ndarray, prev_y: np.ndarray, *velocities: np.ndarray, cell: int = CELL, reach: int = 32
-) -> np.ndarray:
+    y: np.ndarray, prev_y: np.ndarray, first: np.ndarray, second: np.ndarray | None = None, *, cell: int = CELL,
+    reach: int = 32,
+) -> np.ndarray:  # fmt: skip
     """Mean |Y_t - MC(Y_t-1)| per cell: (T, H, W) frames, (T, H/c, W/c, 2) px/frame -> (T, H/c, W/c).
 
-    With several velocity fields, each cell keeps its best prediction (smallest error). Shifts
-    beyond ``reach`` pixels are clamped.
+    With a ``second`` velocity field, each cell keeps the better prediction (smaller error).
+    Shifts are rounded to whole pixels; beyond ``reach`` pixels they are clamped.
     """
     t, h, w = y.shape
-    shifts = np.rint(np.stack(np.broadcast_arrays(*velocities))).astype(np.int32)
-    total = _mc_residual(y, prev_y, shifts, cell, reach, np.empty((t, h // cell, w // cell), np.int32))
+    first = np.ascontiguousarray(first, np.float32)  # one array type for both fields
+    second = first if second is None else np.ascontiguousarray(second, np.float32)
+    total = _mc_residual(y, prev_y, first, second, cell, reach, np.empty((t, h // cell, w // cell), np.int32))
     return total.astype(np.float32) / np.float32(cell * cell)
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from curate.stage import TIMING, Stage, apply_stage, new_rows, run_in_process
 
@@ -142,3 +143,22 @@ def test_stage_pickles_without_its_loaded_state():
     stage.setup()
     clone = pickle.loads(pickle.dumps(stage))
     assert clone == stage and not hasattr(clone, "ready")
+
+
+@pytest.mark.parametrize(
+    "cpus_per_actor, pools, cluster, plan",
+    [
+        (1, 1, 16, (15, 1)),  # one pool may grow to all but one CPU
+        (1, 2, 16, (7, 1)),  # two pools split the 15
+        (2, 2, 16, (3, 2)),
+        (1, 1, 2, (1, 1)),
+        (1, 2, 2, (1, 0.5)),  # the demo's ocr + embed on 2 CPUs: half a CPU each, one CPU left to tasks
+        (1, 3, 1, (1, 0.0)),  # one CPU: it stays with the tasks; actors share it
+    ],
+)
+def test_actor_pools_always_leave_a_cpu_to_the_task_stages(cpus_per_actor, pools, cluster, plan):
+    from curate.ray_runner import pool_plan
+
+    size, cpus = pool_plan(cpus_per_actor, pools, cluster)
+    assert (size, cpus) == plan
+    assert pools * size * cpus <= max(0, cluster - 1)
