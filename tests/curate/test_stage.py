@@ -162,3 +162,51 @@ def test_actor_pools_always_leave_a_cpu_to_the_task_stages(cpus_per_actor, pools
     size, cpus = pool_plan(cpus_per_actor, pools, cluster)
     assert (size, cpus) == plan
     assert pools * size * cpus <= max(0, cluster - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class KillOnce(Stage):
+    """Test stage: the row ``kill:<marker>`` SIGKILLs the worker process the first time it is seen."""
+
+    name = "kill_once"
+    outputs = ("payload",)
+    loaded: bool = False  # True: an actor stage (setup), else a task stage
+
+    def setup(self):
+        self.hold("pid", os.getpid())
+
+    @property
+    def stateful(self) -> bool:
+        return self.loaded
+
+    def process_row(self, row):
+        if row["uri"].startswith("kill:"):
+            marker = Path(row["uri"].split(":", 1)[1])
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+        row["payload"] = row["uri"].encode()[::-1]
+        return row
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["task", "actor"])
+def test_a_worker_killed_mid_run_is_replaced_and_the_rows_come_out_the_same(ray_cluster, tmp_path, loaded):
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    from curate.ray_runner import map_stage, to_arrow
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    marker = tmp_path / "killed"
+    uris = ["a", "b", f"kill:{marker}", "c", "d", "e"]
+    items = [{"key": f"k{i}", "uri": u, "modality": "image", "partition": i // 2} for i, u in enumerate(uris)]
+    table = to_arrow(new_rows(items))
+    ds = map_stage(ray.data.from_arrow([table.slice(i, 2) for i in range(0, 6, 2)]), KillOnce(loaded=loaded))
+    remote = ds.to_pandas().sort_values("key").reset_index(drop=True)
+    killed = int(marker.read_text())
+    assert killed != os.getpid() and not Path(f"/proc/{killed}").exists()  # a real worker died
+    local = run_in_process([KillOnce()], new_rows(items), batch_size=2)  # the marker exists: nobody dies
+    assert list(remote["status"]) == list(local["status"]) == ["live"] * 6
+    assert list(remote["payload"]) == list(local["payload"]) == [u.encode()[::-1] for u in uris]
