@@ -59,6 +59,9 @@ class HeadConfig:
     scale: float = 64.0
     filter: float = 0.75  # negatives with cosine above this are zeroed
     draw: int = 8  # labels drawn per sample per step out of its top-k
+    # cls: concept ids from cls.npy (or a sidecar label set); words: OCR vocabulary ids from
+    # words.npy (0-100 per page; a page without words adds nothing to this head's loss)
+    labels: Literal["cls", "words"] = "cls"
 
 
 @dataclass(frozen=True)

@@ -106,17 +106,25 @@ def image_input(data: bytes, size: int, patch: int) -> tuple[torch.Tensor, torch
     return patchify(normalise(_square(_rgb(data), size)), patch)
 
 
-def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int]):
-    """One raw sample -> (patches, positions, modality, labels); errors name the shard and key."""
+def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int],
+           label_fields: dict[str, str] | None = None):  # fmt: skip
+    """One raw sample -> (patches, positions, modality, labels); errors name the shard and key.
+
+    ``label_fields``: per modality ``cls`` (concept ids, default) or ``words`` (OCR word ids, may be none).
+    """
     where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
     meta = json.loads(sample["json"])
     modality = meta.get("modality")
     if modality not in num_classes:
         raise ValueError(f"{where}: modality {modality!r} has no head in this run (heads take {sorted(num_classes)})")
-    if "cls.npy" not in sample:
-        raise ValueError(f"{where}: no cls.npy labels; training needs labelled shards (or a sidecar label set)")
-    labels = decode_npy(sample["cls.npy"]).astype(np.int64).reshape(-1)
-    if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes[modality]:
+    field = (label_fields or {}).get(modality, "cls")
+    if f"{field}.npy" not in sample:
+        need = "the ocr_labels stage writes them" if field == "words" else "training needs labelled shards"
+        raise ValueError(f"{where}: no {field}.npy labels; {need} (or a sidecar label set)")
+    labels = decode_npy(sample[f"{field}.npy"]).astype(np.int64).reshape(-1)
+    if (labels.size == 0 and field == "cls") or (
+        labels.size and (labels.min() < 0 or labels.max() >= num_classes[modality])
+    ):
         raise ValueError(
             f"{where}: labels {labels.tolist()[:10]} outside the {modality} head's {num_classes[modality]} classes"
         )
@@ -144,8 +152,10 @@ class Stream:
     """Packed micro-batches for one rank, exactly resumable from ``state``."""
 
     def __init__(self, cfg: DataConfig, patch: int, num_classes: dict[str, int], seed: int = 0, rank: int = 0,
-                 world: int = 1, accum: int = 1, state: dict | None = None):  # fmt: skip
+                 world: int = 1, accum: int = 1, state: dict | None = None,
+                 label_fields: dict[str, str] | None = None):  # fmt: skip
         self.cfg, self.patch, self.num_classes, self.seed = cfg, patch, num_classes, seed
+        self.label_fields = label_fields
         self.rank, self.world, self.accum = rank, world, accum
         self.urls = expand_shards(cfg.shards)
         if len(self.urls) < world:
@@ -187,7 +197,7 @@ class Stream:
                         for s, ep, _ in raw
                     ]
                     args = [
-                        (s, self.cfg, self.patch, size, r, self.num_classes)
+                        (s, self.cfg, self.patch, size, r, self.num_classes, self.label_fields)
                         for (s, _, _), r in zip(raw, rngs, strict=True)
                     ]
                     out = list(pool.map(lambda a: decode(*a), args))

@@ -175,6 +175,8 @@ class PartialFC(nn.Module):
         if emb.shape[0] == 0:
             return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
         cols = draw_labels(labels, cfg.draw, gen_draw).to(emb.device)  # (B, J)
+        if not (cols >= 0).any():  # no sample has a label (OCR pages without words): no loss, not NaN
+            return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
         w = self.local_weight()
         n_local = w.shape[0]
         local = (cols >= self.lo) & (cols < self.hi)

@@ -1,8 +1,11 @@
+import tarfile
+
 import numpy as np
 import pytest
 import torch
 from trainkit import write_shards
 
+from shards.format import decode_npy
 from train.config import DataConfig
 from train.data import Stream, decode
 
@@ -71,5 +74,26 @@ def test_labels_outside_the_head_are_rejected(tmp_path):
     shards = write_shards(tmp_path / "s", n_shards=1, per_shard=3)
     stream = Stream(DataConfig(shards=tuple(shards), batch_size=2, image_size=32), 16, {"image": 5})
     with pytest.raises(ValueError, match="outside the image head's 5 classes"):
+        next(stream)
+    stream.close()
+
+
+def test_the_ocr_head_takes_word_ids_and_pages_without_words_stay_unlabelled(tmp_path):
+    shards = write_shards(tmp_path / "s", n_shards=1, per_shard=12, modalities=("ocr",), seed=3)
+    cfg = DataConfig(shards=tuple(shards), batch_size=12, image_size=32)
+    stream = Stream(cfg, 16, {"ocr": 12}, label_fields={"ocr": "words"})
+    batch = next(stream)
+    stream.close()
+    with tarfile.open(shards[0]) as tar:
+        words = {
+            m.name.split(".")[0]: decode_npy(tar.extractfile(m).read()) for m in tar if m.name.endswith("words.npy")
+        }
+    assert any(len(w) == 0 for w in words.values()) and any(len(w) for w in words.values())
+    for key, row in zip(batch.keys, batch.labels.tolist(), strict=True):
+        assert [v for v in row if v >= 0] == words[key].tolist()  # an empty page: all -1 (masked, never padded)
+    no_words = write_shards(tmp_path / "t", n_shards=1, per_shard=2, modalities=("image",))
+    stream = Stream(DataConfig(shards=tuple(no_words), batch_size=2, image_size=32), 16, {"image": 12},
+                    label_fields={"image": "words"})  # fmt: skip
+    with pytest.raises(ValueError, match="no words.npy labels; the ocr_labels stage writes them"):
         next(stream)
     stream.close()

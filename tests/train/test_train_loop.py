@@ -42,7 +42,7 @@ def test_mixed_modalities_three_heads_and_accumulation(tmp_path, shard_factory):
     shards = shard_factory(n_shards=2, per_shard=12, modalities=("image", "ocr", "video"))
     heads = [
         {"name": "image", "modalities": ["image"], "num_classes": 12, "weight": 1.0},
-        {"name": "ocr", "modalities": ["ocr"], "num_classes": 12, "weight": 0.5, "sample_rate": 0.5},
+        {"name": "ocr", "modalities": ["ocr"], "num_classes": 12, "weight": 0.5, "sample_rate": 0.5, "labels": "words"},
         {"name": "video", "modalities": ["video"], "num_classes": 12, "weight": 2.0, "sample_rate": 1.0},
     ]
     data = {"batch_size": 6, "codec_share": 0.4, "frames_share": 0.4, "collage_share": 0.2}

@@ -139,3 +139,29 @@ def test_heads_route_modalities_and_weight_losses():
     torch.testing.assert_close(total, 2.0 * parts["image"] + 0.5 * parts["video"])
     with pytest.raises(ValueError, match="no head takes them"):
         heads(emb, ["ocr"] * 5, labels, seed=0, step=0)
+
+
+def test_unlabelled_rows_add_no_loss_and_an_unlabelled_batch_gives_zero_not_nan():
+    """Word labels (0-100 per OCR page): rows of -1 are masked, so the loss is the labelled rows' loss."""
+    x, proj, labels, centres = _data()
+    labels[2:4] = -1  # pages without words
+    labels[5, 2:] = -1  # a page with two words
+    cfg = HeadConfig(num_classes=C, sample_rate=1.0, draw=4)  # draw >= k: every label used, order irrelevant
+    head = PartialFC(cfg, D)
+    with torch.no_grad():
+        head.weight.copy_(centres)
+    emb = x @ proj
+    gen = torch.Generator
+    masked = head(emb, labels, gen().manual_seed(1), gen().manual_seed(2))
+    kept = torch.tensor([i for i in range(10) if i not in (2, 3)])
+    alone = head(emb[kept], labels[kept], gen().manual_seed(1), gen().manual_seed(2))
+    torch.testing.assert_close(masked, alone)
+    valid = labels[kept] >= 0
+    rows = [reference_loss(emb[kept][valid[:, j]], centres, labels[kept][valid[:, j]][:, j : j + 1], cfg, 0)
+            for j in range(4)]  # fmt: skip
+    weights = valid.sum(0).float()
+    torch.testing.assert_close(masked, (torch.stack(rows) * weights).sum() / weights.sum(), rtol=1e-5, atol=1e-5)
+    emb.requires_grad_(True)
+    empty = head(emb, torch.full((10, 0), -1), gen().manual_seed(1), gen().manual_seed(2))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()

@@ -1,7 +1,7 @@
 """Small labelled shards that follow the contract, with labels that carry real signal.
 
 Image class = dominant colour (with noise and a random shape); OCR class = number of dark
-text bars on a page; video class = colour of a square moving over a noisy background, stored
+text bars on a page (its words.npy: ids tied to that number, none for a one-bar page); video class = colour of a square moving over a noisy background, stored
 as codec tokens (patch mosaic + positions) and whole frames.
 """
 
@@ -37,13 +37,18 @@ def image_sample(rng, size=48):
     return c, {"jpg": _jpg(np.asarray(img))}
 
 
+def ocr_words(n: int) -> np.ndarray:
+    """The word ids of a page with ``n`` text bars: none for one bar, else ids tied to the count."""
+    return np.array([] if n == 1 else [n - 1, n + 3], dtype=np.int32)
+
+
 def ocr_sample(rng, size=48):
     n = int(rng.integers(1, 4))
     arr = np.full((size, size, 3), 235.0) + rng.normal(0, 8, (size, size, 3))
     for i in range(n):
         y = 6 + i * 14
         arr[y : y + 6, 6 : size - 6] = 20
-    return n - 1, {"jpg": _jpg(arr), "txt": ("word " * n).encode()}
+    return n - 1, {"jpg": _jpg(arr), "txt": ("word " * n).encode(), "words.npy": encode_npy(ocr_words(n))}
 
 
 def video_sample(rng, frames=4, grid=4, k=24):
