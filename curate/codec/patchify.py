@@ -177,26 +177,6 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
 
 
 @njit(cache=True, nogil=True)
-def _median_shifts(disp, present):  # pragma: no cover - compiled
-    """Median displacement (x, y) of each frame and direction over its cells with a vector."""
-    t, dirs, rows, cols, _ = disp.shape
-    out = np.zeros((t, dirs, 2), np.float64)
-    values = np.empty(rows * cols, np.float32)
-    for k in range(t):
-        for d in range(dirs):
-            for axis in range(2):
-                n = 0
-                for r in range(rows):
-                    for c in range(cols):
-                        if present[k, d, r, c]:
-                            values[n] = disp[k, d, r, c, axis]
-                            n += 1
-                if n:
-                    out[k, d, axis] = np.median(values[:n])
-    return out
-
-
-@njit(cache=True, nogil=True)
 def _combine(disp, present, dist):  # pragma: no cover - compiled
     """Velocity (px/frame): the mean over directions with a vector of displacement / reference distance."""
     t, dirs, rows, cols, _ = disp.shape
@@ -233,7 +213,9 @@ def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_fram
     disp = disp * gain  # source pixels -> grid pixels
     dist = np.ones((n, 2), np.float32)
     if b_frames and "B" in clip.pict_types:  # B-frame streams: references may be several frames away
-        shifts = _median_shifts(disp, present)
+        t, dirs, rows, cols, _ = disp.shape  # median displacement of each frame and direction
+        shifts = saliency.frame_medians(disp.reshape(t * dirs, rows * cols, 2), present.reshape(t * dirs, -1))
+        shifts = shifts.reshape(t, dirs, 2)
         for k, d in zip(*np.nonzero(present.any(axis=(2, 3))), strict=True):
             if d == 0 and clip.has_prev[k]:
                 dist[k, d] = signals.reference_distance(clip.y[k], clip.prev_y[k], shifts[k, d])

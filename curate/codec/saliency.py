@@ -13,8 +13,8 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def _frame_medians(vel, present):  # pragma: no cover - compiled
-    """Per-frame median (x, y) of the vectors present; 0 for a frame without any."""
+def frame_medians(vel, present):  # pragma: no cover - compiled
+    """Per-frame median (x, y) of the vectors present, (T, n, 2) and (T, n) -> (T, 2); 0 where none."""
     t, n, _ = vel.shape
     out = np.zeros((t, 2))
     values = np.empty(n)
@@ -45,7 +45,7 @@ def camera_model(velocity: np.ndarray, has: np.ndarray, mode: str, trim: float =
     sub = (slice(None), slice(None, None, 2), slice(None, None, 2))
     vel = velocity[sub].reshape(t, -1, 2).astype(np.float64)
     present = has[sub].reshape(t, -1)
-    median = _frame_medians(vel, present)  # (t, 2)
+    median = frame_medians(vel, present)  # (t, 2)
     if mode == "median":
         return np.broadcast_to(median[:, None, None, :], velocity.shape).astype(np.float32)
     yy, xx = np.mgrid[:gh, :gw]
