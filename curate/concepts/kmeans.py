@@ -280,6 +280,10 @@ def kmeans(
         cn = max(1, min(x.shape[0], 65536))  # no score tiles to hold: bigger point blocks fill the GPU in one launch
     objective, seconds = [], []
     counts = torch.zeros(k, dtype=torch.int64, device=dev)
+    # fp64 sums on the CPU (small k there): the centroids then do not depend on the order in which
+    # chunks and ranks add up, so a process group reaches the single process's centroids bit for bit.
+    # On GPU fp32 (a 2M x 512 fp64 buffer would double the update's memory).
+    sum_dtype = torch.float64 if dev.type == "cpu" else torch.float32
     with torch.no_grad(), _matmul_precision(prec):
         for it in range(iters):
             start = time.perf_counter()
@@ -287,7 +291,7 @@ def kmeans(
                 cb, bias = c.to(_DTYPES[prec]), -0.5 * (c * c).sum(1)
             else:
                 ca = augment_centroids(c, _DTYPES[prec])
-            sums = torch.zeros(k, d, dtype=torch.float32, device=dev)
+            sums = torch.zeros(k, d, dtype=sum_dtype, device=dev)
             counts = torch.zeros(k, dtype=torch.int64, device=dev)
             obj = torch.zeros((), dtype=torch.float64, device=dev)
             for n0 in range(0, x.shape[0], cn):
@@ -297,7 +301,7 @@ def kmeans(
                 else:
                     idx = _topk_tiles(_augment_points(xf, _DTYPES[prec]), ca, 1, ck)[:, 0]
                 obj += ((xf - c[idx]) ** 2).sum(dtype=torch.float64)
-                sums.index_add_(0, idx, xf)
+                sums.index_add_(0, idx, xf.to(sum_dtype))
                 counts += torch.bincount(idx, minlength=k)
             ca = cb = None
             if group is not None:  # every rank then holds the same sums, so takes the same update and split
@@ -333,6 +337,7 @@ def _update(c, sums, counts, spherical: bool, gen: torch.Generator) -> torch.Ten
         base = new[donors]
         new[empty] = base * (1 + SPLIT_EPS * sign)
         new[donors] = base * (1 - SPLIT_EPS * sign)
+    new = new.to(c.dtype)
     return torch.nn.functional.normalize(new, dim=1) if spherical else new
 
 
