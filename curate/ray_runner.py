@@ -85,6 +85,12 @@ def _cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
 
 
+def shuffle_partitions() -> int:
+    """Hash partitions of a shuffle or aggregation: two per cluster CPU, not Ray Data's 200, which
+    cost seconds of scheduling per step on small inputs and buy nothing on a small cluster."""
+    return 2 * _cpus()
+
+
 def init_ray(address: str | None, num_cpus: int | None, object_store_gb: float) -> None:
     """Join ``address`` or start a local cluster sized to the machine (or to ``num_cpus``)."""
     import ray

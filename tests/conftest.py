@@ -1,8 +1,11 @@
-"""Session fixtures: one real local Ray cluster, one real S3 server on 127.0.0.1, one demo corpus."""
+"""Session fixtures: one real local Ray cluster, one real S3 server on 127.0.0.1, one demo corpus, and
+that corpus curated once by the local executor."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from ports import free_port
@@ -50,3 +53,15 @@ def demo_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-corpus")
     build(str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_local(demo_corpus, tmp_path_factory):
+    """The demo manifest curated once by the local executor in a fresh process: the reference that the
+    Ray, cluster and resume tests compare with. Read it only; copy it to change it."""
+    out = tmp_path_factory.mktemp("demo-local")
+    cmd = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", f"--output.dir={out}", "--executor=local"]
+    env = dict(os.environ, DEMO_CORPUS=str(demo_corpus))
+    done = subprocess.run([*cmd, "--quiet"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out

@@ -220,9 +220,9 @@ def shuffle_by_bucket(records, partitions: int, verify=None, cfg: DedupConfig | 
 
 def partitions_for(cfg: DedupConfig) -> int:
     """Hash partitions of a shuffle: as set, or two per cluster CPU (no extra pass to count rows)."""
-    import ray
+    from curate.ray_runner import shuffle_partitions
 
-    return cfg.shuffle_partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    return cfg.shuffle_partitions or shuffle_partitions()
 
 
 def ray_edges(ds, cfg: DedupConfig):

@@ -20,6 +20,7 @@ import pandas as pd
 
 from curate.ocr.engines import Line
 from curate.ocr.text import tokenize
+from curate.ray_runner import shuffle_partitions
 from shards import storage
 
 
@@ -50,7 +51,7 @@ def count_words(ds, cjk: str = "char", min_count: int = 1) -> pd.DataFrame:
     empty = pd.DataFrame({"word": pd.Series([], dtype=object), "count": pd.Series([], dtype="int64")})
     if counts.count() == 0:
         return empty
-    summed = counts.groupby("word").sum("n").rename_columns({"sum(n)": "count"})
+    summed = counts.groupby("word", num_partitions=shuffle_partitions()).sum("n").rename_columns({"sum(n)": "count"})
     frame = summed.map_batches(functools.partial(_at_least, min_count=min_count), batch_format="numpy").to_pandas()
     return frame if len(frame) else empty  # an empty Ray result has no columns
 

@@ -87,7 +87,7 @@ def _wait_for(check, what: str, seconds: float = 90):
 
 
 @pytest.mark.slow
-def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, demo_corpus, tmp_path):
+def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, demo_corpus, demo_local, tmp_path):
     address, env = two_nodes
     env = dict(env, DEMO_CORPUS=str(demo_corpus))
     base = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", "--quiet"]
@@ -95,7 +95,4 @@ def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, dem
                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
     assert "inputs = kept + dropped + failed: checked" in cluster.stdout
-    local = subprocess.run([*base, f"--output.dir={tmp_path / 'local'}", "--executor=local"],
-                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert local.returncode == 0, local.stderr[-3000:]
-    assert _tars(tmp_path / "cluster") == _tars(tmp_path / "local") != {}
+    assert _tars(tmp_path / "cluster") == _tars(demo_local) != {}
