@@ -127,7 +127,7 @@ def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg:
 
     from curate.ray_runner import init_ray
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
+    init_ray(cfg.ray)
     if progress:
         print(f"global step {step.name} over the rows of pass {k + 1}")
     columns = sorted(set(step.columns) | {"status"})
@@ -180,7 +180,7 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
 
     from curate.ray_runner import init_ray, map_stage, to_arrow, worker_env
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.object_store_gb)
+    init_ray(cfg.ray)
     expected = {d["partition"]: len(json.loads(d["items"])) for d in source if d["items"]}
 
     def load(batch):

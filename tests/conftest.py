@@ -4,8 +4,10 @@ that corpus curated once by the local executor."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ports import free_port
@@ -46,22 +48,39 @@ def s3_server():
     server.stop()
 
 
+def _shared(tmp_path_factory, name: str, build) -> Path:
+    """A session artefact built once for all test processes: with pytest-xdist the first worker to
+    ask builds it under the run's common temp folder while the others wait on a lock."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
     from curate.demo_corpus import build
 
-    root = tmp_path_factory.mktemp("demo-corpus")
-    build(str(root))
-    return root
+    return _shared(tmp_path_factory, "demo-corpus", lambda root: build(str(root)))
 
 
 @pytest.fixture(scope="session")
 def demo_local(demo_corpus, tmp_path_factory):
     """The demo manifest curated once by the local executor in a fresh process: the reference that the
     Ray, cluster and resume tests compare with. Read it only; copy it to change it."""
-    out = tmp_path_factory.mktemp("demo-local")
-    cmd = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", f"--output.dir={out}", "--executor=local"]
-    env = dict(os.environ, DEMO_CORPUS=str(demo_corpus))
-    done = subprocess.run([*cmd, "--quiet"], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
+
+    def curate(out: Path) -> None:
+        cmd = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", f"--output.dir={out}", "--executor=local"]
+        env = dict(os.environ, DEMO_CORPUS=str(demo_corpus))
+        done = subprocess.run([*cmd, "--quiet"], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    return _shared(tmp_path_factory, "demo-local", curate)
