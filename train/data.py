@@ -119,8 +119,12 @@ def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
         raise ValueError(f"{where}: modality {modality!r} has no head in this run (heads take {sorted(num_classes)})")
     field = (label_fields or {}).get(modality, "cls")
     if f"{field}.npy" not in sample:
-        need = "the ocr_labels stage writes them" if field == "words" else "training needs labelled shards"
-        raise ValueError(f"{where}: no {field}.npy labels; {need} (or a sidecar label set)")
+        need = (
+            "the ocr_labels stage writes them"
+            if field == "words"
+            else "training needs labelled shards (or a sidecar label set)"
+        )
+        raise ValueError(f"{where}: no {field}.npy labels; {need}")
     labels = decode_npy(sample[f"{field}.npy"]).astype(np.int64).reshape(-1)
     if (labels.size == 0 and field == "cls") or (
         labels.size and (labels.min() < 0 or labels.max() >= num_classes[modality])

@@ -172,10 +172,8 @@ class PartialFC(nn.Module):
         cfg = self.cfg
         emb = gather_rows(emb, differentiable=True)
         labels = gather_rows(labels.to(emb.device), fill=-1).cpu()
-        if emb.shape[0] == 0:
-            return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
         cols = draw_labels(labels, cfg.draw, gen_draw).to(emb.device)  # (B, J)
-        if not (cols >= 0).any():  # no sample has a label (OCR pages without words): no loss, not NaN
+        if not (cols >= 0).any():  # no sample, or none with a label (OCR pages without words): no loss, not NaN
             return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
         w = self.local_weight()
         n_local = w.shape[0]

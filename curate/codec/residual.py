@@ -4,8 +4,8 @@ No stock decoder exposes the coded residual, so we rebuild it: predict each 4x4 
 from its predecessor shifted along the cell's codec vector (rounded to whole pixels, enough at
 256 px; edges extended as a codec does), and take |Y_t - MC(Y_t-1)|. Cells without a vector
 (intra blocks) get the plain frame difference, which is what an encoder's intra residual
-approximates. The per-pixel loops are compiled (numba): NumPy needs a gathered copy of every
-predicted cell per velocity field, which cost ten times the arithmetic.
+approximates. The per-pixel loops are compiled (numba): NumPy needed a gathered copy of every
+predicted cell per velocity field (profiled 52 ms per 256-px clip, against 12 ms compiled).
 """
 
 from __future__ import annotations

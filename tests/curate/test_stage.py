@@ -170,10 +170,7 @@ class KillOnce(Stage):
 
     name = "kill_once"
     outputs = ("payload",)
-    loaded: bool = False  # True: an actor stage (setup), else a task stage
-
-    def setup(self):
-        self.hold("pid", os.getpid())
+    loaded: bool = False  # True: an actor stage, else a task stage
 
     @property
     def stateful(self) -> bool:
