@@ -85,6 +85,9 @@ class ParallelConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     dtype: Literal["bf16", "fp32"] = "bf16"  # autocast dtype; master weights stay fp32
+    # FSDP2: free each block's gathered weights after forward and gather them again in backward;
+    # false keeps them (more memory, one all-gather less per block and step)
+    fsdp_reshard: bool = True
 
 
 @dataclass(frozen=True)

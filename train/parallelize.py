@@ -49,7 +49,7 @@ def parallelize(encoder: nn.Module, cfg: ParallelConfig, world: int, device: tor
         from torch.distributed.fsdp import fully_shard
 
         for block in encoder.blocks:
-            fully_shard(block)
+            fully_shard(block, reshard_after_forward=cfg.fsdp_reshard)
         fully_shard(encoder)
         return encoder
     from torch.nn.parallel import DistributedDataParallel

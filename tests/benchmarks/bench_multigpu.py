@@ -14,7 +14,8 @@ run on N, each in a process group of its own size, so it spawns a group of 1, th
            losses are expected to drift apart slowly (``--parity-rtol``, default 2 %, per step);
            ``--dtype fp32`` gives the tight check (the CPU smoke: 2e-7 in fp32, 8e-4 in bf16).
 * scaling  samples/s of the same step with the same per-GPU batch on N GPUs and on 1, as
-           samples/s(N) / (N x samples/s(1)); heads at ``--sample-rate``.
+           samples/s(N) / (N x samples/s(1)), for each of ``--scale-batches``; heads at
+           ``--sample-rate``; FSDP2 also without resharding after forward (``fsdp_keep``).
 * kmeans   ``curate.concepts.kmeans.kmeans`` on all the points on one GPU and with ``group=`` on N
            GPUs, each holding 1/N of the points, from the same (random, seeded) init: objective per
            iteration, relative difference, and the speed-up (median iteration time, first one excluded).
@@ -64,7 +65,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the N-GPU runs (default: all visible)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--flavour", default="base", choices=sorted(FLAVOURS))
-    p.add_argument("--batch", type=int, default=32, help="samples per GPU per step (parity: global = N x this)")
+    p.add_argument("--batch", type=int, default=128,
+                   help="samples per GPU per step (parity: global = N x this); 128 is the reference's stage-1 per-GPU batch")  # fmt: skip
+    p.add_argument("--scale-batches", default="32,128", help="comma-separated per-GPU batches of the scaling runs")
     p.add_argument("--tokens", type=int, default=196, help="tokens per sample (a square number: an image grid)")
     p.add_argument("--classes", type=int, default=2_000_000, help="classes of the one concept head (issue: 2M)")
     p.add_argument("--steps", type=int, default=50, help="parity steps")
@@ -73,6 +76,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--scale-steps", type=int, default=20, help="timed steps of the scaling runs")
     p.add_argument("--scale-warmup", type=int, default=5)
     p.add_argument("--sample-rate", type=float, default=0.1, help="partial-FC sample rate of the scaling runs")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="profile this many timed scaling steps (rank 0) and write the op table to $OUT")  # fmt: skip
     p.add_argument("--parity-rtol", type=float, default=0.02, help="largest per-step relative loss difference")
     p.add_argument("--kmeans-n", type=int, default=2_000_000)
     p.add_argument("--kmeans-d", type=int, default=512)
@@ -80,10 +85,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--kmeans-iters", type=int, default=4)
     args = p.parse_args(argv)
     args.parts = [s for s in args.parts.split(",") if s]
+    args.scale_batches = [int(b) for b in str(args.scale_batches).split(",") if b]
     if set(args.parts) - set(PARTS):
         p.error(f"unknown part(s) {sorted(set(args.parts) - set(PARTS))}; choose from {PARTS}")
     if args.cpu_smoke:
         args.gpus, args.flavour, args.batch, args.tokens, args.classes = 2, "debug", 2, 4, 37
+        args.scale_batches = [2]
         args.steps, args.scale_steps, args.scale_warmup = 3, 2, 1
         args.kmeans_n, args.kmeans_d, args.kmeans_k, args.kmeans_iters = 3000, 16, 50, 3
     return args
@@ -120,12 +127,17 @@ def sync(dev: torch.device):
         torch.cuda.synchronize(dev)
 
 
-def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, rank, world, dev) -> dict:
-    """``steps`` optimizer steps of train.loop's step (one micro-batch each): losses, norms, step times."""
+def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, rank, world, dev,
+                profile: str = "", reshard: bool = True) -> dict:  # fmt: skip
+    """``steps`` optimizer steps of train.loop's step (one micro-batch each): losses, norms, step times.
+
+    ``profile``: a name; the last ``--profile`` steps run under torch.profiler and rank 0 writes
+    the op table (sorted by GPU time) to ``$OUT/profile_<name>.txt``.
+    """
     model_cfg = ModelConfig(args.flavour)
     head = HeadConfig(name="image", modalities=("image",), num_classes=args.classes, sample_rate=sample_rate)
     optim_cfg = OptimConfig(lr=1e-3, warmup_steps=min(5, steps // 4))
-    par = ParallelConfig(mode=mode, compile=args.compile, dtype=args.dtype)
+    par = ParallelConfig(mode=mode, compile=args.compile, dtype=args.dtype, fsdp_reshard=reshard)
     seed = 0
     torch.manual_seed(seed)
     encoder = Encoder(model_cfg).to(dev)
@@ -135,7 +147,14 @@ def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, 
     pool = Pool(max(4 * per_rank * world, 64), args.tokens, model_cfg.patch, args.classes, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if par.dtype == "bf16" else contextlib.nullcontext()
     out = {"loss": [], "grad_norm": [], "head_grad_norm": [], "step_s": []}
+    prof = None
     for step in range(steps):
+        if profile and step == steps - args.profile:
+            acts = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else []
+            )
+            prof = torch.profiler.profile(activities=acts)
+            prof.__enter__()
         sync(dev)
         t0 = time.perf_counter()
         set_lr(optimizer, step, steps, optim_cfg)
@@ -153,6 +172,12 @@ def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, 
         out["head_grad_norm"].append(float(head_norm))
         sync(dev)
         out["step_s"].append(time.perf_counter() - t0)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        if rank == 0 and os.environ.get("OUT"):
+            sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+            table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
+            Path(os.environ["OUT"], f"profile_{profile}.txt").write_text(table)
     del wrapped, encoder, heads, optimizer, pool
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -206,12 +231,16 @@ def worker(rank: int, world: int, port: int, args, out):
                 res[f"parity_{mode}"] = trainer_run(args, mode, per_rank, args.steps, 1.0, rank, world, dev)
                 log(rank, f"parity {mode} world {world}: losses {fmt(res[f'parity_{mode}']['loss'][:3])} ...")
         if "scaling" in args.parts:
-            for mode in ("ddp",) if world == 1 else ("ddp", "fsdp"):
-                steps = args.scale_warmup + args.scale_steps
-                run = trainer_run(args, mode, args.batch, steps, args.sample_rate, rank, world, dev)
-                step_s = statistics.median(run["step_s"][args.scale_warmup :])
-                res[f"scaling_{mode}"] = {"step_s": step_s, "samples_per_s": args.batch * world / step_s}
-                log(rank, f"scaling {mode} world {world}: {args.batch * world / step_s:.1f} samples/s")
+            # fsdp_keep: FSDP2 without resharding after forward (ParallelConfig.fsdp_reshard = false)
+            for batch in args.scale_batches:
+                for mode in ("ddp",) if world == 1 else ("ddp", "fsdp", "fsdp_keep"):
+                    steps = args.scale_warmup + args.scale_steps
+                    name = f"{mode}_b{batch}_world{world}" if args.profile else ""
+                    run = trainer_run(args, mode.split("_")[0], batch, steps, args.sample_rate, rank, world, dev,
+                                      name, reshard=mode != "fsdp_keep")  # fmt: skip
+                    step_s = statistics.median(run["step_s"][args.scale_warmup :])
+                    res[f"scaling_{mode}_b{batch}"] = {"step_s": step_s, "samples_per_s": batch * world / step_s}
+                    log(rank, f"scaling {mode} batch {batch} world {world}: {batch * world / step_s:.1f} samples/s")
         if "kmeans" in args.parts:
             res["kmeans"] = kmeans_run(args, rank, world, dev)
             log(rank, f"kmeans world {world}: objective {fmt(res['kmeans']['objective'])}")
@@ -265,12 +294,13 @@ def report(args, one: dict, many: dict) -> dict:
             "grad_norm_max_rel_diff": max(diffs["grad_norm"]),
             "pass": max(diffs["loss"]) <= args.parity_rtol,
         }
-    for mode in ("ddp", "fsdp"):
-        key = f"scaling_{mode}"
-        if key in many:
-            one_s, many_s = one["scaling_ddp"]["samples_per_s"], many[key]["samples_per_s"]
-            summary[key] = {"samples_per_s_1": one_s, f"samples_per_s_{n}": many_s,
-                            "speedup": many_s / one_s, "efficiency": many_s / (n * one_s)}  # fmt: skip
+    for batch in args.scale_batches:
+        for mode in ("ddp", "fsdp", "fsdp_keep"):
+            key = f"scaling_{mode}_b{batch}"
+            if key in many:
+                one_s, many_s = one[f"scaling_ddp_b{batch}"]["samples_per_s"], many[key]["samples_per_s"]
+                summary[key] = {"samples_per_s_1": one_s, f"samples_per_s_{n}": many_s,
+                                "speedup": many_s / one_s, "efficiency": many_s / (n * one_s)}  # fmt: skip
     if "kmeans" in many:
         a, b = one["kmeans"], many["kmeans"]
         t1, tn = (statistics.median(r["seconds"][1:] or r["seconds"]) for r in (a, b))
