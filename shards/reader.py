@@ -20,6 +20,9 @@ the worker whose turn was next goes first. Samples whose tar, fields or transfor
 logged and counted; past ``bad_grace + max_bad_rate * seen`` the worker raises BadDataError.
 Output samples: ``__key__``, ``__url__``, ``modality``, ``cls`` (int64 ids, from ``cls.npy`` or the
 sidecar set of bank ``labels``; see shards.labels) and whatever the modality's transform returns.
+A transform gets the sample's fields, its parsed ``meta`` and ``__index__``: how many samples this
+logical worker emitted before it (part of the resume state, so a seeded per-sample choice made
+from it repeats exactly after a resume).
 """
 
 from __future__ import annotations
@@ -292,7 +295,7 @@ class ShardStream(IterableDataset):
                     refs.pop()
                     raws.pop()
                 try:
-                    sample = self._finish(ref[0], raw)
+                    sample = self._finish(ref[0], raw, st["emitted"])
                 except Exception as exc:  # a bad sample: skipped and counted, never a silent stop
                     self._bad(st, f"{raw.get('__url__')}: sample {raw.get('__key__')}: {type(exc).__name__}: {exc}")
                     continue
@@ -313,7 +316,7 @@ class ShardStream(IterableDataset):
                 f"{self.max_bad_rate:.1%}; last: {reason}"
             )
 
-    def _finish(self, m: str, raw: dict) -> dict:
+    def _finish(self, m: str, raw: dict, index: int) -> dict:
         fields = {k: v for k, v in raw.items() if k != "__url__"}
         meta = json.loads(fields["json"])  # the contract's checks that training needs; verify does the rest
         if meta.get("modality") != m:
@@ -332,7 +335,7 @@ class ShardStream(IterableDataset):
             if cls.dtype != np.int32:
                 raise ValueError(f"cls.npy must be int32, got {cls.dtype}")
             out["cls"] = torch.from_numpy(cls.astype(np.int64))
-        out.update(self.transforms[m]({**fields, "meta": meta}))
+        out.update(self.transforms[m]({**fields, "meta": meta, "__index__": index}))
         return out
 
 

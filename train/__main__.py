@@ -19,14 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     except manifests.ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from shards.reader import BadDataError
     from train.loop import train
 
     try:
         train(cfg)
-    except ValueError as exc:  # bad data, banks or checkpoints: the message says which and where
+    except (ValueError, BadDataError) as exc:  # bad data, banks or checkpoints: the message says which and where
         if os.environ.get("OVFORGE_DEBUG"):
             raise
-        print(f"error: {exc} (OVFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        text = str(exc).strip()
+        if "Original Traceback" in text:  # re-raised from a DataLoader worker: its last line is the error
+            text = text.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {text} (OVFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     finally:
         import torch.distributed as dist

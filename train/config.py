@@ -32,7 +32,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: tuple[str, ...] = ()  # tar paths or globs; every sample's json names its modality
+    # shard set folders (local or s3://), or folders holding them: each set's index names its modality,
+    # one set per modality, and every modality needs a head (shards.reader.ShardStream reads them)
+    shards: tuple[str, ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)  # modality -> mixing weight; empty: set sizes
     batch_size: int = 8  # samples per micro-batch per rank, packed into one token sequence
     image_size: int = 224  # images and OCR pages (square, divisible by the patch)
     # (from_step, image_size) pairs; overrides image_size from that optimizer step on (224 then 448)
@@ -42,8 +45,14 @@ class DataConfig:
     frames_share: float = 0.0
     collage_share: float = 0.0
     max_frames: int = 8  # frames used by frame sampling and collage
-    decode_threads: int = 4
-    prefetch: int = 2  # batches decoded ahead in a background thread
+    shuffle_buffer: int = 1000  # samples per DataLoader worker
+    # false: exact epochs (a seeded shard permutation per epoch; each set needs ranks x workers shards);
+    # true: shards drawn with replacement, for sets with few shards
+    resample: bool = False
+    labels: str = ""  # bank version of a sidecar label set to read instead of cls.npy (shards.labels)
+    max_bad_rate: float = 0.01  # skipped bad samples allowed (after 10) before the run stops
+    workers: int = 2  # DataLoader worker processes per rank decoding ahead; 0 decodes in the trainer
+    prefetch: int = 2  # micro-batches each worker keeps ready
 
 
 @dataclass(frozen=True)

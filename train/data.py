@@ -1,31 +1,31 @@
-"""The training data stream: WebDataset shards -> packed micro-batches, resumable mid-epoch.
+"""The training data stream: the shards reader -> packed micro-batches, resumable mid-epoch.
 
-Each rank reads its own shards (a per-epoch permutation of the shard list, split by rank),
-one shard after another, in tar order, through webdataset's plain pipeline. The resume state
-is (epoch, cursor in this rank's shard list, samples consumed in that shard); every batch
-carries the state after its last sample, so a checkpoint restores the exact next sample.
-Decoding runs on a small thread pool (order kept) and one batch-builder thread prefetches.
-A later issue replaces this module with the project's shared reader; keep its surface small:
-``Stream(...)``, ``next(stream)`` -> ``Batch``, ``Batch.state``.
+``shards.reader.ShardStream`` does the reading: modality sets mixed by weight, a seeded shuffle,
+shards split over ranks and DataLoader workers, bad samples skipped and counted, sidecar labels,
+S3, and an exact resume state. This module adds what training needs on top: the per-modality
+decode into tokens (``decode``, run in the DataLoader workers), packing into one token sequence per
+micro-batch, and the micro-batch count. A checkpoint stores ``Batch.state`` (the reader's state plus
+that count); a change of image size (``resolution_schedule``) reopens the loader from the reader's
+state, so the switch is exact too. Surface: ``Stream(...)``, ``next(stream)`` -> ``Batch``.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
 import io
 import json
-import queue
-import threading
+import sys
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 
+from shards import storage
 from shards.format import decode_npy
+from shards.index import ShardSetError, find_sets, read_index
+from shards.reader import ShardStream
 from train.config import DataConfig
 from train.packing import Packed, codec_tokens, normalise, pack, patchify
 
@@ -41,14 +41,23 @@ class Batch:
     state: dict  # stream state after this batch
 
 
-def expand_shards(patterns: tuple[str, ...]) -> list[str]:
-    urls = []
-    for p in patterns:
-        hits = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
-        urls += hits
-    if not urls:
-        raise ValueError(f"data.shards {list(patterns)} matches no shard")
-    return urls
+def modality_sets(paths: tuple[str, ...]) -> dict[str, str]:
+    """``data.shards`` (set folders, or folders holding sets) -> {modality: set folder}, from each index."""
+    sets: dict[str, str] = {}
+    for path in paths:
+        found = find_sets(path) if storage.is_s3(path) or storage.exists(path) else []
+        if not found:
+            raise ValueError(f"data.shards: {path} holds no shard set (no index.json under it)")
+        for folder in found:
+            modality = read_index(folder).get("modality")
+            if modality is None:
+                raise ShardSetError(f"{folder}: its index names no modality (one set per modality)")
+            if modality in sets and sets[modality] != folder:
+                raise ValueError(f"data.shards: two {modality} sets, {sets[modality]} and {folder}; name one")
+            sets[modality] = folder
+    if not sets:
+        raise ValueError("data.shards is empty: name the curated shard sets (e.g. out/demo/shards/image)")
+    return sets
 
 
 def image_size_at(cfg: DataConfig, step: int) -> int:
@@ -106,50 +115,95 @@ def image_input(data: bytes, size: int, patch: int) -> tuple[torch.Tensor, torch
     return patchify(normalise(_square(_rgb(data), size)), patch)
 
 
-def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int],
-           label_fields: dict[str, str] | None = None):  # fmt: skip
-    """One raw sample -> (patches, positions, modality, labels); errors name the shard and key.
+def _where(sample: dict) -> str:
+    """``shard: sample key: `` for an error message; empty under the reader, which names both itself."""
+    return f"{sample['__url__']}: sample {sample.get('__key__', '?')}: " if "__url__" in sample else ""
 
-    ``label_fields``: per modality ``cls`` (concept ids, default) or ``words`` (OCR word ids, may be none).
-    """
-    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')}"
-    meta = json.loads(sample["json"])
-    modality = meta.get("modality")
+
+def _meta(sample: dict) -> dict:
+    return sample["meta"] if "meta" in sample else json.loads(sample["json"])
+
+
+def sample_labels(sample: dict, num_classes: dict[str, int], field: str = "cls") -> np.ndarray:
+    """A sample's label ids from ``cls.npy`` (concept ids, at least one) or ``words.npy`` (OCR word ids, may be none)."""
+    modality = _meta(sample).get("modality")
     if modality not in num_classes:
-        raise ValueError(f"{where}: modality {modality!r} has no head in this run (heads take {sorted(num_classes)})")
-    field = (label_fields or {}).get(modality, "cls")
+        raise ValueError(f"{_where(sample)}modality {modality!r} has no head in this run "
+                         f"(heads take {sorted(num_classes)})")  # fmt: skip
     if f"{field}.npy" not in sample:
-        need = (
-            "the ocr_labels stage writes them"
-            if field == "words"
-            else "training needs labelled shards (or a sidecar label set)"
-        )
-        raise ValueError(f"{where}: no {field}.npy labels; {need}")
+        need = "the ocr_labels stage writes them" if field == "words" else "training needs labelled shards (or a sidecar label set)"  # fmt: skip
+        raise ValueError(f"{_where(sample)}no {field}.npy labels; {need}")
     labels = decode_npy(sample[f"{field}.npy"]).astype(np.int64).reshape(-1)
     if (labels.size == 0 and field == "cls") or (
         labels.size and (labels.min() < 0 or labels.max() >= num_classes[modality])
     ):
-        raise ValueError(
-            f"{where}: labels {labels.tolist()[:10]} outside the {modality} head's {num_classes[modality]} classes"
-        )
-    if modality in ("image", "ocr"):
-        tokens = image_input(sample["jpg"], size, patch)
-    else:
-        shares = np.array([cfg.codec_share, cfg.frames_share, cfg.collage_share])
-        mode = int(np.searchsorted(np.cumsum(shares) / shares.sum(), mode_rng, side="right"))
-        if "frames.jpg" not in sample:
-            mode = 0
-        if "patches.jpg" not in sample or "pos.npy" not in sample:
-            mode = max(mode, 1)
-        if mode == 0:
-            tokens = codec_input(sample, patch)
-        else:
-            frames, ts = frame_images(sample, meta, cfg.max_frames, cfg.video_size)
-            if mode == 1:
-                tokens = frames_input(frames, ts, patch)
-            else:
-                tokens = patchify(normalise(torch.cat(frames, dim=1)), patch)
-    return tokens, modality, labels
+        raise ValueError(f"{_where(sample)}labels {labels.tolist()[:10]} outside the {modality} head's "
+                         f"{num_classes[modality]} classes")  # fmt: skip
+    return labels
+
+
+def sample_tokens(
+    sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shard sample -> (patches, (t, h, w) positions); ``mode_rng`` in [0, 1) picks a video's mode by the shares."""
+    meta = _meta(sample)
+    if meta.get("modality") in ("image", "ocr"):
+        return image_input(sample["jpg"], size, patch)
+    shares = np.array([cfg.codec_share, cfg.frames_share, cfg.collage_share])
+    mode = int(np.searchsorted(np.cumsum(shares) / shares.sum(), mode_rng, side="right"))
+    if "frames.jpg" not in sample:
+        mode = 0
+    if "patches.jpg" not in sample or "pos.npy" not in sample:
+        mode = max(mode, 1)
+    if mode == 0:
+        return codec_input(sample, patch)
+    frames, ts = frame_images(sample, meta, cfg.max_frames, cfg.video_size)
+    if mode == 1:
+        return frames_input(frames, ts, patch)
+    return patchify(normalise(torch.cat(frames, dim=1)), patch)
+
+
+def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int],
+           label_fields: dict[str, str] | None = None):  # fmt: skip
+    """One raw sample -> (tokens, modality, labels); errors name the shard and key."""
+    modality = _meta(sample).get("modality")
+    labels = sample_labels(sample, num_classes, (label_fields or {}).get(modality, "cls"))
+    return sample_tokens(sample, cfg, patch, size, mode_rng), modality, labels
+
+
+ENDLESS = sys.maxsize  # "epochs" of a training stream: exact epochs, one after another, until the run stops
+
+
+def _tokens(sample: dict, cfg: DataConfig, patch: int, size: int, seed: int, num_classes: dict[str, int],
+            label_fields: dict[str, str]) -> dict:  # fmt: skip
+    """The reader's per-sample transform (in a DataLoader worker): tokens and labels for one sample.
+
+    The video mode is drawn from (seed, key, the worker's sample count), which the resume state
+    restores, so a resumed run draws the same modes.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(sample["__key__"].encode()), sample["__index__"]]).random()
+    field = label_fields.get(sample["meta"]["modality"], "cls")
+    out = {"tokens": sample_tokens(sample, cfg, patch, size, rng)}
+    if field == "words" or not cfg.labels:  # with a sidecar set (cfg.labels) the reader supplies ``cls``
+        out["labels"] = sample_labels(sample, num_classes, field)
+    return out
+
+
+@dataclass
+class _Micro:
+    packed: Packed
+    modality: list[str]
+    labels: torch.Tensor
+    keys: list[str]
+
+
+def _collate(samples: list[dict]) -> _Micro:
+    rows = [s["labels"] if "labels" in s else s["cls"].numpy() for s in samples]
+    labels = torch.full((len(samples), max(r.size for r in rows)), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        labels[i, : r.size] = torch.from_numpy(r)
+    return _Micro(pack([s["tokens"] for s in samples]), [s["modality"] for s in samples], labels,
+                  [s["__key__"] for s in samples])  # fmt: skip
 
 
 class Stream:
@@ -158,80 +212,55 @@ class Stream:
     def __init__(self, cfg: DataConfig, patch: int, num_classes: dict[str, int], seed: int = 0, rank: int = 0,
                  world: int = 1, accum: int = 1, state: dict | None = None,
                  label_fields: dict[str, str] | None = None):  # fmt: skip
-        self.cfg, self.patch, self.num_classes, self.seed = cfg, patch, num_classes, seed
-        self.label_fields = label_fields
-        self.rank, self.world, self.accum = rank, world, accum
-        self.urls = expand_shards(cfg.shards)
-        if len(self.urls) < world:
-            raise ValueError(f"{len(self.urls)} shard(s) for {world} ranks: every rank needs at least one shard")
-        self.state = dict(state or {"epoch": 0, "cursor": 0, "offset": 0, "batch": 0})
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, daemon=True)
-        self._thread.start()
+        self.cfg, self.patch, self.num_classes, self.seed, self.accum = cfg, patch, num_classes, seed, accum
+        self.label_fields = dict(label_fields or {})
+        sets = modality_sets(cfg.shards)
+        headless = sorted(set(sets) - set(num_classes))
+        if headless:
+            raise ValueError(f"data.shards has {headless} set(s) ({[sets[m] for m in headless]}) but no head takes "
+                             f"{headless}; drop them from data.shards or add a head")  # fmt: skip
+        self.reader = ShardStream(sets, dict(cfg.weights) or None, seed=seed, rank=rank, world_size=world,
+                                  epochs=None if cfg.resample else ENDLESS, shuffle_buffer=cfg.shuffle_buffer,
+                                  labels=cfg.labels or None, max_bad_rate=cfg.max_bad_rate)  # fmt: skip
+        need = world * max(1, cfg.workers)
+        few = {m: len(self.reader.shards[m]) for m in sets if len(self.reader.shards[m]) < need}
+        if few and not cfg.resample:
+            raise ValueError(f"exact epochs give each of {world} rank(s) x {max(1, cfg.workers)} worker(s) its own "
+                             f"shards, but {few} have fewer than {need}; set data.resample = true, or fewer "
+                             "data.workers")  # fmt: skip
+        self.batch = 0
+        if state:
+            if "reader" not in state:
+                raise ValueError("this checkpoint's data position comes from the trainer's former reader; "
+                                 "start the run afresh (init_from keeps its weights)")  # fmt: skip
+            self.reader.load_state_dict(state["reader"])
+            self.batch = state["batch"]
+        self.state = {"reader": self.reader.state_dict(), "batch": self.batch}
+        self._size, self._batches = None, None
 
-    def _rank_shards(self, epoch: int) -> list[str]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
-        return [self.urls[i] for i in order[self.rank :: self.world]]
-
-    def _samples(self):
-        st = dict(self.state)
-        while True:
-            mine = self._rank_shards(st["epoch"])
-            while st["cursor"] < len(mine):
-                pipe = wds.DataPipeline(wds.SimpleShardList([mine[st["cursor"]]]), wds.tarfile_to_samples())
-                for i, sample in enumerate(pipe):
-                    if i < st["offset"]:
-                        continue
-                    st["offset"] = i + 1
-                    yield sample, st["epoch"], dict(st)
-                st["cursor"], st["offset"] = st["cursor"] + 1, 0
-            st["epoch"], st["cursor"] = st["epoch"] + 1, 0
-
-    def _fill(self):
-        try:
-            samples = self._samples()
-            batch_no = self.state["batch"]
-            with ThreadPoolExecutor(self.cfg.decode_threads) as pool:
-                while not self._stop.is_set():
-                    raw = [next(samples) for _ in range(self.cfg.batch_size)]
-                    size = image_size_at(self.cfg, batch_no // self.accum)
-                    rngs = [
-                        np.random.default_rng([self.seed, ep, zlib.crc32(s["__key__"].encode())]).random()
-                        for s, ep, _ in raw
-                    ]
-                    args = [
-                        (s, self.cfg, self.patch, size, r, self.num_classes, self.label_fields)
-                        for (s, _, _), r in zip(raw, rngs, strict=True)
-                    ]
-                    out = list(pool.map(lambda a: decode(*a), args))
-                    k = max(lab.size for _, _, lab in out)
-                    labels = torch.full((len(out), k), -1, dtype=torch.long)
-                    for i, (_, _, lab) in enumerate(out):
-                        labels[i, : lab.size] = torch.from_numpy(lab)
-                    batch_no += 1
-                    state = dict(raw[-1][2], batch=batch_no)
-                    batch = Batch(pack([t for t, _, _ in out]), [m for _, m, _ in out], labels,
-                                  [s["__key__"] for s, _, _ in raw], state)  # fmt: skip
-                    while not self._stop.is_set():
-                        try:
-                            self._queue.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-        except BaseException as exc:  # surfaced in the consumer, with the data error's own message
-            self._queue.put(exc)
+    def _open(self, size: int) -> None:
+        """A loader whose workers decode at ``size``, continuing from what the trainer has received."""
+        self.close()
+        transform = functools.partial(_tokens, cfg=self.cfg, patch=self.patch, size=size, seed=self.seed,
+                                      num_classes=self.num_classes, label_fields=self.label_fields)  # fmt: skip
+        self.reader.transforms.update(dict.fromkeys(self.reader.modalities, transform))
+        extra = {"prefetch_factor": self.cfg.prefetch} if self.cfg.workers else {}
+        self._batches = self.reader.loader(self.cfg.batch_size, self.cfg.workers, collate_fn=_collate, **extra)
+        self._size = size
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Batch:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        self.state = item.state
-        return item
+        size = image_size_at(self.cfg, self.batch // self.accum)
+        if size != self._size:
+            self._open(size)
+        micro = next(self._batches)
+        self.batch += 1
+        self.state = {"reader": self.reader.state_dict(), "batch": self.batch}
+        return Batch(micro.packed, micro.modality, micro.labels, micro.keys, self.state)
 
     def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
+        if self._batches is not None:
+            self._batches.close()  # ends the DataLoader and its workers
+            self._batches = None

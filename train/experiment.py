@@ -194,7 +194,8 @@ def _run_manifest(cfg: ExperimentConfig, work: Path, name: str, steps: int, shar
         f'base = "{ROOT / "manifests" / "runs" / "debug.toml"}"\nname = "{name}"\nout_dir = "{work / "train"}"\n'
         f'steps = {steps}\nsave_every = 0\nlog_every = 10\ninit_from = "{init_from}"\n\n'
         f'[model]\nflavour = "{p.flavour}"\n\n'
-        f"[data]\nshards = {json.dumps(shards)}\nbatch_size = {p.batch_size}\nimage_size = {p.image_size}\n"
+        f"[data]\nshards = {json.dumps(shards)}\nresample = true\nworkers = 2\nbatch_size = {p.batch_size}\n"
+        f"image_size = {p.image_size}\n"
         f"resolution_schedule = []\nvideo_size = {cfg.bench.size}\ncodec_share = 1.0\n\n"
         f"[optim]\nlr = {p.lr}\nwarmup_steps = {max(1, steps // 20)}\n\n"
         f'[parallel]\ndtype = "{p.dtype}"\n'
@@ -226,9 +227,9 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
     import torch
 
     from curate.concepts.kmeans import kmeans, nearest
-    from shards.format import encode_npy
+    from shards.format import encode_npy, shard_name
     from shards.reader import iter_samples
-    from shards.writer import write_shard
+    from shards.writer import write_index, write_shard
     from train.data import codec_input
     from train.packing import pack
 
@@ -248,12 +249,14 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
     result = kmeans(x, classes, iters=25, seed=seed, init="kmeans++", spherical=True, device="cpu")
     labels = nearest(x, result.centroids, k=top_k, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
+    infos = []
     for j in range(0, len(samples), 32):
         part = []
         for s, lab in zip(samples[j : j + 32], labels[j : j + 32], strict=True):
             clean = {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
             part.append(dict(clean, **{"cls.npy": encode_npy(lab.astype(np.int32))}))
-        write_shard(part, str(out / f"video-{j // 32:05d}.tar"))
+        infos.append(write_shard(part, str(out / shard_name("video_bank", "v1", j // 32))))
+    write_index(str(out), "video_bank", "v1", infos, {"modality": "video"})
     counts = np.bincount(labels[:, 0], minlength=classes)
     (out / "bank.json").write_text(json.dumps({"clips": len(samples), "classes": classes, "top1_counts": counts.tolist(),
                                                "objective": result.objective[-1]}))  # fmt: skip
@@ -269,7 +272,7 @@ def pretrain(cfg: ExperimentConfig, work: Path, corpus: Path) -> dict[str, Path]
     from train.release import load_encoder
 
     p = cfg.pretrain
-    images = str(corpus / "shards" / "image" / "*.tar")
+    images = str(corpus / "shards" / "image")
     stage1 = _train(_run_manifest(cfg, work, "stage1", p.stage1_steps, [images], {"image": p.image_classes}))
     torch.manual_seed(cfg.bench.seed + 1)
     banks = {
@@ -283,7 +286,7 @@ def pretrain(cfg: ExperimentConfig, work: Path, corpus: Path) -> dict[str, Path]
         video_bank_shards(encoder, corpus, folder, p.video_classes, p.top_k, cfg.bench.seed, _device(cfg))
         heads = {"image": p.image_classes, "video": p.video_classes}
         manifest = _run_manifest(cfg, work, f"stage2-bank-{bank}", p.stage2_steps,
-                                 [images, str(folder / "*.tar")], heads, init_from=init)  # fmt: skip
+                                 [images, str(folder)], heads, init_from=init)  # fmt: skip
         runs[f"stage2-bank-{bank}"] = _train(manifest)
     return {"stage1": stage1, **runs}
 

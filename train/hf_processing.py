@@ -2,7 +2,7 @@
 
 Every input is turned into the shard sample the trainer would read (image bytes; a video file
 goes through ``curate.codec`` exactly as the ``codec_patchify`` stage does) and decoded by
-``train.data.decode`` itself, so inference inputs equal training inputs bit for bit and follow
+``train.data.sample_tokens`` itself, so inference inputs equal training inputs bit for bit and follow
 any change to the training data path. Samples are returned padded to the longest one:
 ``pixel_values`` (B, L, 3*p*p), ``positions`` (B, L, 3) int64 (t, h, w), ``attention_mask`` (B, L).
 """
@@ -21,9 +21,9 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from shards.format import encode_json, encode_npy
+from shards.format import encode_json
 from train.config import DataConfig
-from train.data import decode, image_size_at
+from train.data import image_size_at, sample_tokens
 
 VIDEO_MODES = ("codec", "frames", "collage")
 
@@ -98,11 +98,9 @@ class OvforgeImageProcessor(BaseImageProcessor):
         if modality == "video" and mode == "codec" and "pos.npy" not in sample:
             raise ValueError("codec tokens need the video file (its motion vectors) or a curated sample; "
                              "decoded frames take video_mode='frames' or 'collage'")  # fmt: skip
-        sample = {"json": encode_json({"modality": modality}), **sample}
-        # decode() validates training labels; inference has none, so it gets a one-class label set
-        sample["cls.npy"] = encode_npy(np.zeros(1, np.int32))
-        (patches, pos), _, _ = decode(sample, self._data_config(mode), self.patch, self.image_size, 0.0, {modality: 1})
-        return patches, pos
+        meta = {**(json.loads(sample["json"]) if "json" in sample else {}), "modality": modality}
+        sample = {**sample, "meta": meta}
+        return sample_tokens(sample, self._data_config(mode), self.patch, self.image_size, 0.0)
 
     def preprocess(self, images=None, videos=None, video_mode: str | None = None, return_tensors="pt", **kwargs):
         if kwargs:

@@ -45,7 +45,7 @@ def _config(tmp, shards, name: str, world: int, mode: str) -> RunConfig:
         name=name,
         steps=STEPS,
         accum=ACCUM,
-        data={"batch_size": B * WORLD // world, "decode_threads": 1, "prefetch": 1},
+        data={"batch_size": B * WORLD // world, "workers": 0},
         optim={"lr": 2e-3, "warmup_steps": 1, "clip": 0.05},
         parallel={"mode": mode, "dtype": "fp32"},
     )

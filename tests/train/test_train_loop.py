@@ -69,7 +69,7 @@ def _wait_for(path: Path, predicate, proc, timeout=120):
 
 def test_killed_run_resumes_with_identical_losses(tmp_path, shard_factory):
     shards = shard_factory(n_shards=3, per_shard=10)  # 3 shards of 10 and batches of 4: resumes mid-shard
-    common = {"steps": 24, "save_every": 5, "log_every": 1, "data": {"batch_size": 4, "decode_threads": 1}}
+    common = {"steps": 24, "save_every": 5, "log_every": 1, "data": {"batch_size": 4, "workers": 2}}
     full = base_config(tmp_path, shards, name="full", **common)
     killed = base_config(tmp_path, shards, name="killed", **common)
     train(_build(full))
@@ -109,7 +109,7 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path, shard_factory):
     mixed = shard_factory(sub="mixed", n_shards=2, per_shard=9, modalities=("image", "ocr", "video"), seed=1)
     out = str(tmp_path / "runs")
     small = ["--model.flavour=debug", f"--out_dir={out}", "--parallel.compile=false", "--parallel.dtype=fp32",
-             "--data.batch_size=6", "--data.decode_threads=1", "--save_every=0", "--optim.warmup_steps=1"]  # fmt: skip
+             "--data.batch_size=6", "--data.workers=0", "--save_every=0", "--optim.warmup_steps=1"]  # fmt: skip
     over1 = manifests.parse_overrides(
         small
         + [

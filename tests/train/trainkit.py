@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, ImageDraw
 
 from shards.format import MOSAIC_COLS, encode_json, encode_npy, shard_name
+from shards.writer import write_index, write_shard
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40)]
 
@@ -76,14 +76,16 @@ def video_sample(rng, frames=4, grid=4, k=24):
 
 
 def write_shards(folder: Path, n_shards=2, per_shard=16, modalities=("image",), seed=0, labels=True, name="demo"):
-    folder.mkdir(parents=True, exist_ok=True)
+    """One published shard set per modality under ``folder`` (``folder/<modality>``), each of ``n_shards``
+    tars of ``per_shard`` samples; returns the set folders (what ``data.shards`` takes)."""
     rng = np.random.default_rng(seed)
-    paths = []
-    for s in range(n_shards):
-        path = folder / shard_name(name, "v1", s)
-        with wds.TarWriter(str(path)) as sink:
+    sets = []
+    for modality in modalities:
+        out = folder / modality
+        infos = []
+        for s in range(n_shards):
+            samples = []
             for i in range(per_shard):
-                modality = modalities[(s * per_shard + i) % len(modalities)]
                 extra = {}
                 if modality == "image":
                     c, fields = image_sample(rng)
@@ -91,17 +93,16 @@ def write_shards(folder: Path, n_shards=2, per_shard=16, modalities=("image",), 
                     c, fields = ocr_sample(rng)
                 else:
                     c, fields, extra = video_sample(rng)
-                sample = {
-                    "__key__": f"s{s:03d}_{i:05d}",
-                    "json": encode_json({"modality": modality, **extra}),
-                    **fields,
-                }
+                sample = {"__key__": f"{modality}{s:03d}_{i:05d}", "json": encode_json({"modality": modality, **extra}),
+                          **fields}  # fmt: skip
                 if labels:
                     # top-3 labels: the class and two classes tied to it (a concept bank's near neighbours)
                     sample["cls.npy"] = encode_npy(np.array([c, c + 4, c + 8], dtype=np.int32))
-                sink.write(sample)
-        paths.append(str(path))
-    return paths
+                samples.append(sample)
+            infos.append(write_shard(samples, str(out / shard_name(f"{name}_{modality}", "v1", s))))
+        write_index(str(out), f"{name}_{modality}", "v1", infos, {"modality": modality})
+        sets.append(str(out))
+    return sets
 
 
 def base_config(tmp_path, shards, **over) -> dict:
@@ -111,7 +112,7 @@ def base_config(tmp_path, shards, **over) -> dict:
         "out_dir": str(tmp_path / "runs"),
         "steps": 6,
         "model": {"flavour": "debug", "patch": 16},
-        "data": {"shards": list(shards), "batch_size": 4, "image_size": 32, "video_size": 32, "decode_threads": 2},
+        "data": {"shards": list(shards), "batch_size": 4, "image_size": 32, "video_size": 32, "workers": 0},
         "heads": [{"name": "image", "modalities": ["image"], "num_classes": 12, "sample_rate": 1.0}],
         "optim": {"lr": 2e-3, "warmup_steps": 1},
         "parallel": {"dtype": "fp32"},
