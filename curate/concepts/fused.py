@@ -24,7 +24,8 @@ def _kernel():
 
     @triton.jit
     def assign(X, C, B, OUT_V, OUT_I, N, K, k_per_split, sxn, scn, D: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):  # fmt: skip
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -37,10 +38,15 @@ def _kernel():
             acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
             for d0 in range(0, D, BLOCK_D):
                 rd = d0 + tl.arange(0, BLOCK_D)
-                x = tl.load(X + rn[:, None] * sxn + rd[None, :], mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0)
-                c = tl.load(
-                    C + rk[None, :] * scn + rd[:, None], mask=(rk[None, :] < k_end) & (rd[:, None] < D), other=0.0
-                )
+                # masks only where a block can run past the data (EVEN_*: it cannot; fewer predicates)
+                if EVEN_N and EVEN_D:
+                    x = tl.load(X + rn[:, None] * sxn + rd[None, :])
+                else:
+                    x = tl.load(X + rn[:, None] * sxn + rd[None, :], mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0)  # fmt: skip
+                if EVEN_D:
+                    c = tl.load(C + rk[None, :] * scn + rd[:, None], mask=rk[None, :] < k_end, other=0.0)
+                else:
+                    c = tl.load(C + rk[None, :] * scn + rd[:, None], mask=(rk[None, :] < k_end) & (rd[:, None] < D), other=0.0)  # fmt: skip
                 acc = tl.dot(x, c, acc)
             bias = tl.load(B + rk, mask=rk < k_end, other=float("-inf"))
             acc = acc + bias[None, :]
@@ -88,6 +94,7 @@ def nearest1(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, splits: int |
     out_i = torch.empty(splits, n, dtype=torch.int32, device=x.device)
     _kernel()[(blocks_n, splits)](x, c, bias, out_v, out_i, n, k, k_per_split, x.stride(0), c.stride(0), D=d,
                                   BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
+                                  EVEN_N=n % block_n == 0, EVEN_D=d % block_d == 0,
                                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])  # fmt: skip
     best = out_v.argmax(0)  # first split wins ties: lower centroid ids, like a full argmax
     return out_i.gather(0, best[None]).squeeze(0).long()

@@ -79,7 +79,9 @@ def _sweep(x: torch.Tensor, k: int, name: str) -> dict:
         {"block_n": 128, "block_k": 256, "block_d": 32, "num_warps": 8, "num_stages": 5},
         {"block_n": 256, "block_k": 128, "block_d": 32, "num_warps": 8, "num_stages": 5},
         {"block_n": 128, "block_k": 128, "block_d": 32, "num_warps": 4, "num_stages": 5},
-        {"block_n": 256, "block_k": 256, "block_d": 32, "num_warps": 16, "num_stages": 3},
+        {"block_n": 256, "block_k": 128, "block_d": 64, "num_warps": 8, "num_stages": 4},
+        {"block_n": 256, "block_k": 128, "block_d": 32, "num_warps": 8, "num_stages": 3},
+        {"block_n": 256, "block_k": 64, "block_d": 64, "num_warps": 8, "num_stages": 4},
     ]
     results = []
     for cfg in configs:

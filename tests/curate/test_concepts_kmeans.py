@@ -111,12 +111,13 @@ FUSED_CHECK = """
 import numpy as np, torch
 from curate.concepts import fused
 rng = np.random.default_rng(6)
-x, c = rng.standard_normal((200, 40)).astype(np.float32), rng.standard_normal((1500, 40)).astype(np.float32)
-c[:100] = x[:100] + 0.01 * rng.standard_normal((100, 40))  # found in the first tiles: later tiles improve no row
-xt, ct = torch.from_numpy(x), torch.from_numpy(c)
-got = fused.nearest1(xt, ct, -0.5 * (ct * ct).sum(1), splits=2, block_n=64, block_k=32, block_d=32, num_warps=4)
-expected = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
-np.testing.assert_array_equal(got.numpy(), expected)
+for n, d in ((200, 40), (256, 64)):  # ragged blocks (masked loads), then whole blocks (unmasked)
+    x, c = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((1500, d)).astype(np.float32)
+    c[:100] = x[:100] + 0.01 * rng.standard_normal((100, d))  # found in the first tiles: later tiles improve no row
+    xt, ct = torch.from_numpy(x), torch.from_numpy(c)
+    got = fused.nearest1(xt, ct, -0.5 * (ct * ct).sum(1), splits=2, block_n=64, block_k=32, block_d=32, num_warps=4)
+    expected = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(got.numpy(), expected)
 print("fused ok")
 """
 
