@@ -153,7 +153,27 @@ def gpu(args) -> list[dict]:
             del assigner
             if prec == "bf16" and k == args.ks[0] and use_fused == has_fused:
                 rows.append(_emit(_quality(x, res.centroids, name, has_fused)))
+    del x
+    for shape in args.assign:
+        rows.append(_emit(_assign_only(*(int(v) for v in shape.split(":")), name, best, has_fused)))
     return rows
+
+
+def _assign_only(n: int, k: int, d: int, name: str, best: float, has_fused: bool) -> dict:
+    """One assignment pass (what a Lloyd iteration spends in the GEMM): N points against K centroids, top-1 and top-10."""
+    torch.cuda.empty_cache()
+    x, c = _data(n, d), torch.nn.functional.normalize(torch.randn(k, d, device="cuda"), dim=1)
+    out = {"what": "assign", "device": name, "n": n, "k": k, "d": d}
+    for top in (1, 10):
+        assigner = Assigner(c, precision="bf16", device="cuda", fused=has_fused)
+        assigner(x[:65536], top)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        assigner(x, top)
+        t = time.perf_counter() - start
+        out[f"top{top}_s"] = round(t, 3)
+        out[f"top{top}_vs_bf16_gemm"] = round(2 * n * k * d / t / 1e12 / best, 3)
+    return out
 
 
 def _quality(x: torch.Tensor, centroids: np.ndarray, name: str, has_fused: bool, m: int = 16384) -> dict:
@@ -208,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--objective-k", type=int, default=100_000, help="gpu part: K of the same-init objective check")
     p.add_argument("--precisions", nargs="+", default=["bf16", "tf32"])
+    p.add_argument("--assign", nargs="*", default=[], metavar="N:K:D",
+                   help="gpu part: also time assignment alone at these shapes (K may exceed N), e.g. 1000000:2000000:768")  # fmt: skip
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     args.n = args.n or (1_000_000 if args.part == "gpu" else 100_000)
