@@ -58,8 +58,13 @@ def _data(n: int, d: int, seed: int = 0) -> torch.Tensor:
     centres = torch.nn.functional.normalize(torch.randn(20000, d, device="cuda", generator=g), dim=1)
     g.manual_seed(1000 + seed)
     pick = torch.randint(0, 20000, (n,), device="cuda", generator=g)
-    x = centres[pick] + 0.05 * torch.randn(n, d, device="cuda", generator=g)
-    return torch.nn.functional.normalize(x, dim=1)
+    x = torch.empty(n, d, device="cuda")
+    for i in range(0, n, 1 << 20):  # in blocks: no temporaries of the whole size at tens of millions of points
+        block = centres[pick[i : i + (1 << 20)]] + 0.05 * torch.randn(
+            min(n - i, 1 << 20), d, device="cuda", generator=g
+        )
+        x[i : i + (1 << 20)] = torch.nn.functional.normalize(block, dim=1)
+    return x
 
 
 def _sweep(x: torch.Tensor, k: int, name: str) -> dict:
