@@ -67,6 +67,11 @@ def check_dim(meta: dict, dim: int, what: str) -> None:
         )
 
 
+def unusable_rows(emb: np.ndarray) -> np.ndarray:
+    """Rows that cannot be clustered or labelled: any NaN or inf, or all zero (no direction)."""
+    return ~np.isfinite(emb).all(axis=1) | ~emb.any(axis=1)
+
+
 def fit_bank(embeddings: str, cfg, bank_root: str, config_sha256: str, progress=None) -> tuple[str, dict]:
     """Fit ``cfg`` (a KMeansConfig) on a seeded sample of a stored embeddings folder; save the bank."""
     from curate.concepts import kmeans, store
@@ -76,7 +81,11 @@ def fit_bank(embeddings: str, cfg, bank_root: str, config_sha256: str, progress=
     if n < cfg.k:
         raise BankError(f"k={cfg.k} centroids need at least k embeddings; {embeddings} holds {n}")
     rows = kmeans.sample_rows(n, cfg.k, cfg.max_points_per_centroid, cfg.seed)
-    _, x = store.load_rows(embeddings, index, rows)
+    keys, x = store.load_rows(embeddings, index, rows)
+    bad = np.flatnonzero(unusable_rows(x))
+    if bad.size:
+        raise BankError(f"{embeddings}: {bad.size} of {len(x)} sampled embeddings are NaN, inf or all zero "
+                        f"(e.g. {keys[bad[0]]}); re-embed or drop them before fitting a bank")  # fmt: skip
     result = kmeans.fit(x, cfg, progress=progress)
     info = {
         "n": n,

@@ -141,9 +141,17 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     pretrained = None if random else fetch(cfg.weights, cfg.cache_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.model, pretrained=pretrained, force_image_size=cfg.image_size
-        )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.model, pretrained=pretrained, force_image_size=cfg.image_size
+            )
+        except (RuntimeError, AssertionError, KeyError, ValueError) as exc:  # open_clip's own shape checks
+            if pretrained is None:
+                raise
+            raise ValueError(
+                f"weights {cfg.weights} do not fit open_clip model {cfg.model!r} ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); name the architecture the checkpoint was trained as (model or model_config)"
+            ) from None
     visual = model.visual.eval().to(device)
     del model
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]

@@ -258,6 +258,11 @@ def kmeans(
     prec = resolve_precision(precision, dev)
     x = _as_tensor(x)
     d = x.shape[1]
+    for i in range(0, x.shape[0], 1 << 20):  # in blocks: no N x D mask at tens of millions of points
+        if not bool(torch.isfinite(x[i : i + (1 << 20)]).all()):
+            raise ValueError(
+                f"k-means points hold NaN or inf values (in rows {i} to {i + (1 << 20) - 1}); drop them first"
+            )
     rows = _Rows(x, dev, group)
     n = rows.n
     if n < k:

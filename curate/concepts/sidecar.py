@@ -15,7 +15,7 @@ import json
 import numpy as np
 
 from curate.concepts import store
-from curate.concepts.bank import BankError, assign_labels, check_dim, config_hash, fit_bank, load_bank
+from curate.concepts.bank import BankError, assign_labels, check_dim, config_hash, fit_bank, load_bank, unusable_rows
 from curate.concepts.config import BankManifest
 from curate.concepts.kmeans import Assigner
 from shards import format as fmt
@@ -84,7 +84,12 @@ def relabel(cfg: BankManifest, progress=print) -> dict:
         keys, emb = store.read_part(folder, part)
         take = [i for i, k in enumerate(keys) if k in wanted]
         if take:
-            ids = assign_labels(meta, assigner, emb[take].astype(np.float32), cfg.kmeans.top_k)
+            x = emb[take].astype(np.float32)
+            bad = np.flatnonzero(unusable_rows(x))
+            if bad.size:  # nothing is written yet: the label set stays as it was
+                raise BankError(f"{bad.size} embeddings in {folder} (e.g. {keys[take[bad[0]]]}) are NaN, inf or all "
+                                "zero; recompute them (an [embed] table, without source.embeddings)")  # fmt: skip
+            ids = assign_labels(meta, assigner, x, cfg.kmeans.top_k)
             labels.update(zip((keys[i] for i in take), ids, strict=True))
     missing = sorted(wanted - set(labels))
     if missing:

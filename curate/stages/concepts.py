@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from curate.concepts.bank import BankError, assign_labels, config_hash, fit_bank, load_bank
+from curate.concepts.bank import BankError, assign_labels, config_hash, fit_bank, load_bank, unusable_rows
 from curate.concepts.config import Device, EmbedConfig, KMeansConfig, Precision
 from curate.concepts.embed import load_encoder, split_frames
 from curate.stage import GlobalStep, Stage, register
@@ -92,6 +92,9 @@ class Embed(Stage, EmbedConfig):
         return rows
 
     def _put(self, rows: list[dict], emb: np.ndarray) -> None:
+        bad = np.flatnonzero(unusable_rows(emb))
+        if bad.size:  # the batch is then redone row by row, so only these rows fail
+            raise ValueError(f"{rows[bad[0]]['key']}: the encoder gave a NaN, inf or all-zero embedding")
         for row, vec in zip(rows, emb, strict=True):
             row["emb"] = fmt.encode_npy(vec.astype(self.dtype))
             row["meta"]["embedding"] = dict(self.encoder.info, dim=int(vec.shape[0]))
@@ -130,6 +133,9 @@ class AssignConcepts(Stage):
             if r.get("emb") is None:
                 raise ValueError(f"{r['key']}: no emb column; put embed (with this modality) before concepts")
         emb = np.stack([fmt.decode_npy(r["emb"]) for r in rows]).astype(np.float32)
+        bad = np.flatnonzero(unusable_rows(emb))
+        if bad.size:  # the batch is then redone row by row, so only these rows fail
+            raise ValueError(f"{rows[bad[0]]['key']}: its embedding is NaN, inf or all zero; no nearest concept")
         labels = assign_labels(self.meta, self.assigner, emb, self.top_k)
         random = bool((self.meta.get("embedding") or {}).get("random_weights"))
         for row, ids in zip(rows, labels, strict=True):

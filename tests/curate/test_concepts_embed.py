@@ -93,3 +93,26 @@ def test_video_embedding_reduces_frames_and_missing_frames_fail_clearly(tiny):
     m = fmt.decode_npy(mean["emb"][0])
     expected = halves.mean(0) / np.linalg.norm(halves.mean(0))
     np.testing.assert_allclose(m, expected, atol=1e-5)
+
+
+def test_weights_of_another_architecture_fail_at_load_with_the_model_named(tiny):
+    from curate.concepts.config import EmbedConfig
+    from curate.concepts.embed import load_encoder
+
+    _, weights = tiny  # the tiny model's checkpoint, loaded as ViT-B-32
+    with pytest.raises(ValueError, match=r"weights .*tiny.pt do not fit open_clip model 'ViT-B-32'"):
+        load_encoder(EmbedConfig(model="ViT-B-32", weights=weights))
+
+
+def test_an_encoder_that_gives_nan_fails_the_rows_with_the_reason(tiny, tmp_path):
+    import torch
+
+    config, weights = tiny
+    state = torch.load(weights)
+    state["visual.proj"][:, 0] = float("nan")  # a broken checkpoint: one embedding dimension is NaN
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    out = _embed({"model": NAME, "model_config": config, "weights": str(broken), "dtype": "float32"}, _images(3))
+    assert list(out["status"]) == ["failed"] * 3 and set(out["reason"]) == {"embed/ValueError"}
+    assert "img0: the encoder gave a NaN, inf or all-zero embedding" in out["detail"][0]
+    assert all(e is None for e in out["emb"])

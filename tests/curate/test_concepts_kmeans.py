@@ -128,3 +128,38 @@ def test_fused_triton_assignment_equals_brute_force():
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", FUSED_CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "fused ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_bad_points_and_embeddings_are_refused_before_any_compute(tmp_path):
+    from curate.concepts import store
+    from curate.concepts.bank import BankError, fit_bank
+
+    x, _ = _blobs(n_per=10, k=4, d=8)
+    with pytest.raises(ValueError, match="need at least k points"):
+        kmeans(x[:5], 6, iters=2, device="cpu")
+    nan = x.copy()
+    nan[17, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        kmeans(nan, 4, iters=2, device="cpu")
+    # a stored embeddings folder with a NaN row and an all-zero row: the bank is not fitted
+    emb = x.astype(np.float16)
+    emb[3], emb[7] = np.nan, 0
+    keys = [f"k{i:02d}" for i in range(len(emb))]
+    folder = str(tmp_path / "emb")
+    store.write_index(folder, [store.write_part(folder, keys, ["image"] * len(keys), emb)], {"model": "m"})
+    cfg = KMeansConfig(k=4, iters=2, backend="torch", device="cpu", bank_name="b", top_k=2)
+    with pytest.raises(BankError, match=r"2 of 40 sampled embeddings are NaN, inf or all zero \(e.g. k03\)"):
+        fit_bank(folder, cfg, str(tmp_path / "banks"), "sha")
+    assert not (tmp_path / "banks").exists()
+
+
+def test_assign_fails_only_the_rows_whose_embedding_is_unusable(tmp_path):
+    centroids = np.eye(6, dtype=np.float32)
+    folder, _ = save_bank(str(tmp_path), "eye", centroids, {"embedding": {"model": "m"}, "n": 6})
+    emb = np.eye(6, dtype=np.float16)[[0, 1, 2, 3]]
+    emb[1, 0], emb[2] = np.inf, 0
+    batch = rows([{"key": f"k{i}", "modality": "image", "emb": fmt.encode_npy(e)} for i, e in enumerate(emb)])
+    out = run_in_process([AssignConcepts(bank=folder, top_k=2, device="cpu")], batch)
+    assert list(out["status"]) == ["live", "failed", "failed", "live"]
+    assert "k1: its embedding is NaN, inf or all zero" in out["detail"][1] and "k2:" in out["detail"][2]
+    assert [fmt.decode_npy(out["cls_npy"][i])[0] for i in (0, 3)] == [0, 3]  # the good rows keep their labels
