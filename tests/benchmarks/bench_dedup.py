@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from common import cpu_seconds, machine
 from datasketch import MinHash, MinHashLSH
 from PIL import Image
@@ -148,32 +149,83 @@ def bench_exact(files: int = 64, size: int = 4 << 20) -> list[tuple[str, str, st
              f"{gb / read:.2f} GB/s (read only)", f"{read / hashed:.2f} (goal D4 >= 0.9)")]  # fmt: skip
 
 
-def bench_ray(rows: int) -> list[tuple[str, str, str, str]]:
-    import json
+def family_caption(i: int) -> str:
+    """Caption ``i`` of the grouping benchmark: 30 seeded words; every 10th is caption i-1 with one word changed.
 
-    import ray
+    So the ground truth is known at any size: exactly the pairs (i-1, i) with i % 10 == 9 are duplicates
+    (3-gram Jaccard 25/31 = 0.81 > the 0.7 threshold), every other caption is distinct.
+    """
+    if i % 10 == 9:
+        words = family_caption(i - 1).split()
+        rng = random.Random(i)
+        words[rng.randrange(30)] = f"edit{i}"
+        return " ".join(words)
+    rng = random.Random(i)
+    return " ".join(f"word{rng.randrange(5000)}" for _ in range(30))
 
+
+def signature_rows(batch: dict) -> pa.Table:
+    """Ray task body: ids -> the columns ``dedup_group`` reads, MinHash signatures computed here (not on the driver)."""
     from curate.ray_runner import to_arrow
     from curate.stage import to_batch
-    from curate.stages.dedup import DedupGroup
 
-    texts = captions(rows, seed=2)
-    sigs, _ = minhash_batch(texts)
-    data = [{"key": f"doc{i:07d}", "uri": f"mem://{i}", "modality": "ocr", "meta": json.dumps({"text_chars": len(t)}),
-             "minhash": s.astype("<u4").tobytes(), "video_hashes": None} for i, (t, s) in enumerate(zip(texts, sigs, strict=True))]  # fmt: skip
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    cols = ["key", "uri", "modality", "meta", "minhash", "video_hashes"]
-    table = to_arrow(to_batch([dict(r, meta=json.loads(r["meta"])) for r in data], cols))
-    ds = ray.data.from_arrow([table.slice(i, 2000) for i in range(0, rows, 2000)]).materialize()
+    ids = [int(i) for i in batch["id"]]
+    texts = [family_caption(i) for i in ids]
+    sigs, _ = minhash_batch(texts, hashing="words")
+    rows = [{"key": f"doc{i:08d}", "uri": f"mem://{i}", "modality": "ocr", "meta": {"text_chars": len(t)},
+             "minhash": s.astype("<u4").tobytes(), "video_hashes": None} for i, t, s in zip(ids, texts, sigs, strict=True)]  # fmt: skip
+    return to_arrow(to_batch(rows, ["key", "uri", "modality", "meta", "minhash", "video_hashes"]))
+
+
+def _ray_peak_rss_mib() -> tuple[float, int]:
+    """Largest peak RSS (VmHWM) among the live Ray worker processes, and how many were read."""
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            if b"ray::" not in cmd and b"default_worker.py" not in cmd:
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return max(peaks, default=0.0), len(peaks)
+
+
+def bench_ray(rows: int) -> list[tuple[str, str, str, str]]:
+    """``dedup_group`` over ``rows`` MinHash signatures made in Ray tasks; time, peak memory, and the answer."""
+    import resource
     import tempfile
 
-    step = DedupGroup(kinds=("minhash",), minhash_threshold=0.8)
+    import pandas as pd
+    import ray
+
+    from curate.stages.dedup import DedupGroup
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    step.run(ds, tempfile.mkdtemp())
+    ds = ray.data.range(rows, override_num_blocks=max(2, rows // 20000))
+    ds = ds.map_batches(signature_rows, batch_format="numpy", batch_size=20000).materialize()
+    made = time.perf_counter() - t
+    work = tempfile.mkdtemp()
+    t = time.perf_counter()
+    DedupGroup(kinds=("minhash",)).run(ds, work)
     seconds = time.perf_counter() - t
+    worker_peak, workers = _ray_peak_rss_mib()
+    driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ray.shutdown()
-    return [(f"Ray `dedup_group` (MinHash only), {rows:,} rows, local 2-CPU cluster", f"{rows / seconds:,.0f} rows/s",
-             "-", f"{seconds:.1f} s end to end (shuffle, verify, components)")]  # fmt: skip
+    table = pd.read_parquet(Path(work, "dedup_groups.parquet"))
+    found = {tuple(sorted(g["key"])) for _, g in table.groupby("group")}
+    truth = {(f"doc{i - 1:08d}", f"doc{i:08d}") for i in range(9, rows, 10)}
+    recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
+    return [(f"Ray `dedup_group` (MinHash, threshold 0.7), {rows:,} signatures made in Ray tasks, local 2-CPU cluster",
+             f"{rows / seconds:,.0f} rows/s ({seconds:.1f} s; signatures {made:.1f} s before)",
+             f"driver peak RSS {driver_peak:,.0f} MiB ({start_rss:,.0f} after ray.init); largest of {workers} "
+             f"worker peaks {worker_peak:,.0f} MiB",
+             f"{len(found):,} groups, {len(truth):,} true pairs: precision {precision:.4f}, recall {recall:.4f}")]  # fmt: skip
 
 
 def main() -> None:
@@ -181,10 +233,15 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20000)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--ray-rows", type=int, default=0, help="also time dedup_group on Ray over this many rows")
+    parser.add_argument("--ray-only", action="store_true", help="only the Ray grouping benchmark (--ray-rows)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     load = Path("/proc/loadavg").read_text().split()[0]
-    rows = bench_minhash(args.docs) + bench_lsh(args.docs) + bench_phash(args.images) + bench_exact()
+    rows = (
+        []
+        if args.ray_only
+        else bench_minhash(args.docs) + bench_lsh(args.docs) + bench_phash(args.images) + bench_exact()
+    )
     if args.ray_rows:
         rows += bench_ray(args.ray_rows)
     lines = [
