@@ -25,7 +25,8 @@ from curate.dedup.keep import rank
 from curate.dedup.signatures import unpack
 
 KINDS = ("exact", "pixel", "perceptual", "video", "minhash", "semantic")
-RECORD = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), ("key", pa.string()), ("sig", pa.binary()),
+# large_binary: a shuffle partition's signatures can pass 2 GiB, binary's 32-bit offsets cannot
+RECORD = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), ("key", pa.string()), ("sig", pa.large_binary()),
                     ("r1", pa.float64()), ("r2", pa.float64()), ("uri", pa.string())])  # fmt: skip
 EDGE = pa.schema([("a", pa.string()), ("b", pa.string()), ("kind", pa.string()), ("sim", pa.float64()),
                   ("a_r1", pa.float64()), ("a_r2", pa.float64()), ("a_uri", pa.string()),
@@ -59,7 +60,8 @@ class DedupConfig:
     semantic_clusters: int = 64
     kmeans_sample: int = 100_000
     max_bucket: int = 256  # larger buckets are verified against their first member and neighbours
-    shuffle_partitions: int = 0  # hash partitions of the band shuffle; 0: two per cluster CPU
+    # hash partitions of the band shuffle; 0: two per cluster CPU, more for large inputs (RECORDS_PER_PARTITION)
+    shuffle_partitions: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -218,19 +220,33 @@ def shuffle_by_bucket(records, partitions: int, verify=None, cfg: DedupConfig | 
     return grouped.map_groups(partition_edges, fn_kwargs=kwargs, batch_format="pandas", **worker_env())
 
 
-def partitions_for(cfg: DedupConfig) -> int:
-    """Hash partitions of a shuffle: as set, or two per cluster CPU (no extra pass to count rows)."""
+RECORDS_PER_PARTITION = 1_000_000  # band records one shuffle partition may hold (about 0.6 GB as a frame)
+
+
+def records_per_row(cfg: DedupConfig) -> int:
+    """An upper bound of the band records one row emits (a video: its bands for 16 sampled frames)."""
+    n = ("exact" in cfg.kinds) + ("pixel" in cfg.kinds)
+    n += cfg.perceptual_bands * ("perceptual" in cfg.kinds) + cfg.video_bands * 16 * ("video" in cfg.kinds)
+    return n + lsh.minhash_params(cfg.minhash_threshold, 128)[0] * ("minhash" in cfg.kinds)
+
+
+def partitions_for(cfg: DedupConfig, rows: int = 0) -> int:
+    """Hash partitions of a shuffle: as set; else two per cluster CPU, and enough that none holds more
+    than RECORDS_PER_PARTITION records of ``rows`` rows (1M captions at 14 bands: 14 partitions, not 4)."""
     from curate.ray_runner import shuffle_partitions
 
-    return cfg.shuffle_partitions or shuffle_partitions()
+    if cfg.shuffle_partitions:
+        return cfg.shuffle_partitions
+    return max(shuffle_partitions(), -(-rows * records_per_row(cfg) // RECORDS_PER_PARTITION))
 
 
 def ray_edges(ds, cfg: DedupConfig):
     """The Ray dataset of verified edges over every band kind (semantic edges come separately)."""
     from curate.ray_runner import worker_env
 
+    rows = ds.count()  # parquet metadata or a materialised dataset: no pass over the data
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
-    return shuffle_by_bucket(records, partitions_for(cfg), cfg=cfg)
+    return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)
 
 
 def reference_groups(rows: list[dict], cfg: DedupConfig) -> pd.DataFrame:

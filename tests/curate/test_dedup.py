@@ -266,3 +266,16 @@ def test_keep_rule_picks_one_member_per_group(rule, kept):
     assert table.loc["d-key", "dup_of"] == "e-key"  # v.jpg comes first: the tie goes to the first source
     assert table.loc["a-key", "kind"] == "video" and table.loc["b-key", "kind"] == "exact"
     assert table.loc["a-key", "size"] == 3
+
+
+def test_the_band_shuffle_gets_more_partitions_as_the_input_grows():
+    from curate.dedup.grouping import RECORDS_PER_PARTITION, DedupConfig, partitions_for, records_per_row
+    from curate.dedup.lsh import minhash_params
+    from curate.ray_runner import shuffle_partitions
+
+    text = DedupConfig(kinds=("minhash",), minhash_threshold=0.7)
+    assert records_per_row(text) == minhash_params(0.7, 128)[0]
+    assert partitions_for(text, 10_000) == shuffle_partitions()  # small inputs: two per CPU
+    big = 1_000_000 * records_per_row(text)
+    assert partitions_for(text, 1_000_000) == -(-big // RECORDS_PER_PARTITION) > shuffle_partitions()
+    assert partitions_for(DedupConfig(kinds=("minhash",), shuffle_partitions=3), 1_000_000) == 3  # as set
