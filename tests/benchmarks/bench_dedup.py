@@ -177,24 +177,50 @@ def signature_rows(batch: dict) -> pa.Table:
     return to_arrow(to_batch(rows, ["key", "uri", "modality", "meta", "minhash", "video_hashes"]))
 
 
-def _ray_peak_rss_mib() -> tuple[float, int]:
-    """Largest peak RSS (VmHWM) among the live Ray worker processes, and how many were read."""
-    peaks = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            if b"ray::" not in cmd and b"default_worker.py" not in cmd:
-                continue
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
-    return max(peaks, default=0.0), len(peaks)
+class MemorySampler:
+    """Peak private (RssAnon) and shared (RssShmem: Ray's object store pages a process touched) memory,
+    sampled twice a second, of this process (the driver) and of every Ray worker process."""
+
+    def __init__(self):
+        import threading
+
+        self.driver = {"RssAnon": 0, "RssShmem": 0}
+        self.worker = {"RssAnon": 0, "RssShmem": 0}
+        self.workers: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _read(pid) -> dict[str, int]:
+        text = Path(f"/proc/{pid}/status").read_text()
+        return {k: int(v.split()[0]) // 1024 for k, v in (line.split(":", 1) for line in text.splitlines())
+                if k in ("RssAnon", "RssShmem")}  # fmt: skip
+
+    def _run(self):
+        import os
+
+        while not self._stop.wait(0.5):
+            for k, v in self._read(os.getpid()).items():
+                self.driver[k] = max(self.driver[k], v)
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and b"ray::" in (proc / "cmdline").read_bytes():
+                        self.workers.add(int(proc.name))
+                        for k, v in self._read(proc.name).items():
+                            self.worker[k] = max(self.worker[k], v)
+                except OSError:
+                    continue
 
 
-def bench_ray(rows: int) -> list[tuple[str, str, str, str]]:
+def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str]]:
     """``dedup_group`` over ``rows`` MinHash signatures made in Ray tasks; time, peak memory, and the answer."""
     import resource
     import tempfile
@@ -202,9 +228,11 @@ def bench_ray(rows: int) -> list[tuple[str, str, str, str]]:
     import pandas as pd
     import ray
 
+    from curate.config import RayConfig
+    from curate.ray_runner import init_ray
     from curate.stages.dedup import DedupGroup
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(RayConfig(num_cpus=2, shuffle=shuffle))  # as a pipeline run sets Ray up
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     ds = ray.data.range(rows, override_num_blocks=max(2, rows // 20000))
@@ -212,19 +240,22 @@ def bench_ray(rows: int) -> list[tuple[str, str, str, str]]:
     made = time.perf_counter() - t
     work = tempfile.mkdtemp()
     t = time.perf_counter()
-    DedupGroup(kinds=("minhash",)).run(ds, work)
+    with MemorySampler() as mem:
+        DedupGroup(kinds=("minhash",)).run(ds, work)
     seconds = time.perf_counter() - t
-    worker_peak, workers = _ray_peak_rss_mib()
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ray.shutdown()
     table = pd.read_parquet(Path(work, "dedup_groups.parquet"))
     found = {tuple(sorted(g["key"])) for _, g in table.groupby("group")}
     truth = {(f"doc{i - 1:08d}", f"doc{i:08d}") for i in range(9, rows, 10)}
     recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
-    return [(f"Ray `dedup_group` (MinHash, threshold 0.7), {rows:,} signatures made in Ray tasks, local 2-CPU cluster",
+    return [(f"Ray `dedup_group` (MinHash, threshold 0.7), {rows:,} signatures made in Ray tasks, local 2-CPU "
+             f"cluster, {shuffle} shuffle",
              f"{rows / seconds:,.0f} rows/s ({seconds:.1f} s; signatures {made:.1f} s before)",
-             f"driver peak RSS {driver_peak:,.0f} MiB ({start_rss:,.0f} after ray.init); largest of {workers} "
-             f"worker peaks {worker_peak:,.0f} MiB",
+             f"driver peak RSS {driver_peak:,.0f} MiB ({start_rss:,.0f} after ray.init), of it at most "
+             f"{mem.driver['RssAnon']:,} private and {mem.driver['RssShmem']:,} object-store pages; "
+             f"{len(mem.workers)} Ray processes: at most {mem.worker['RssAnon']:,} MiB private and "
+             f"{mem.worker['RssShmem']:,} object-store pages each",
              f"{len(found):,} groups, {len(truth):,} true pairs: precision {precision:.4f}, recall {recall:.4f}")]  # fmt: skip
 
 
@@ -234,6 +265,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--ray-rows", type=int, default=0, help="also time dedup_group on Ray over this many rows")
     parser.add_argument("--ray-only", action="store_true", help="only the Ray grouping benchmark (--ray-rows)")
+    parser.add_argument(
+        "--shuffle", choices=("sort", "hash"), default="sort", help="Ray Data's shuffle ([ray] shuffle)"
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     load = Path("/proc/loadavg").read_text().split()[0]
@@ -243,7 +277,7 @@ def main() -> None:
         else bench_minhash(args.docs) + bench_lsh(args.docs) + bench_phash(args.images) + bench_exact()
     )
     if args.ray_rows:
-        rows += bench_ray(args.ray_rows)
+        rows += bench_ray(args.ray_rows, args.shuffle)
     lines = [
         "## Deduplication",
         "",
