@@ -60,7 +60,8 @@ class DedupConfig:
     semantic_clusters: int = 64
     kmeans_sample: int = 100_000
     max_bucket: int = 256  # larger buckets are verified against their first member and neighbours
-    # hash partitions of the band shuffle; 0: two per cluster CPU, more for large inputs (RECORDS_PER_PARTITION)
+    # hash partitions of the band shuffle; 0: two per cluster CPU, more when the row count is known
+    # (RECORDS_PER_PARTITION); set it for corpora of millions of rows: rows x bands / 1M
     shuffle_partitions: int = 0
     seed: int = 0
 
@@ -240,11 +241,14 @@ def partitions_for(cfg: DedupConfig, rows: int = 0) -> int:
     return max(shuffle_partitions(), -(-rows * records_per_row(cfg) // RECORDS_PER_PARTITION))
 
 
-def ray_edges(ds, cfg: DedupConfig):
-    """The Ray dataset of verified edges over every band kind (semantic edges come separately)."""
+def ray_edges(ds, cfg: DedupConfig, rows: int = 0):
+    """The Ray dataset of verified edges over every band kind (semantic edges come separately).
+
+    ``rows``: the input's row count where the caller knows it without a pass (it sizes the shuffle);
+    counting here would cost a pass over the data, outside the S3 settings ``worker_env`` forwards.
+    """
     from curate.ray_runner import worker_env
 
-    rows = ds.count()  # parquet metadata or a materialised dataset: no pass over the data
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)
 
