@@ -131,7 +131,9 @@ def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg:
     if progress:
         print(f"global step {step.name} over the rows of pass {k + 1}")
     columns = sorted(set(step.columns) | {"status"})
-    ds = ray.data.read_parquet(pass_files(out, k, partitions), columns=columns)
+    ds = ray.data.read_parquet(
+        pass_files(out, k, partitions), columns=columns, filesystem=storage.arrow_filesystem(out)
+    )
     ds = ds.filter(lambda row: row["status"] == LIVE)
     return step.run(ds, storage.join(out, "_work", f"step{k}-{step.name}"))
 

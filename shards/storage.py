@@ -38,6 +38,27 @@ def _client(endpoint: str | None):
     return boto3.client("s3", endpoint_url=endpoint, config=Config(retries=S3_RETRIES))
 
 
+def arrow_filesystem(uri: str):
+    """For Arrow readers running in Ray tasks (``ray.data.read_parquet``): None for local paths; for
+    S3 a pyarrow S3FileSystem holding the driver's endpoint and keys, so listing and reading tasks
+    reach the same store even on nodes whose environment lacks them (the default filesystem would
+    resolve credentials on the worker)."""
+    if not is_s3(uri):
+        return None
+    from pyarrow import fs
+
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL") or None
+    return fs.S3FileSystem(
+        access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+        secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        endpoint_override=endpoint,
+        scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+    )
+
+
 def s3_client():
     """A cached boto3 S3 client for the current ``AWS_ENDPOINT_URL`` (None = AWS)."""
     return _client(os.environ.get("AWS_ENDPOINT_URL") or None)
