@@ -141,6 +141,7 @@ class ShardStream(IterableDataset):
         self.max_bad_rate, self.bad_grace = max_bad_rate, bad_grace
         self._seen: dict = {"workers": {}, "next": 0, "num_workers": None}
         self._resume = self._seen
+        self._ident = self._identity()  # fixed once built: seed, rank, world, epochs, shard names
 
     # -- state: what the consumer has received --------------------------------------------------
     def _identity(self) -> dict:
@@ -157,10 +158,15 @@ class ShardStream(IterableDataset):
 
     def state_dict(self) -> dict:
         """JSON-able; store it in the checkpoint next to the model."""
-        return copy.deepcopy({**self._identity(), **self._seen})
+        return copy.deepcopy(self.snapshot())
+
+    def snapshot(self) -> dict:
+        """``state_dict`` without the deep copy, cheap enough for every batch: a worker's noted state
+        is a new object each time and never changed afterwards, so copying the mapping suffices."""
+        return {**self._ident, **self._seen, "workers": dict(self._seen["workers"])}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in self._identity().items():
+        for k, v in self._ident.items():
             if state[k] != v:
                 raise ValueError(f"resume state has {k}={state[k]}, this stream {v}; it continues only the same stream")
         self._seen = copy.deepcopy({k: state[k] for k in ("workers", "next", "num_workers")})

@@ -3,7 +3,7 @@
 ``shards.reader.ShardStream`` does the reading: modality sets mixed by weight, a seeded shuffle,
 shards split over ranks and DataLoader workers, bad samples skipped and counted, sidecar labels,
 S3, and an exact resume state. This module adds what training needs on top: the per-modality
-decode into tokens (``decode``, run in the DataLoader workers), packing into one token sequence per
+decode into tokens (``sample_tokens``, run in the DataLoader workers), packing into one token sequence per
 micro-batch, and the micro-batch count. A checkpoint stores ``Batch.state`` (the reader's state plus
 that count); a change of image size (``resolution_schedule``) reopens the loader from the reader's
 state, so the switch is exact too. Surface: ``Stream(...)``, ``next(stream)`` -> ``Batch``.
@@ -235,7 +235,7 @@ class Stream:
                                  "start the run afresh (init_from keeps its weights)")  # fmt: skip
             self.reader.load_state_dict(state["reader"])
             self.batch = state["batch"]
-        self.state = {"reader": self.reader.state_dict(), "batch": self.batch}
+        self.state = {"reader": self.reader.snapshot(), "batch": self.batch}
         self._size, self._batches = None, None
 
     def _open(self, size: int) -> None:
@@ -257,7 +257,7 @@ class Stream:
             self._open(size)
         micro = next(self._batches)
         self.batch += 1
-        self.state = {"reader": self.reader.state_dict(), "batch": self.batch}
+        self.state = {"reader": self.reader.snapshot(), "batch": self.batch}
         return Batch(micro.packed, micro.modality, micro.labels, micro.keys, self.state)
 
     def close(self):

@@ -229,7 +229,7 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
     import ray
 
     from curate.config import RayConfig
-    from curate.dedup.grouping import partitions_for
+    from curate.dedup.grouping import DedupConfig, partitions_for
     from curate.ray_runner import init_ray
     from curate.stages.dedup import DedupGroup
 
@@ -241,8 +241,8 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
     made = time.perf_counter() - t
     work = tempfile.mkdtemp()
     t = time.perf_counter()
-    step = DedupGroup(kinds=("minhash",))  # partitions for at most 1M band records each (14 at 1M rows)
-    step = DedupGroup(kinds=("minhash",), shuffle_partitions=partitions_for(step.config(), rows))
+    # partitions for at most 1M band records each (14 at 1M rows)
+    step = DedupGroup(kinds=("minhash",), shuffle_partitions=partitions_for(DedupConfig(kinds=("minhash",)), rows))
     with MemorySampler() as mem:
         step.run(ds, work)
     seconds = time.perf_counter() - t
