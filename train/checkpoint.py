@@ -40,6 +40,7 @@ def model_meta(cfg: RunConfig) -> dict:
         "patch": cfg.model.patch,
         "dims": list(cfg.model.dims),
         "rope_theta": cfg.model.rope_theta,
+        "head_update": cfg.optim.head_update,
         "heads": {
             h.name: {"num_classes": h.num_classes, "bank": h.bank, "bank_version": h.bank_version} for h in cfg.heads
         },
@@ -59,6 +60,12 @@ def check_compatible(meta: dict, cfg: RunConfig, folder, heads: bool = True):
         if meta[key] != mine[key]:
             raise CheckpointError(f"{folder}: checkpoint has model {key}={meta[key]}, this run has {mine[key]}")
     if heads:
+        theirs = meta.get("head_update", "dense")  # checkpoints before the setting were dense
+        if theirs != mine["head_update"]:
+            raise CheckpointError(
+                f"{folder}: heads were trained with optim.head_update = {theirs!r}, this run has "
+                f"{mine['head_update']!r} (their optimizer state differs); resume with --optim.head_update={theirs}"
+            )
         for name, h in mine["heads"].items():
             theirs = meta["heads"].get(name)
             if theirs is None or theirs["num_classes"] != h["num_classes"]:
@@ -151,7 +158,11 @@ class Checkpointer:
         return step, data_state
 
     def init_from(self, folder: str | Path):
-        """Start a new stage from an earlier one: encoder weights, plus heads of equal name and size."""
+        """Start a new stage from an earlier one: encoder weights, plus heads of equal name and size.
+
+        Only weights: a head's AdamW moments (buffers under ``optim.head_update = "sampled"``) start anew,
+        as the torch optimizer's do.
+        """
         folder = Path(folder)
         meta = read_meta(folder)
         check_compatible(meta, self.cfg, folder, heads=False)
@@ -160,7 +171,7 @@ class Checkpointer:
         wanted = {
             k: v
             for k, v in full.items()
-            if k.startswith("encoder.") or any(k.startswith(f"heads.heads.{n}.") for n in keep)
+            if k.startswith("encoder.") or any(k == f"heads.heads.{n}.weight" for n in keep)
         }
         dcp.load({"model": wanted}, checkpoint_id=str(folder))
         set_model_state_dict(self.model, wanted, options=StateDictOptions(strict=False))

@@ -86,6 +86,10 @@ class OptimConfig:
     clip: float = 5.0  # grad-norm clip, applied to the backbone and to the heads separately
     head_lr_scale: float = 1.0
     head_weight_decay: float = 0.05
+    # sampled: AdamW moves only the centre rows each step scored (their moments and decay too; rows not
+    # scored wait, as in Partial FC v1), never making a full-size gradient; dense: every row, every step,
+    # as the reference's AdamW does (at 2M classes a large share of the step: tests/benchmarks/RESULTS.md)
+    head_update: Literal["sampled", "dense"] = "sampled"
 
 
 @dataclass(frozen=True)

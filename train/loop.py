@@ -24,7 +24,7 @@ from train.config import RunConfig
 from train.data import Stream
 from train.loss import ConceptHeads
 from train.model import Encoder
-from train.optim import build_optimizer, set_lr, step_if_finite
+from train.optim import SampledRowAdamW, build_optimizer, set_lr, step_if_finite
 from train.parallelize import clip_grads, parallelize, setup_distributed
 
 
@@ -40,10 +40,13 @@ def train(cfg: RunConfig) -> list[dict]:
     # ---------------------------------------------------------------- model, heads, optimizer
     torch.manual_seed(cfg.seed)
     encoder = Encoder(cfg.model).to(device)
-    heads = ConceptHeads(cfg.heads, encoder.dim, cfg.seed, device)
+    sampled = cfg.optim.head_update == "sampled"
+    heads = ConceptHeads(cfg.heads, encoder.dim, cfg.seed, device, sampled_update=sampled)
     wrapped = parallelize(encoder, cfg.parallel, world, device)
     model = nn.ModuleDict({"encoder": wrapped, "heads": heads})
-    optimizer = build_optimizer(encoder, heads, cfg.optim)
+    optimizer = build_optimizer(encoder, heads, cfg.optim)  # the encoder's (and dense heads') AdamW
+    head_opt = SampledRowAdamW(heads, cfg.optim) if sampled else None  # its state lives in the heads' buffers
+    optimizers = [optimizer] + ([head_opt] if head_opt else [])
     ckpt = Checkpointer(run_dir / "checkpoints", cfg, model, optimizer)
 
     # ---------------------------------------------------------------- resume or initialise
@@ -68,7 +71,7 @@ def train(cfg: RunConfig) -> list[dict]:
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            lr = set_lr(optimizer, step, cfg.steps, cfg.optim)
+            lr = set_lr(optimizers, step, cfg.steps, cfg.optim)
             loss_sum, parts_sum, samples, tokens = 0.0, {}, 0, 0
             for micro in range(cfg.accum):
                 batch = next(stream)
@@ -88,8 +91,10 @@ def train(cfg: RunConfig) -> list[dict]:
                 samples += packed.batch
                 tokens += packed.tokens.shape[0]
             grad_norm = clip_grads(list(encoder.parameters()), cfg.optim.clip)
-            head_norm = clip_grads(list(heads.parameters()), cfg.optim.clip)
-            if step_if_finite(optimizer, grad_norm, head_norm):
+            head_norm = (
+                head_opt.clip(cfg.optim.clip) if head_opt else clip_grads(list(heads.parameters()), cfg.optim.clip)
+            )
+            if step_if_finite(optimizers, grad_norm, head_norm):
                 bad_run = 0
             else:
                 bad_run, bad_steps = bad_run + 1, bad_steps + 1

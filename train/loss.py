@@ -19,6 +19,11 @@ other columns' targets plus its own margin target (added, never subtracted: no c
 Gradients: every rank computes the same loss value, so the all-reduces pass gradients
 through unchanged; the embedding gather sums the per-shard gradients back to the owner and
 multiplies by the world size, which DDP/FSDP gradient averaging then cancels.
+
+Centre gradients: with ``sampled_update`` (the trainer's default, ``optim.head_update``) the
+scored rows are a leaf of their own, so backward writes a (sampled rows, dim) gradient that
+``train.optim.SampledRowAdamW`` applies to those rows only; the full-size gradient of a 2M-row
+head is never made. Without it the centres are an ordinary parameter of the torch optimizer.
 """
 
 from __future__ import annotations
@@ -121,6 +126,11 @@ def _gather_nograd(x, counts, world):
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
 
 
+def local_tensor(x: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded (DTensor) tensor; a plain tensor as it is."""
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
 def _sum(x: torch.Tensor) -> torch.Tensor:
     return _SumKeepGrad.apply(x) if _world()[1] > 1 else x
 
@@ -136,9 +146,11 @@ def draw_labels(labels: torch.Tensor, draw: int, gen: torch.Generator) -> torch.
 class PartialFC(nn.Module):
     """One concept head: sharded centres and the sampled, model-parallel CosFace softmax."""
 
-    def __init__(self, cfg: HeadConfig, dim: int, seed: int = 0, device=None):
+    def __init__(self, cfg: HeadConfig, dim: int, seed: int = 0, device=None, sampled_update: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.sampled_update = sampled_update
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (row index, scored rows leaf) per forward
         rank, world = _world()
         self.lo, self.hi = shard_range(cfg.num_classes, rank, world)
         if cfg.bank:
@@ -156,55 +168,106 @@ class PartialFC(nn.Module):
         else:
             local = random_centres(cfg.num_classes, self.lo, self.hi, dim, seed)
         local = local.to(device)
-        if world > 1 or dist.is_initialized():
-            from torch.distributed.device_mesh import init_device_mesh
+        self.weight = nn.Parameter(self._sharded(local), requires_grad=not sampled_update)
+        if sampled_update:
+            # AdamW moments of the centres and the head's update count: buffers, so that checkpoints hold
+            # and reshard them with the weights (the torch optimizer never sees this head)
+            self.register_buffer("exp_avg", self._sharded(torch.zeros_like(local)))
+            self.register_buffer("exp_avg_sq", self._sharded(torch.zeros_like(local)))
+            self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
 
-            mesh = init_device_mesh(local.device.type, (world,))
-            local = DTensor.from_local(local, mesh, [Shard(0)], shape=(cfg.num_classes, dim), stride=(dim, 1))
-        self.weight = nn.Parameter(local)
+    def _sharded(self, local: torch.Tensor) -> torch.Tensor:
+        """This rank's rows as the Shard(0) DTensor of the whole matrix (a plain tensor without a group)."""
+        _, world = _world()
+        if world == 1 and not dist.is_initialized():
+            return local
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(local.device.type, (world,))
+        n, dim = self.cfg.num_classes, local.shape[1]
+        return DTensor.from_local(local, mesh, [Shard(0)], shape=(n, dim), stride=(dim, 1))
 
     def local_weight(self) -> torch.Tensor:
-        w = self.weight
-        return w.to_local() if isinstance(w, DTensor) else w
+        return local_tensor(self.weight)
+
+    def _rows(self, w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The centre rows this step scores; under ``sampled_update`` a leaf whose gradient waits in ``pending``."""
+        if not self.sampled_update:
+            return w[index]
+        rows = w.detach()[index]
+        if torch.is_grad_enabled():
+            rows.requires_grad_(True)
+            self.pending.append((index, rows))
+        return rows
+
+    def take_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted local row ids, their summed gradient) from every forward since the last call (sampled_update).
+
+        Micro-batches of one step score different rows; rows scored twice add up, as the dense gradient would.
+        """
+        pending = [(i, r.grad) for i, r in self.pending if r.grad is not None]
+        self.pending = []
+        w = self.local_weight()
+        if not pending:
+            return torch.zeros(0, dtype=torch.long, device=w.device), w.new_zeros(0, w.shape[1])
+        if len(pending) == 1:
+            return pending[0]  # one forward: its rows are already sorted and distinct
+        rows, inverse = torch.cat([i for i, _ in pending]).unique(return_inverse=True)
+        grad = w.new_zeros(rows.numel(), w.shape[1]).index_add_(0, inverse, torch.cat([g for _, g in pending]))
+        return rows, grad
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor, gen_draw, gen_neg) -> torch.Tensor:
-        """emb (b, D) local rows, labels (b, k) global ids (-1 pad) -> global-batch mean loss."""
+        """emb (b, D) local rows, labels (b, k) global ids (-1 pad) -> global-batch mean loss.
+
+        The label bookkeeping (draw, which targets are local, the positives to keep) runs on the
+        CPU, where the labels are: the device work of a step then never waits on a host decision.
+        """
         cfg = self.cfg
+        world = _world()[1]
         emb = gather_rows(emb, differentiable=True)
-        labels = gather_rows(labels.to(emb.device), fill=-1).cpu()
-        cols = draw_labels(labels, cfg.draw, gen_draw).to(emb.device)  # (B, J)
-        if not (cols >= 0).any():  # no sample, or none with a label (OCR pages without words): no loss, not NaN
+        labels = gather_rows(labels.to(emb.device), fill=-1).cpu() if world > 1 else labels.cpu()
+        cols = draw_labels(labels, cfg.draw, gen_draw)  # (B, J), on the CPU
+        valid = cols >= 0
+        if not valid.any():  # no sample, or none with a label (OCR pages without words): no loss, not NaN
             return emb.sum() * 0.0 + self.local_weight().sum() * 0.0
         w = self.local_weight()
         n_local = w.shape[0]
         local = (cols >= self.lo) & (cols < self.hi)
         target = torch.where(local, cols - self.lo, -1)
+        dev = w.device
         if cfg.sample_rate < 1.0 and n_local > 0:
-            pos = target[local].unique()
+            pos = target[local].unique().to(dev)
             n_sample = max(int(cfg.sample_rate * n_local), pos.numel())
-            score = torch.rand(n_local, generator=gen_neg, device=w.device)
+            score = torch.rand(n_local, generator=gen_neg, device=dev)
             score[pos] = 2.0
             index = score.topk(n_sample).indices.sort().values
-            remap = torch.full((n_local,), -1, dtype=torch.long, device=w.device)
-            remap[index] = torch.arange(n_sample, device=w.device)
-            target = torch.where(local, remap[target.clamp(min=0)], -1)
-            w = w[index]
-        # the GEMM may run in bf16 under autocast; everything after it is fp32
-        cos = (F.normalize(emb.float(), dim=1) @ F.normalize(w.float(), dim=1).T).float().clamp(-1, 1)  # (B, S)
+            remap = torch.full((n_local,), -1, dtype=torch.long, device=dev)
+            remap[index] = torch.arange(n_sample, device=dev)
+            target = target.to(dev)
+            target = torch.where(target >= 0, remap[target.clamp(min=0)], -1)
+            w = self._rows(w, index)
+        else:
+            target = target.to(dev)
+            if self.sampled_update and n_local > 0:
+                w = self._rows(w, torch.arange(n_local, device=dev))
+        valid = valid.to(dev)
+        # cosines as (emb / |emb|) . c / |c|: the (S, D) normalised centres are never written; the GEMM
+        # may run in bf16 under autocast, everything after it is fp32
+        w = w.float()
+        inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()  # F.normalize's eps
+        cos = ((F.normalize(emb.float(), dim=1) @ w.T).float() * inv_norm).clamp(-1, 1)  # (B, S)
         base = torch.where(cos > cfg.filter, torch.zeros_like(cos), cos) * cfg.scale
         has = target >= 0
         t_idx = target.clamp(min=0)
         t_margin = (cos.gather(1, t_idx) - cfg.margin) * cfg.scale  # (B, J)
         with torch.no_grad():  # stabiliser: the global row max of every logit that can appear
             row_max = torch.cat([base, torch.where(has, t_margin, -1e4)], 1).max(dim=1).values
-            if _world()[1] > 1:
+            if world > 1:
                 dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
         # sum over non-target entries, then add back the other columns' targets and this column's
         # margin target: no subtraction, so no cancellation when the target dominates the row
         e = (base - row_max[:, None]).exp()
-        is_target = torch.zeros_like(base, dtype=torch.bool)
-        rows = torch.arange(base.shape[0], device=base.device)[:, None].expand_as(target)
-        is_target[rows[has], target[has]] = True
+        is_target = torch.zeros_like(base).scatter_add_(1, t_idx, has.float()) > 0
         rest = e.masked_fill(is_target, 0.0).sum(dim=1)  # (B,)
         e_t = torch.where(has, e.gather(1, t_idx), 0.0)
         same = target[:, :, None] == target[:, None, :]  # (B, J, J)
@@ -213,18 +276,18 @@ class PartialFC(nn.Module):
         own = torch.where(has, (t_margin - row_max[:, None]).exp(), 0.0)
         total = _sum(rest[:, None] + others + own)  # (B, J), identical on every rank
         t_logit = _sum(torch.where(has, t_margin, 0.0))
-        valid = cols >= 0
-        loss = (total.clamp_min(1e-30).log() + row_max[:, None] - t_logit)[valid]
-        return loss.mean()
+        loss = torch.where(valid, total.clamp_min(1e-30).log() + row_max[:, None] - t_logit, 0.0)
+        return loss.sum() / valid.sum()
 
 
 class ConceptHeads(nn.Module):
     """All heads of a run; each scores the samples of its modalities, losses weighted and summed."""
 
-    def __init__(self, heads: tuple[HeadConfig, ...], dim: int, seed: int = 0, device=None):
+    def __init__(self, heads: tuple[HeadConfig, ...], dim: int, seed: int = 0, device=None, sampled_update=False):
         super().__init__()
         self.cfgs = {h.name: h for h in heads}
-        self.heads = nn.ModuleDict({h.name: PartialFC(h, dim, seed, device) for h in heads})
+        self.sampled_update = sampled_update
+        self.heads = nn.ModuleDict({h.name: PartialFC(h, dim, seed, device, sampled_update) for h in heads})
         self.route = {m: h.name for h in heads for m in h.modalities}
 
     def forward(self, emb, modality: list[str], labels: torch.Tensor, seed: int, step: int, micro: int = 0):

@@ -1,4 +1,4 @@
-"""AdamW with decay groups, and a learning-rate schedule that is a pure function of the step.
+"""AdamW with decay groups, the heads' sampled-row AdamW, and a rate that is a pure function of the step.
 
 Because the rate is recomputed from the step alone (no chained updates), a resumed run sees
 exactly the curve of an uninterrupted one (the reference's chained polynomial drifts, then
@@ -7,12 +7,16 @@ jumps on resume).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from train.config import OptimConfig
+from train.loss import ConceptHeads, local_tensor
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
@@ -28,8 +32,11 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
-def build_optimizer(encoder: nn.Module, heads: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """Decay on matrices; none on norms, biases and the pooling probe; heads with their own rate."""
+def build_optimizer(encoder: nn.Module, heads: ConceptHeads, cfg: OptimConfig) -> torch.optim.AdamW:
+    """Decay on matrices; none on norms, biases and the pooling probe; heads with their own rate.
+
+    Heads built with ``sampled_update`` are left out: ``SampledRowAdamW`` updates them.
+    """
     decay, no_decay = [], []
     for name, p in encoder.named_parameters():
         if p.requires_grad:
@@ -37,22 +44,146 @@ def build_optimizer(encoder: nn.Module, heads: nn.Module, cfg: OptimConfig) -> t
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": list(heads.parameters()), "weight_decay": cfg.head_weight_decay, "lr_scale": cfg.head_lr_scale},
     ]
+    if not heads.sampled_update:
+        groups.append(
+            {"params": list(heads.parameters()), "weight_decay": cfg.head_weight_decay, "lr_scale": cfg.head_lr_scale}
+        )
     # fused: one pass per parameter group instead of about ten foreach passes over every tensor
     # (foreach AdamW took 37 ms of GPU time per step over a 2M x 768 head on one H200, more than the
     # encoder's forward and backward at 32 images: bench_multigpu --profile, RESULTS.md)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) -> float:
+class SampledRowAdamW:
+    """AdamW on the centre rows a step scored: the heads' update under ``optim.head_update = "sampled"``.
+
+    Partial FC scores a tenth of a head's rows per step. Updating the whole matrix means a
+    full-size gradient and AdamW passes over every row and both moments (at 2M x 1024 that was
+    most of the head's 24.7 % of a ViT-L step: RESULTS.md, Trainer). Here the scored rows'
+    gradient is clipped and applied with torch AdamW's formulas (decoupled decay, bias correction
+    by the head's update count); rows not scored keep weights and moments as they are, as Partial
+    FC v1 updated its sampled sub-matrix. Every row scored on every step (sample_rate 1): AdamW.
+    Duck-types the parts of an optimizer the loop uses (``param_groups``, ``step``, ``zero_grad``).
+    """
+
+    def __init__(self, heads: ConceptHeads, cfg: OptimConfig):
+        if not heads.sampled_update:
+            raise ValueError("SampledRowAdamW needs heads built with sampled_update=True")
+        self.heads = list(heads.heads.values())
+        self.betas, self.eps = tuple(cfg.betas), cfg.eps
+        self.param_groups = [{"lr": cfg.lr, "lr_scale": cfg.head_lr_scale, "weight_decay": cfg.head_weight_decay}]
+        self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.coef: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def clip(self, max_norm: float) -> torch.Tensor:
+        """Collect every head's row gradients; their global norm, and clip_grad_norm_'s coefficient for ``step``."""
+        self.grads = [head.take_grad() for head in self.heads]
+        w = self.heads[0].local_weight()
+        sq = torch.zeros((), device=w.device)
+        for _, g in self.grads:
+            sq = sq + g.float().square().sum()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sq)  # ranks own disjoint rows: squares add up
+        norm = sq.sqrt()
+        self.coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # applied inside the update, not as a pass of its own
+        return norm
+
+    @torch.no_grad()
+    def step(self):
+        if not self.grads:  # not clipped: collect the gradients unscaled
+            self.grads = [head.take_grad() for head in self.heads]
+            self.coef = None
+        group = self.param_groups[0]
+        b1, b2 = self.betas
+        for head, (rows, g) in zip(self.heads, self.grads, strict=True):
+            if rows.numel() == 0:
+                continue
+            head.updates += 1
+            t = int(head.updates)
+            w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
+            coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
+            hyper = (group["lr"], group["weight_decay"], b1, b2, self.eps, 1 - b1**t, math.sqrt(1 - b2**t))
+            adamw_rows(w, m, v, rows, g, coef, *hyper)
+        self.grads, self.coef = [], None
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.grads, self.coef = [], None
+        for head in self.heads:
+            head.pending = []
+
+
+def adamw_rows(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
+    """torch AdamW's update of ``w[rows]`` and its moments, with the gradient ``g * coef``, in place.
+
+    On CUDA one Triton pass reads each scored row's weight, moments and gradient once and writes
+    them back (eager torch makes three gathers, six elementwise passes and three scatters); elsewhere
+    the same formulas in torch.
+    """
+    if w.is_cuda:
+        return _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt)
+    g = g * coef
+    wr, mr, vr = w[rows], m[rows], v[rows]
+    wr.mul_(1 - lr * wd)
+    mr.lerp_(g, 1 - b1)
+    vr.mul_(b2).addcmul_(g, g, value=1 - b2)
+    wr.addcdiv_(mr, (vr.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
+    w.index_copy_(0, rows, wr)
+    m.index_copy_(0, rows, mr)
+    v.index_copy_(0, rows, vr)
+
+
+BLOCK_R, BLOCK_D = 8, 256
+
+
+@functools.cache
+def _row_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(W, M, V, ROWS, G, COEF, n_rows, D, lr, wd, b1, b2, eps, bc1, bc2_sqrt,
+               BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask = (r[:, None] < n_rows) & (d[None, :] < D)
+        row = tl.load(ROWS + r, mask=r < n_rows, other=0).to(tl.int64)
+        at = row[:, None] * D + d[None, :]
+        g = tl.load(G + r[:, None].to(tl.int64) * D + d[None, :], mask=mask, other=0.0) * tl.load(COEF)
+        w = tl.load(W + at, mask=mask, other=0.0)
+        m = tl.load(M + at, mask=mask, other=0.0)
+        v = tl.load(V + at, mask=mask, other=0.0)
+        w = w * (1 - lr * wd)
+        m = m + (1 - b1) * (g - m)
+        v = v * b2 + (1 - b2) * g * g
+        w = w - (lr / bc1) * m / (tl.sqrt(v) / bc2_sqrt + eps)
+        tl.store(W + at, w, mask=mask)
+        tl.store(M + at, m, mask=mask)
+        tl.store(V + at, v, mask=mask)
+
+    return kernel
+
+
+def _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
+    for t in (w, m, v, g):
+        if not t.is_contiguous() or t.dtype != torch.float32:
+            raise ValueError("adamw_rows: centres, moments and gradient must be contiguous fp32 matrices")
+    n, d = g.shape
+    grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
+    _row_kernel()[grid](w, m, v, rows, g, coef.float().reshape(1), n, d, lr, wd, b1, b2, eps, bc1, bc2_sqrt,
+                        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)  # fmt: skip
+
+
+def set_lr(optimizers: Sequence, step: int, total: int, cfg: OptimConfig) -> float:
     lr = cfg.lr * lr_factor(step, total, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
     return lr
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, *norms: torch.Tensor) -> bool:
+def step_if_finite(optimizers: Sequence, *norms: torch.Tensor) -> bool:
     """Apply the step only when every gradient norm is finite; a NaN/inf step is dropped, not learned.
 
     One bad micro-batch (an overflow in half precision, a degenerate sample) would otherwise
@@ -60,7 +191,8 @@ def step_if_finite(optimizer: torch.optim.Optimizer, *norms: torch.Tensor) -> bo
     nothing. The norms are global (reduced across ranks), so every rank takes the same decision.
     """
     ok = all(bool(torch.isfinite(n)) for n in norms)
-    if ok:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        if ok:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return ok

@@ -52,7 +52,7 @@ from curate.concepts.kmeans import kmeans  # noqa: E402
 from train.config import FLAVOURS, HeadConfig, ModelConfig, OptimConfig, ParallelConfig  # noqa: E402
 from train.loss import ConceptHeads  # noqa: E402
 from train.model import Encoder  # noqa: E402
-from train.optim import build_optimizer, set_lr  # noqa: E402
+from train.optim import SampledRowAdamW, build_optimizer, set_lr, step_if_finite  # noqa: E402
 from train.packing import pack  # noqa: E402
 from train.parallelize import clip_grads, parallelize  # noqa: E402
 
@@ -141,9 +141,11 @@ def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, 
     seed = 0
     torch.manual_seed(seed)
     encoder = Encoder(model_cfg).to(dev)
-    heads = ConceptHeads((head,), encoder.dim, seed, dev)
+    heads = ConceptHeads((head,), encoder.dim, seed, dev, sampled_update=optim_cfg.head_update == "sampled")
     wrapped = parallelize(encoder, par, world, dev)
     optimizer = build_optimizer(encoder, heads, optim_cfg)
+    head_opt = SampledRowAdamW(heads, optim_cfg) if heads.sampled_update else None
+    optimizers = [optimizer] + ([head_opt] if head_opt else [])
     pool = Pool(max(4 * per_rank * world, 64), args.tokens, model_cfg.patch, args.classes, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if par.dtype == "bf16" else contextlib.nullcontext()
     out = {"loss": [], "grad_norm": [], "head_grad_norm": [], "step_s": []}
@@ -157,16 +159,15 @@ def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, 
             prof.__enter__()
         sync(dev)
         t0 = time.perf_counter()
-        set_lr(optimizer, step, steps, optim_cfg)
+        set_lr(optimizers, step, steps, optim_cfg)
         packed, modality, labels = pool.batch(step, rank, world, per_rank)
         with autocast:
             emb = wrapped(packed)
             loss, _ = heads(emb.float(), modality, labels, seed, step, 0)
         loss.backward()
         grad_norm = clip_grads(list(encoder.parameters()), optim_cfg.clip)
-        head_norm = clip_grads(list(heads.parameters()), optim_cfg.clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        head_norm = head_opt.clip(optim_cfg.clip) if head_opt else clip_grads(list(heads.parameters()), optim_cfg.clip)
+        step_if_finite(optimizers, grad_norm, head_norm)
         out["loss"].append(float(loss.detach()))
         out["grad_norm"].append(float(grad_norm))
         out["head_grad_norm"].append(float(head_norm))
@@ -178,7 +179,7 @@ def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, 
             sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
             table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70)
             Path(os.environ["OUT"], f"profile_{profile}.txt").write_text(table)
-    del wrapped, encoder, heads, optimizer, pool
+    del wrapped, encoder, heads, optimizer, head_opt, optimizers, pool
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     dist.barrier()

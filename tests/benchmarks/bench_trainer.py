@@ -1,6 +1,7 @@
 """Trainer benchmarks on one GPU: model FLOP utilisation, timm parity, packing cost, partial-FC share.
 
-    python tests/benchmarks/bench_trainer.py [--smoke]     # --smoke: debug flavour on CPU, no timing value
+    python tests/benchmarks/bench_trainer.py [--smoke] [--t4]   # --smoke: debug flavour on CPU, no timing value
+                                                                # --t4: only the partial-FC cases (and their base)
 
 Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
 baseline measured in the same run:
@@ -8,7 +9,9 @@ baseline measured in the same run:
       micro-batches, divided by the bf16 GEMM TFLOP/s of the same card;
 * T2  our images/s over timm ViT-L/16 + torch.compile, same batch, same loss on the embedding;
 * T3  useful TFLOP/s of a packed mixed-length batch over a dense batch of equal total tokens;
-* T4  partial-FC share of step time at 2M classes (sample rate 0.1, 8 of 10 labels drawn).
+* T4  partial-FC share of step time at 2M classes (sample rate 0.1, 8 of 10 labels drawn), with the
+      trainer's update (clip + sampled-row AdamW) and with the reference's dense AdamW over every row;
+      a torch.profiler table of the sampled head's step goes to $OUT/profile_pfc.txt.
 Imports only torch (and timm for the baseline): the GPU machine has no webdataset or ray.
 """
 
@@ -24,13 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from train.config import HeadConfig, ModelConfig, ParallelConfig  # noqa: E402
+from train.config import HeadConfig, ModelConfig, OptimConfig, ParallelConfig  # noqa: E402
 from train.loss import ConceptHeads  # noqa: E402
 from train.model import Encoder  # noqa: E402
+from train.optim import SampledRowAdamW  # noqa: E402
 from train.packing import pack  # noqa: E402
 from train.parallelize import parallelize  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
+T4_ONLY = "--t4" in sys.argv
 DEV = torch.device("cpu" if SMOKE else "cuda")
 FLAVOUR = "debug" if SMOKE else "large"
 STEPS, WARMUP = (2, 1) if SMOKE else (10, 3)
@@ -55,6 +60,16 @@ def timed(fn, steps=STEPS, warmup=WARMUP) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def peak_reset():
+    if DEV.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEV.type == "cuda" else 0.0
+
+
 def gemm_tflops(n=8192) -> float:
     a = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=DEV, dtype=torch.bfloat16)
@@ -77,13 +92,17 @@ def batch(lengths, patch=16, grid=None):
     return pack(items).to(DEV)
 
 
-def make_step(model, params, forward, compile_opt=True):
+def make_step(model, params, forward, heads_opt=None):
+    """One training step; ``heads_opt``: the trainer's sampled-row AdamW of the heads, clipped as in train.loop."""
     opt = torch.optim.AdamW(params, lr=1e-4, fused=DEV.type == "cuda")
 
     def step():
         with torch.autocast(DEV.type, dtype=torch.bfloat16):
             loss = forward()
         loss.backward()
+        if heads_opt is not None:
+            heads_opt.clip(5.0)
+            heads_opt.step()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -114,22 +133,30 @@ def run_case(res, name, lengths, mode="blocks", flex=False):
     saved = packing._varlen
     if flex:
         packing._varlen = None  # force the FlexAttention path
+    peak_reset()
     enc, model = ours(mode)
     b = batch(lengths)
     step = make_step(model, enc.parameters(), lambda: model(b).float().square().mean())
     dt = timed(step)
     packing._varlen = saved
     tf = useful_flops(enc, lengths) / dt / 1e12
-    res[name] = {"s_per_step": dt, "samples_per_s": len(lengths) / dt, "tflops": tf, "of_gemm": tf / res["gemm_tflops"]}
+    res[name] = {"s_per_step": dt, "samples_per_s": len(lengths) / dt, "tflops": tf, "of_gemm": tf / res["gemm_tflops"],
+                 "peak_gib": peak_gib()}  # fmt: skip
     print(name, json.dumps(res[name]), flush=True)
     save(res)
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
-def pfc_case(res, name, classes, local_rows_factor, lengths, optimise_head=True):
-    """Step time with a partial-FC head; ``local_rows_factor`` x the local batch stands in for gathered ranks."""
+def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", profile=False):
+    """Step time with a partial-FC head; ``local_rows_factor`` x the local batch stands in for gathered ranks.
+
+    ``update``: ``sampled`` (the trainer's default: clip, then AdamW on the scored rows) or ``dense``
+    (every row in the torch AdamW, no clipping: the reference's update).
+    """
+    peak_reset()
     enc, model = ours("blocks", reset=False)  # same shapes as vit_l_224_bs128: no recompilation
-    heads = ConceptHeads((HeadConfig(name="image", num_classes=classes, sample_rate=0.1, draw=8),), enc.dim, 0, DEV)
+    head = HeadConfig(name="image", num_classes=classes, sample_rate=0.1, draw=8)
+    heads = ConceptHeads((head,), enc.dim, 0, DEV, sampled_update=update == "sampled")
     b = batch(lengths)
     n = len(lengths) * local_rows_factor
     labels = torch.randint(0, classes, (n, 10))
@@ -141,9 +168,25 @@ def pfc_case(res, name, classes, local_rows_factor, lengths, optimise_head=True)
         emb = torch.cat([emb] * local_rows_factor) if local_rows_factor > 1 else emb
         return heads(emb, modality, labels, seed=0, step=next(counter))[0]
 
-    params = list(enc.parameters()) + (list(heads.parameters()) if optimise_head else [])
-    res[name] = {"s_per_step": timed(make_step(model, params, with_head))}
+    params = list(enc.parameters()) + (list(heads.parameters()) if update == "dense" else [])
+    heads_opt = SampledRowAdamW(heads, OptimConfig(lr=1e-4)) if update == "sampled" else None
+    step = make_step(model, params, with_head, heads_opt)
+    res[name] = {"s_per_step": timed(step), "peak_gib": peak_gib()}
+    # the head's memory over the plain encoder step, against fp32 centres + two AdamW moments
+    res[name]["head_gib_over_12_bytes_per_entry"] = (res[name]["peak_gib"] - res["vit_l_224_bs128"]["peak_gib"]) / (
+        classes * enc.dim * 12 / 2**30
+    )
     print(name, json.dumps(res[name]), flush=True)
+    if profile and DEV.type == "cuda":
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
+        out = Path(os.environ.get("OUT", "out/bench"))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile_pfc.txt").write_text(table)
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
@@ -160,25 +203,30 @@ def main():
     k = 1 if SMOKE else 0  # smoke: tiny batches
     img224 = [196] * (4 if k else 128)
     # ------------------------------------------------------------------ T1, T2 (ours), T3
-    run_case(res, "vit_l_224_bs128", img224)
-    run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
-    run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
-    run_case(res, "codec_2048x8", [2048] * (1 if k else 8))
-    mixed = [2048, 1024, 512] if k else [2048] * 4 + [1024] * 4 + [512] * 8
-    run_case(res, "mixed_16k_varlen", mixed)
-    run_case(res, "mixed_16k_flex", mixed, flex=True)
-    res["T3_packed_over_dense"] = res["mixed_16k_varlen"]["tflops"] / res["codec_2048x8"]["tflops"]
+    if not T4_ONLY:
+        run_case(res, "vit_l_224_bs128", img224)
+        run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
+        run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
+        run_case(res, "codec_2048x8", [2048] * (1 if k else 8))
+        mixed = [2048, 1024, 512] if k else [2048] * 4 + [1024] * 4 + [512] * 8
+        run_case(res, "mixed_16k_varlen", mixed)
+        run_case(res, "mixed_16k_flex", mixed, flex=True)
+        res["T3_packed_over_dense"] = res["mixed_16k_varlen"]["tflops"] / res["codec_2048x8"]["tflops"]
 
     # ------------------------------------------------------------------ T4: partial FC at 2M classes
     run_case(res, "vit_l_224_bs128", img224)  # re-measured right before the head cases, same compiled graphs
     big = 20_000 if k else 2_000_000
-    pfc_case(res, "pfc_2M_one_gpu", big, 1, img224)
-    pfc_case(res, "pfc_2M_one_gpu_head_not_optimised", big, 1, img224, optimise_head=False)
+    pfc_case(res, "pfc_2M_one_gpu", big, 1, img224, profile=True)
+    pfc_case(res, "pfc_2M_one_gpu_dense", big, 1, img224, update="dense")
     pfc_case(res, "pfc_2M_shard_of_8", big // 8, 8, img224)
+    pfc_case(res, "pfc_2M_shard_of_8_dense", big // 8, 8, img224, update="dense")
     base = res["vit_l_224_bs128"]["s_per_step"]
-    res["T4_share_one_gpu"] = 1 - base / res["pfc_2M_one_gpu"]["s_per_step"]
-    res["T4_share_one_gpu_without_head_adamw"] = 1 - base / res["pfc_2M_one_gpu_head_not_optimised"]["s_per_step"]
-    res["T4_share_shard_of_8"] = 1 - base / res["pfc_2M_shard_of_8"]["s_per_step"]
+    for case in ("one_gpu", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
+        res[f"T4_share_{case}"] = 1 - base / res[f"pfc_2M_{case}"]["s_per_step"]
+    if T4_ONLY:
+        save(res)
+        print(json.dumps(res, indent=1))
+        return
 
     # ------------------------------------------------------------------ T2: timm ViT-L/16 + compile
     try:

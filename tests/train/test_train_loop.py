@@ -201,6 +201,24 @@ def test_bad_inputs_fail_before_the_first_step(tmp_path, shard_factory):
         train(_build({**other, "name": "fresh", "init_from": str(tmp_path / "runs/flav/checkpoints/step_00000001")}))
 
 
+def test_dense_head_update_trains_and_each_mode_resumes_only_its_own_checkpoints(tmp_path, shard_factory):
+    shards = shard_factory(n_shards=2, per_shard=16)
+    heads = [{"name": "image", "modalities": ["image"], "num_classes": 12, "sample_rate": 0.5, "scale": 16.0}]
+    common = {"heads": heads, "data": {"batch_size": 8}, "optim": {"lr": 5e-3, "head_update": "dense"}}
+    records = train(_build(base_config(tmp_path, shards, name="dense", steps=12, **common)))
+    losses = [r["loss"] for r in records]
+    assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+    longer = base_config(tmp_path, shards, name="dense", steps=13, **common)
+    assert [r["step"] for r in train(_build(longer))] == [13]  # resumed in its own mode
+    sampled = {**longer, "steps": 14, "optim": {**longer["optim"], "head_update": "sampled"}}
+    with pytest.raises(CheckpointError, match="head_update = 'dense', this run has 'sampled'"):
+        train(_build(sampled))
+    # a new stage may switch: only weights are taken from the earlier one
+    ckpt = str(tmp_path / "runs/dense/checkpoints/step_00000013")
+    stage = train(_build({**sampled, "name": "next", "steps": 1, "init_from": ckpt}))
+    assert len(stage) == 1 and stage[0]["loss"] < losses[0]
+
+
 def test_schedule_is_a_pure_function_of_the_step():
     cos = OptimConfig(lr=1.0, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, 110, cos) == pytest.approx(0.1)
@@ -279,10 +297,10 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_advice(tmp_path, s
     w = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.SGD([w], lr=0.1)
     w.grad = torch.tensor([1.0, float("nan"), 0.0])
-    assert not step_if_finite(opt, torch.tensor(float("nan")))
+    assert not step_if_finite([opt], torch.tensor(float("nan")))
     assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None  # nothing learned from the bad step
     w.grad = torch.ones(3)
-    assert step_if_finite(opt, torch.tensor(1.0)) and torch.allclose(w.detach(), torch.full((3,), 0.9))
+    assert step_if_finite([opt], torch.tensor(1.0)) and torch.allclose(w.detach(), torch.full((3,), 0.9))
 
     # a learning rate that blows the weights up: every later step is non-finite, the run stops
     shards = shard_factory(n_shards=1, per_shard=16)

@@ -47,12 +47,12 @@ def test_single_rank_matches_full_softmax():
     torch.testing.assert_close(loss, reference_loss(emb, centres, labels, cfg, 5), rtol=1e-5, atol=1e-5)
 
 
-def _worker(rank, world, port, out):
+def _worker(rank, world, port, out, sampled):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     cfg = HeadConfig(num_classes=C, sample_rate=1.0, draw=3)
     x, proj, labels, centres = _data()
     lo, hi = shard_range(C, rank, world)
-    head = PartialFC(cfg, D)
+    head = PartialFC(cfg, D, sampled_update=sampled)
     with torch.no_grad():
         head.local_weight().copy_(centres[lo:hi])
     # a replicated "backbone" under DDP: gradients are averaged across ranks like in training
@@ -64,20 +64,22 @@ def _worker(rank, world, port, out):
     mine = labels[rows] if rank == 0 else labels[rows, :3]  # ranks may hold label rows of different widths
     loss = head(ddp(x[rows]), mine, torch.Generator().manual_seed(5), torch.Generator().manual_seed(6 + rank))
     loss.backward()
-    out[rank] = {
-        "loss": loss.detach(),
-        "backbone_grad": backbone.weight.grad.clone(),
-        "centre_grad": head.weight.grad.to_local().clone(),
-        "rows": (lo, hi),
-    }
+    if sampled:  # the scored rows' gradient (every row at rate 1), as the sampled-row AdamW takes it
+        rows, grad = head.take_grad()
+        centre_grad = torch.zeros(hi - lo, D).index_add_(0, rows, grad)
+    else:
+        centre_grad = head.weight.grad.to_local().clone()
+    out[rank] = {"loss": loss.detach(), "backbone_grad": backbone.weight.grad.clone(), "centre_grad": centre_grad,
+                 "rows": (lo, hi)}  # fmt: skip
     dist.destroy_process_group()
 
 
-def test_two_ranks_with_rate_one_equal_full_softmax_loss_and_gradients():
+@pytest.mark.parametrize("sampled", [False, True], ids=["dense", "sampled_update"])
+def test_two_ranks_with_rate_one_equal_full_softmax_loss_and_gradients(sampled):
     world = 2
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(world, free_port(), out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), out, sampled), nprocs=world, join=True)
     cfg = HeadConfig(num_classes=C, sample_rate=1.0, draw=3)
     x, proj, labels, centres = _data()
     labels[6:, 3] = -1  # rank 1 sent three labels per row; the gather pads the fourth with -1

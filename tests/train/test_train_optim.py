@@ -1,0 +1,160 @@
+"""The heads' sampled-row AdamW: it is torch's AdamW when every row is scored, and moves nothing else."""
+
+import torch
+
+from train.config import HeadConfig, OptimConfig
+from train.loss import ConceptHeads
+from train.optim import SampledRowAdamW, build_optimizer, set_lr, step_if_finite
+
+C, D, B = 200, 16, 12
+
+
+def _heads(rate: float, sampled: bool) -> ConceptHeads:
+    return ConceptHeads((HeadConfig(num_classes=C, sample_rate=rate, draw=3, filter=2.0),), D, seed=3,
+                        sampled_update=sampled)  # fmt: skip
+
+
+def _batches(steps: int, accum: int):
+    g = torch.Generator().manual_seed(0)
+    return [[(torch.randn(B, D, generator=g), torch.randint(0, C, (B, 5), generator=g)) for _ in range(accum)]
+            for _ in range(steps)]  # fmt: skip
+
+
+def _run(heads, cfg, batches, after_step=None):
+    """The trainer's head update (accumulate, clip, step) with an empty encoder."""
+    encoder = torch.nn.Linear(1, 1)
+    opt = build_optimizer(encoder, heads, cfg)
+    optimizers = [opt] + ([SampledRowAdamW(heads, cfg)] if heads.sampled_update else [])
+    norms = []
+    for step, micro_batches in enumerate(batches):
+        set_lr(optimizers, step, len(batches), cfg)
+        for micro, (emb, labels) in enumerate(micro_batches):
+            loss, _ = heads(emb, ["image"] * B, labels, seed=0, step=step, micro=micro)
+            (loss / len(micro_batches)).backward()
+        if heads.sampled_update:
+            norm = optimizers[1].clip(cfg.clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(list(heads.parameters()), cfg.clip)
+        norms.append(float(norm))
+        before = heads.heads["image"].weight.detach().clone()
+        assert step_if_finite(optimizers, norm)
+        if after_step:
+            after_step(before, heads.heads["image"].weight.detach().clone())
+    return opt, norms
+
+
+def lr_tol(cfg: OptimConfig) -> float:
+    return 1e-4 * cfg.lr
+
+
+def test_at_sample_rate_one_it_is_adamw_with_clipping_decay_and_accumulation():
+    cfg = OptimConfig(lr=3e-2, warmup_steps=1, clip=0.2, head_weight_decay=0.05)
+    batches = _batches(steps=4, accum=2)
+    dense, sampled = _heads(1.0, sampled=False), _heads(1.0, sampled=True)
+    init = dense.heads["image"].weight.detach().clone()
+    assert torch.equal(init, sampled.heads["image"].weight)
+    opt, dense_norms = _run(dense, cfg, batches)
+    _, sampled_norms = _run(sampled, cfg, batches)
+    assert min(dense_norms) > cfg.clip  # the clip acted on every step
+    torch.testing.assert_close(sampled_norms, dense_norms, rtol=1e-5, atol=0)
+    d, s = dense.heads["image"], sampled.heads["image"]
+    assert (d.weight - init).abs().max() > 1e-3  # the centres moved
+    # Adam divides by sqrt(v): a coordinate with a near-zero gradient turns 1e-7 rounding (another summation
+    # order, fused kernel against eager ops) into up to ~1e-6, far below the lr-sized steps (3e-2)
+    torch.testing.assert_close(s.weight, d.weight, rtol=1e-5, atol=lr_tol(cfg))
+    state = opt.state[d.weight]
+    for name in ("exp_avg", "exp_avg_sq"):  # the gradients differ by summation rounding (~1e-7 relative)
+        ref = state[name]
+        torch.testing.assert_close(getattr(s, name), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    assert int(s.updates) == int(state["step"]) == 4
+
+
+def test_below_rate_one_only_scored_rows_move_and_their_gradient_is_the_dense_one():
+    head_cfg = HeadConfig(num_classes=C, sample_rate=0.25, draw=3, filter=2.0)
+    dense = ConceptHeads((head_cfg,), D, seed=3).heads["image"]
+    sampled = ConceptHeads((head_cfg,), D, seed=3, sampled_update=True).heads["image"]
+    (emb, labels), = _batches(1, 1)[0]  # fmt: skip
+    for head in (dense, sampled):
+        head(emb, labels, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)).backward()
+    rows, grad = sampled.take_grad()
+    assert rows.numel() == 50 and torch.equal(rows, rows.sort().values)  # a quarter of the rows, sorted
+    assert sampled.weight.grad is None and sampled.pending == []
+    torch.testing.assert_close(grad, dense.weight.grad[rows])
+    off = torch.ones(C, dtype=torch.bool)
+    off[rows] = False
+    assert torch.count_nonzero(dense.weight.grad[off]) == 0
+
+    # three steps: rows outside each step's sample keep weights and moments exactly
+    cfg = OptimConfig(lr=1e-2, clip=100.0)
+    heads = _heads(0.25, sampled=True)
+    head = heads.heads["image"]
+    seen = torch.zeros(C, dtype=torch.bool)
+    rows_of_step = []
+    real_take = head.take_grad
+
+    def take():
+        rows, grad = real_take()
+        rows_of_step.append(rows)
+        return rows, grad
+
+    head.take_grad = take
+
+    def check(before, after):
+        moved = (before != after).any(dim=1)
+        scored = torch.zeros(C, dtype=torch.bool)
+        scored[rows_of_step[-1]] = True
+        assert torch.equal(moved, scored)
+        seen[scored] = True
+
+    _run(heads, cfg, _batches(steps=3, accum=1), after_step=check)
+    assert 50 < int(seen.sum()) < C  # several samples, not every row
+    assert torch.count_nonzero(head.exp_avg[~seen]) == 0 and torch.count_nonzero(head.exp_avg_sq[~seen]) == 0
+    assert int(head.updates) == 3
+
+
+def test_a_skipped_step_drops_the_row_gradients():
+    cfg = OptimConfig(lr=1e-2)
+    heads = _heads(0.5, sampled=True)
+    head = heads.heads["image"]
+    rows_opt = SampledRowAdamW(heads, cfg)
+    (emb, labels), = _batches(1, 1)[0]  # fmt: skip
+    heads(emb, ["image"] * B, labels, seed=0, step=0)[0].backward()
+    before = head.weight.detach().clone()
+    rows_opt.clip(1.0)
+    assert not step_if_finite([rows_opt], torch.tensor(float("nan")))
+    assert torch.equal(head.weight, before) and int(head.updates) == 0
+    rows_opt.step()  # nothing pending: nothing moves
+    assert torch.equal(head.weight, before)
+
+
+def test_the_cuda_row_kernel_equals_the_torch_update(tmp_path):
+    """The Triton kernel itself, run by Triton's CPU interpreter (on before triton is imported), ragged shapes."""
+    script = """
+import torch
+from train.optim import _adamw_rows_triton, adamw_rows
+g = torch.Generator().manual_seed(0)
+n, d = 53, 300  # neither a multiple of the kernel's blocks
+w, m, v = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), torch.rand(n, d, generator=g)
+rows = torch.randperm(n, generator=g)[:19].sort().values
+grad = torch.randn(19, d, generator=g)
+hyper = (1e-2, 0.05, 0.9, 0.999, 1e-8, 1 - 0.9**3, (1 - 0.999**3) ** 0.5)
+coef = torch.tensor(0.7)
+orig = w.clone()
+ref = [t.clone() for t in (w, m, v)]
+adamw_rows(*ref, rows, grad, coef, *hyper)
+_adamw_rows_triton(w, m, v, rows, grad, coef, *hyper)
+for got, want in zip((w, m, v), ref):
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+moved = (w != orig).any(dim=1)
+assert moved.sum() == 19 and moved[rows].all()  # the indexed rows moved, no other
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    rc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0 and rc.stdout.strip() == "ok", rc.stderr[-3000:]
