@@ -298,11 +298,15 @@ class ConceptHeads(nn.Module):
         total, parts = 0.0, {}
         for i, (name, head) in enumerate(self.heads.items()):
             rows = [j for j, m in enumerate(modality) if self.route[m] == name]
-            idx = torch.tensor(rows, dtype=torch.long, device=emb.device)
             key = ((seed * 1_000_003 + step) * 131 + micro) * 17 + i
             gen_draw = torch.Generator().manual_seed(key)
             gen_neg = torch.Generator(device=emb.device).manual_seed(key * 4099 + rank)
-            loss = head(emb.index_select(0, idx), labels.index_select(0, idx.cpu()), gen_draw, gen_neg)
+            if len(rows) == len(modality):  # the whole batch (one head, or one modality in it)
+                mine, my_labels = emb, labels
+            else:
+                idx = torch.tensor(rows, dtype=torch.long)
+                mine, my_labels = emb.index_select(0, idx.to(emb.device)), labels.index_select(0, idx)
+            loss = head(mine, my_labels, gen_draw, gen_neg)
             parts[name] = loss.detach()
             total = total + self.cfgs[name].weight * loss
         return total, parts

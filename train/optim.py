@@ -121,8 +121,11 @@ def adamw_rows(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
     them back (eager torch makes three gathers, six elementwise passes and three scatters); elsewhere
     the same formulas in torch.
     """
-    if w.is_cuda:
-        return _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt)
+    fn = _adamw_rows_triton if w.is_cuda else _adamw_rows_torch
+    fn(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt)
+
+
+def _adamw_rows_torch(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
     g = g * coef
     wr, mr, vr = w[rows], m[rows], v[rows]
     wr.mul_(1 - lr * wd)
@@ -157,7 +160,8 @@ def _row_kernel():
         w = w * (1 - lr * wd)
         m = m + (1 - b1) * (g - m)
         v = v * b2 + (1 - b2) * g * g
-        w = w - (lr / bc1) * m / (tl.sqrt(v) / bc2_sqrt + eps)
+        # IEEE-rounded sqrt and division (Triton's defaults are approximate), as torch computes them
+        w = w - tl.div_rn((lr / bc1) * m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
         tl.store(W + at, w, mask=mask)
         tl.store(M + at, m, mask=mask)
         tl.store(V + at, v, mask=mask)

@@ -22,17 +22,21 @@ def _mc_residual(y, prev, first, second, cell, reach, out):  # pragma: no cover 
     for k in range(t):
         for r in range(h // cell):
             for c in range(w // cell):
-                best = 1 << 30
+                best, last = 1 << 30, (1 << 30, 0)
                 for field in (first, second):
-                    sx, sy = int(np.rint(field[k, r, c, 0])), int(np.rint(field[k, r, c, 1]))
+                    shift = int(np.rint(field[k, r, c, 0])), int(np.rint(field[k, r, c, 1]))
+                    if shift == last:
+                        continue  # the same prediction: most vectors agree with the camera's
+                    last = shift
                     # top-left of the prediction, clamped to ``reach`` pixels outside the frame
-                    top = min(max(r * cell - sy, -reach), h + reach - cell)
-                    left = min(max(c * cell - sx, -reach), w + reach - cell)
+                    top = min(max(r * cell - shift[1], -reach), h + reach - cell)
+                    left = min(max(c * cell - shift[0], -reach), w + reach - cell)
+                    inside = 0 <= top <= h - cell and 0 <= left <= w - cell  # else: edge extension
                     total = 0
                     for i in range(cell):
-                        py = min(max(top + i, 0), h - 1)  # edge extension
+                        py = top + i if inside else min(max(top + i, 0), h - 1)
                         for j in range(cell):
-                            px = min(max(left + j, 0), w - 1)
+                            px = left + j if inside else min(max(left + j, 0), w - 1)
                             total += abs(np.int32(y[k, r * cell + i, c * cell + j]) - np.int32(prev[k, py, px]))
                     best = min(best, total)
                 out[k, r, c] = best
@@ -58,17 +62,21 @@ def mc_residual(
 @njit(cache=True, nogil=True)
 def _cell_texture(y, cell, out):  # pragma: no cover - compiled
     t, h, w = y.shape
+    grad = np.empty(w, np.int32)  # one row's |horizontal| + |vertical| gradient, row by row: no branch per pixel
+    out[:] = 0
     for k in range(t):
-        for r in range(h // cell):
+        for i in range(h // cell * cell):
+            up = max(i - 1, 0)  # the first row and column have no predecessor: y - y = 0
+            grad[0] = abs(np.int32(y[k, i, 0]) - np.int32(y[k, up, 0]))
+            for j in range(1, w):
+                grad[j] = abs(np.int32(y[k, i, j]) - np.int32(y[k, i, j - 1])) + abs(
+                    np.int32(y[k, i, j]) - np.int32(y[k, up, j])
+                )
             for c in range(w // cell):
                 total = 0
-                for i in range(r * cell, (r + 1) * cell):
-                    for j in range(c * cell, (c + 1) * cell):
-                        if j > 0:
-                            total += abs(np.int32(y[k, i, j]) - np.int32(y[k, i, j - 1]))
-                        if i > 0:
-                            total += abs(np.int32(y[k, i, j]) - np.int32(y[k, i - 1, j]))
-                out[k, r, c] = total
+                for j in range(c * cell, (c + 1) * cell):
+                    total += grad[j]
+                out[k, i // cell, c] += total
     return out
 
 

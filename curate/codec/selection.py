@@ -22,6 +22,22 @@ def _sorted(t: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
     return pos[np.lexsort((pos[:, 2], pos[:, 1], pos[:, 0]))]
 
 
+def _top(flat: np.ndarray, count: int) -> np.ndarray:
+    """Mask of the ``count`` largest finite values, ties in grid order (``argsort(-flat, "stable")[:count]``).
+
+    One partition finds the cut instead of sorting all T x Hp x Wp scores.
+    """
+    if count <= 0:
+        return np.zeros(flat.size, bool)
+    flat = np.where(np.isnan(flat), -np.inf, flat)  # NaN would partition as the largest; never chosen
+    if count >= flat.size:
+        return np.isfinite(flat)
+    cut = np.partition(flat, flat.size - count)[flat.size - count]  # the count-th largest
+    mask = flat > cut
+    mask[np.flatnonzero(flat == cut)[: count - int(mask.sum())]] = True
+    return mask & np.isfinite(flat)
+
+
 def top_k(scores: np.ndarray, k: int, valid: np.ndarray | None = None, first_frame: str = "score") -> np.ndarray:
     """Global top-K of (T, Hp, Wp) scores; ``first_frame="whole"`` keeps frame 0 entirely first.
 
@@ -29,7 +45,7 @@ def top_k(scores: np.ndarray, k: int, valid: np.ndarray | None = None, first_fra
     part of a whole first frame, which is kept as a picture (the reference's keep_first_full_frame).
     """
     t, hp, wp = scores.shape
-    s = scores.astype(np.float64).copy()
+    s = scores.astype(np.float64)
     if valid is not None:
         s[:, ~valid] = -np.inf
     chosen = np.zeros(s.shape, bool)
@@ -38,10 +54,7 @@ def top_k(scores: np.ndarray, k: int, valid: np.ndarray | None = None, first_fra
         s[0] = -np.inf
     elif first_frame != "score":
         raise ValueError(f"first_frame must be 'whole' or 'score', got {first_frame!r}")
-    rest = max(0, k - int(chosen.sum()))
-    order = np.argsort(-s.ravel(), kind="stable")[:rest]
-    order = order[np.isfinite(s.ravel()[order])]
-    chosen.ravel()[order] = True
+    chosen.ravel()[_top(s.ravel(), k - int(chosen.sum()))] = True
     return _sorted(*np.nonzero(chosen))
 
 
@@ -62,10 +75,7 @@ def uniform_frames(scores: np.ndarray, k: int, valid: np.ndarray | None = None) 
     s = np.where(chosen, -np.inf, scores.astype(np.float64))
     if valid is not None:
         s[:, ~valid] = -np.inf
-    rest = k - int(chosen.sum())
-    if rest > 0:
-        order = np.argsort(-s.ravel(), kind="stable")[:rest]
-        chosen.ravel()[order[np.isfinite(s.ravel()[order])]] = True
+    chosen.ravel()[_top(s.ravel(), k - int(chosen.sum()))] = True
     return _sorted(*np.nonzero(chosen))
 
 

@@ -21,7 +21,7 @@ MV_CODECS = ("h264", "mpeg4", "mpeg2video", "mpeg1video", "h263")  # decoders th
 
 
 @njit(cache=True, nogil=True)
-def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, disp, has):  # pragma: no cover
+def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, gain, disp, has):  # pragma: no cover
     """One frame's blocks onto its two direction planes, in block order (a later block wins a cell).
 
     ``first_row[y]``: the first analysis row whose source cell is >= y (clamped table lookups
@@ -34,27 +34,35 @@ def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, di
         # the analysis rows/columns whose sampled source cell lies inside the block
         r0, r1 = first_row[min(max(y0, 0), last_r)], first_row[min(max(y1, 0), last_r)]
         c0, c1 = first_col[min(max(x0, 0), last_c)], first_col[min(max(x1, 0), last_c)]
+        if r0 == r1 or c0 == c1:
+            continue  # a block between sampled cells (most small partitions of a large source)
         sign = -1.0 if source[b] < 0 else 1.0
         step = np.float32(max(scale[b], 1))
         d = 1 if source[b] > 0 else 0
+        dx, dy = np.float32(sign * mx[b] / step) * gain[0], np.float32(sign * my[b] / step) * gain[1]
         for r in range(r0, r1):
             for c in range(c0, c1):
-                disp[d, r, c, 0] = sign * mx[b] / step
-                disp[d, r, c, 1] = sign * my[b] / step
+                disp[d, r, c, 0], disp[d, r, c, 1] = dx, dy
                 has[d, r, c] = True
 
 
 def rasterize(
-    mvs: list, width: int, height: int, rows: np.ndarray | None = None, cols: np.ndarray | None = None
+    mvs: list,
+    width: int,
+    height: int,
+    rows: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
+    gain: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blocks of every frame -> per-cell displacement (T, 2 directions, R, C, 2) in source pixels.
+    """Blocks of every frame -> per-cell displacement (T, 2 directions, R, C, 2) in source pixels x ``gain``.
 
     ``mvs`` holds one MOTION_VECTORS array (or None) per frame, rasterised by a compiled loop
     straight onto the analysis grid: ``rows``/``cols`` (non-decreasing) name the source 4x4 cell
     each analysis row/column samples (default: the source grid itself). The displacement is
     ``dst - src`` for past references and ``src - dst`` for future ones, so both point along the
-    motion; dividing by the reference distance gives pixels per frame. Also returns the presence
-    mask (T, 2, R, C).
+    motion; dividing by the reference distance gives pixels per frame. ``gain`` (x, y) rescales
+    it as it is painted (source -> grid pixels; float32, the bits ``disp * gain`` would give,
+    without a pass over the whole array). Also returns the presence mask (T, 2, R, C).
     """
     rows = np.arange(-(-height // CELL)) if rows is None else np.asarray(rows).ravel()
     cols = np.arange(-(-width // CELL)) if cols is None else np.asarray(cols).ravel()
@@ -62,10 +70,11 @@ def rasterize(
     has = np.zeros((len(mvs), 2, len(rows), len(cols)), bool)
     first_row = np.searchsorted(rows, np.arange(-(-height // CELL) + 2))
     first_col = np.searchsorted(cols, np.arange(-(-width // CELL) + 2))
+    gain = np.asarray(gain, np.float32)
     for k, m in enumerate(mvs):
         if m is not None and len(m):
             fields = (m[f] for f in ("dst_x", "dst_y", "w", "h", "motion_x", "motion_y", "motion_scale", "source"))
-            _paint(*fields, first_row, first_col, disp[k], has[k])
+            _paint(*fields, first_row, first_col, gain, disp[k], has[k])
     return disp, has
 
 

@@ -135,17 +135,21 @@ def test_compiled_pixel_loops_equal_their_numpy_definitions():
     small = rng.normal(0, 3, (3, 12, 16, 2)).astype(np.float32)
     reach, cell = 8, 2
     padded = np.pad(prev, ((0, 0), (reach, reach), (reach, reach)), mode="edge")
-    want = np.full((3, 12, 16), np.inf)
-    for vel in (big, small):
+    errors = {}
+    for name, vel in (("big", big), ("small", small)):
         shift = np.rint(vel).astype(int)
+        errors[name] = np.zeros((3, 12, 16))
         for t, i, j in np.ndindex(3, 12, 16):
             top = np.clip(cell * i - shift[t, i, j, 1] + reach, 0, 24 + 2 * reach - cell)
             left = np.clip(cell * j - shift[t, i, j, 0] + reach, 0, 32 + 2 * reach - cell)
             block = y[t, cell * i : cell * i + cell, cell * j : cell * j + cell].astype(int)
-            err = np.abs(block - padded[t, top : top + cell, left : left + cell]).mean()
-            want[t, i, j] = min(want[t, i, j], err)
+            errors[name][t, i, j] = np.abs(block - padded[t, top : top + cell, left : left + cell]).mean()
     got = residual.mc_residual(y, prev, big, small, cell=cell, reach=reach)
+    want = np.minimum(errors["big"], errors["small"])
     assert got.dtype == np.float32 and np.array_equal(got, want.astype(np.float32))
+    agree = rng.random((3, 12, 16)) < 0.5  # cells whose two fields give the same shift (computed once)
+    got = residual.mc_residual(y, prev, big, np.where(agree[..., None], big, small), cell=cell, reach=reach)
+    assert np.array_equal(got, np.where(agree, errors["big"], want).astype(np.float32))
 
     yi = y.astype(int)
     grad = np.zeros_like(yi)
@@ -155,6 +159,66 @@ def test_compiled_pixel_loops_equal_their_numpy_definitions():
     assert np.array_equal(residual.cell_texture(y, 4), texture.astype(np.float32))
     quad = yi[:, ::2, ::2] + yi[:, 1::2, ::2] + yi[:, ::2, 1::2] + yi[:, 1::2, 1::2]
     assert np.array_equal(residual.half_size(y), (quad + 2) // 4)
+
+
+def test_compiled_percentile_equals_numpy_bit_for_bit():
+    rng = np.random.default_rng(11)
+    rows = [
+        rng.random((3, 4096)),
+        rng.integers(0, 1021, (4, 500)) / 4,  # quarter grey levels with ties, as the residual
+        np.where(rng.random((3, 777)) < 0.9, 0.0, rng.exponential(3, (3, 777))),  # mostly zero, as motion
+        rng.exponential(1, (2, 300)) * 10.0 ** rng.integers(-40, 38, (2, 300)),  # every octave, subnormals
+        np.full((2, 9), 0.7),
+        np.sort(rng.random((2, 1000)))[:, ::-1],
+        rng.random((1, 1)),
+    ]
+    rows[0][1, 7] = np.inf
+    for energy in (r.astype(np.float32) for r in rows):
+        for q in (0, 5, 37.3, 50, 95, 99.9, 100):
+            with np.errstate(invalid="ignore"):  # inf - inf, as in NumPy's own interpolation
+                want, got = np.percentile(energy, q, axis=1), saliency.percentile(energy, q)
+            assert got.dtype == want.dtype and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    for odd in ([[1.0, -2.0, 3.0]], [[1.0, np.nan, 3.0]], [[0.0, -0.0, 1.0]]):  # left to NumPy
+        energy = np.array(odd, np.float32)
+        assert np.array_equal(saliency.percentile(energy, 95), np.percentile(energy, 95, axis=1), equal_nan=True)
+    assert saliency.percentile(np.arange(5.0)[None], 50).dtype == np.float64
+
+
+def test_top_k_cut_equals_a_stable_sort():
+    rng = np.random.default_rng(12)
+    for trial in range(300):
+        n = int(rng.integers(1, 200))
+        flat = [rng.random(n), rng.integers(0, 4, n) * 1.0, np.where(rng.random(n) < 0.3, -np.inf, 1.0)][trial % 3]
+        count = int(rng.integers(-1, n + 2))
+        order = np.argsort(-flat, kind="stable")[: max(count, 0)]
+        want = np.zeros(n, bool)
+        want[order[np.isfinite(flat[order])]] = True
+        assert np.array_equal(selection._top(flat, count), want)
+
+
+def test_compiled_vector_loops_equal_their_numpy_definitions():
+    from curate.codec.patchify import _combine, _fields
+
+    rng = np.random.default_rng(13)
+    disp = rng.normal(0, 3, (4, 2, 6, 5, 2)).astype(np.float32)
+    disp[rng.random(disp.shape) < 0.2] = -0.0  # zero vectors of past references are -0.0
+    present = rng.random((4, 2, 6, 5)) < 0.6
+    dist = rng.integers(1, 5, (4, 2)).astype(np.float32)
+    terms = np.where(present[..., None], disp / dist[:, :, None, None, None], np.float32(0))
+    count = present.sum(axis=1)
+    total = np.float32(0) + terms[:, 0] + terms[:, 1]  # the loop's order: from zero, direction by direction
+    want = np.where(count[..., None] > 0, total / np.maximum(count, 1)[..., None], 0).astype(np.float32)
+    velocity, has = _combine(disp, present, dist)
+    assert np.array_equal(velocity.view(np.uint32), want.view(np.uint32)) and np.array_equal(has, count > 0)
+
+    model = rng.normal(0, 2, velocity.shape).astype(np.float32)
+    for scale in (1, 2):
+        own, camera, motion = _fields(velocity, has, model, np.float32(scale))
+        rel = velocity - model
+        want_motion = np.where(has, np.sqrt(rel[..., 0] ** 2 + rel[..., 1] ** 2), 0.0)
+        wants = (np.where(has[..., None], velocity, 0.0) / scale, model / scale, want_motion)
+        for got, ref in zip((own, camera, motion), wants, strict=True):
+            assert got.dtype == ref.dtype == np.float32 and np.array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
 def test_mosaic_patches_do_not_bleed():
@@ -207,3 +271,6 @@ def test_rasterize_onto_a_coarser_grid_equals_sampling_the_full_raster(tmp_path)
     disp, has = signals.rasterize(mvs, 320, 192, rows, cols)
     assert np.array_equal(has, full_has[:, :, rows, cols]) and has[1:].any()
     assert np.array_equal(disp, full_disp[:, :, rows, cols])
+    gain = np.float32([64 / 320, 64 / 192])
+    scaled, _ = signals.rasterize(mvs, 320, 192, rows, cols, gain)
+    assert np.array_equal(scaled.view(np.uint32), (disp * gain).view(np.uint32))  # the same bits as a pass after
