@@ -219,8 +219,9 @@ class PartialFC(nn.Module):
     def forward(self, emb: torch.Tensor, labels: torch.Tensor, gen_draw, gen_neg) -> torch.Tensor:
         """emb (b, D) local rows, labels (b, k) global ids (-1 pad) -> global-batch mean loss.
 
-        The label bookkeeping (draw, which targets are local, the positives to keep) runs on the
-        CPU, where the labels are: the device work of a step then never waits on a host decision.
+        The label bookkeeping (draw, which targets are local, the positives to keep, the loss mask)
+        runs on the CPU, where the labels are, instead of ``unique()`` and boolean indexing on the
+        device; their host -> device copies are from pageable memory and still wait for the stream.
         """
         cfg = self.cfg
         world = _world()[1]
