@@ -13,12 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from datasketch import MinHash, MinHashLSH
+from PIL import Image
 
 from curate.config import SourceConfig
 from curate.dedup import lsh
 from curate.dedup.grouping import DedupConfig, band_records, partition_edges, reference_groups, similarity
 from curate.dedup.keep import group_table, rank
-from curate.dedup.signatures import minhash_batch, pack, shingles, video_frame_bits, word_shingle_hash32
+from curate.dedup.signatures import (
+    box_weights,
+    image_bits,
+    minhash_batch,
+    pack,
+    shingles,
+    video_frame_bits,
+    word_shingle_hash32,
+)
 from curate.sources import list_inputs
 from curate.stage import DROPPED, FAILED, LIVE, build_stage, new_rows, run_in_process, to_rows
 from manifests import ManifestError
@@ -241,6 +250,20 @@ def test_manifest_entries_and_bad_inputs(corpus, tmp_path):
     assert np.array_equal(np.frombuffer(out[0]["minhash"], "<u4"), theirs.hashvalues)  # captions count too
     groups = reference_groups(out, DedupConfig(kinds=("minhash",), minhash_threshold=0.6))
     assert sorted(groups["key"]) == ["i0", "i1"]
+
+
+def test_dhash_reads_the_horizontal_gradient_of_the_box_averaged_picture():
+    x = np.linspace(0, 255, 96)[None, :].repeat(72, 0)  # brightness rises to the right
+    y = np.linspace(0, 255, 72)[:, None].repeat(96, 1)  # rises downward only: no horizontal gradient
+    pictures = [Image.fromarray(a.astype(np.uint8)) for a in (x, x[:, ::-1], y, np.full((72, 96), 128.0))]
+    pictures.append(Image.new("L", (1, 1), 200))  # a 1x1 image is flat too
+    dhash = image_bits(pictures)[:, 64:]
+    assert dhash[0].all() and not dhash[1:].any()
+    a = np.random.default_rng(0).random((32, 32)).astype(np.float32) * 255
+    pil = np.asarray(Image.fromarray(a).resize((8, 4), Image.Resampling.BOX))
+    assert np.allclose(box_weights(4, 32) @ a @ box_weights(8, 32).T, pil, atol=1e-3)  # integer factors: PIL's box
+    w, span = box_weights(9, 32), 32 / 9  # a fractional factor: area means (cell 0 covers pixels 0-2 and 5/9 of 3)
+    assert np.allclose(w.sum(1), 1) and np.isclose(w[0] @ np.arange(32), (0 + 1 + 2 + 3 * (span - 3)) / span)
 
 
 @pytest.mark.parametrize(
