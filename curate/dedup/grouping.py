@@ -95,8 +95,8 @@ def band_records(batch, cfg: DedupConfig) -> pa.Table:
 
     for row in _rows(batch):
         sigs, modality = row["meta"].get("dedup") or {}, row["modality"]
-        for kind, field in (("exact", "sha256"), ("pixel", "pixel")):
-            value = sigs.get(field) or (row["meta"].get("source_sha256") if kind == "exact" else None)
+        for kind, field in (("exact", "blake3"), ("pixel", "pixel")):
+            value = sigs.get(field) or (row["meta"].get("source_blake3") if kind == "exact" else None)
             if kind in cfg.kinds and value:
                 emit(row, kind, [lsh.digest_key(value, f"{kind}/{modality}")], value.encode())
         if "perceptual" in cfg.kinds and sigs.get("phash"):

@@ -17,7 +17,6 @@ ledger row (``dedup_apply/duplicate``, detail ``of <key> (group <id>, <kind>)``)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 from typing import Literal
@@ -44,7 +43,7 @@ class DedupSignatures(Stage):
     outputs = ("minhash", "video_hashes")
     batch_size = 64
 
-    exact: bool = True  # SHA-256 of the source bytes (reuses meta.source_sha256 when a decode stage set it)
+    exact: bool = True  # BLAKE3 of the source bytes (reuses meta.source_blake3 when a decode stage set it)
     pixel: bool = True  # SHA-256 of the decoded picture at 64x64
     perceptual: bool = True  # pHash + dHash (128 bits)
     perceptual_modalities: tuple[str, ...] = ("image",)  # OCR pages look alike: compare their text instead
@@ -64,9 +63,15 @@ class DedupSignatures(Stage):
         for row in rows:
             sigs = row["meta"].setdefault("dedup", {})
             data = None
-            if self.exact and not row["meta"].get("source_sha256"):
-                data = storage.read_bytes(row["uri"])
-                sigs["sha256"] = hashlib.sha256(data).hexdigest()
+            if self.exact and not row["meta"].get("source_blake3"):
+                wants_bytes = (self.video and row["modality"] == "video") or (
+                    row["modality"] != "video" and (self.pixel or self.perceptual) and row.get("jpg") is None
+                )
+                if wants_bytes:  # read once, for the hash and the picture or clip
+                    data = storage.read_bytes(row["uri"])
+                    sigs["blake3"] = storage.digest(data)
+                else:
+                    sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
                 data = data or storage.read_bytes(row["uri"])
                 bits, duration = sg.video_frame_bits(data, row["uri"], self.video_fps, self.video_max_frames,

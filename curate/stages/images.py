@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 from typing import Literal
 
@@ -68,7 +67,7 @@ class ImageDecode(Stage):
         out.save(buf, format="JPEG", quality=self.quality, subsampling=2)
         row["jpg"] = buf.getvalue()
         row["meta"].update(
-            source_sha256=hashlib.sha256(data).hexdigest(),
+            source_blake3=storage.digest(data),
             source_format=fmt.lower(),
             width=src_w,
             height=src_h,

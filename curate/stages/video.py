@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 
 import av
@@ -84,5 +83,5 @@ class VideoProbe(Stage):
         declared, present = facts["frames"], facts["frames_present"]
         if declared and present < declared and not self.allow_truncated:
             raise ValueError(f"{row['uri']}: truncated, {present} of {declared} frames present")
-        row["meta"].update(facts, source_sha256=hashlib.sha256(data).hexdigest())
+        row["meta"].update(facts, source_blake3=storage.digest(data))
         return row

@@ -81,3 +81,11 @@ def test_curate_from_s3_into_s3_through_ray(ray_cluster, bucket, demo_corpus, tm
     storage.write_bytes(first, storage.read_bytes(first)[:-1024])
     assert shards_main(["verify", f"s3://{bucket}/out/shards/image"]) == 1
     assert "sha256 differs" in capsys.readouterr().out
+
+
+def test_an_s3_object_digest_is_the_digest_of_its_bytes(bucket):
+    data = bytes(range(251)) * 20_000  # 5 MB: streamed in 1 MiB reads
+    storage.write_bytes(f"s3://{bucket}/d.bin", data)
+    assert storage.file_digest(f"s3://{bucket}/d.bin") == storage.digest(data)
+    storage.write_bytes(f"s3://{bucket}/empty.bin", b"")
+    assert storage.file_digest(f"s3://{bucket}/empty.bin") == storage.digest(b"")
