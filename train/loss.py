@@ -131,6 +131,17 @@ def local_tensor(x: torch.Tensor) -> torch.Tensor:
     return x.to_local() if isinstance(x, DTensor) else x
 
 
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA by a pinned, asynchronous copy.
+
+    A copy from pageable memory makes the host wait until the stream has run everything queued
+    before it (the whole encoder forward), so the GPU then idles while the host queues the rest.
+    """
+    if torch.device(device).type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def _sum(x: torch.Tensor) -> torch.Tensor:
     return _SumKeepGrad.apply(x) if _world()[1] > 1 else x
 
@@ -221,7 +232,8 @@ class PartialFC(nn.Module):
 
         The label bookkeeping (draw, which targets are local, the positives to keep, the loss mask)
         runs on the CPU, where the labels are, instead of ``unique()`` and boolean indexing on the
-        device; their host -> device copies are from pageable memory and still wait for the stream.
+        device; its results reach the device by pinned asynchronous copies, so the host never waits
+        for the encoder's forward to finish before queueing the head and the backward.
         """
         cfg = self.cfg
         world = _world()[1]
@@ -237,21 +249,21 @@ class PartialFC(nn.Module):
         target = torch.where(local, cols - self.lo, -1)
         dev = w.device
         if cfg.sample_rate < 1.0 and n_local > 0:
-            pos = target[local].unique().to(dev)
+            pos = to_device(target[local].unique(), dev)
             n_sample = max(int(cfg.sample_rate * n_local), pos.numel())
             score = torch.rand(n_local, generator=gen_neg, device=dev)
             score[pos] = 2.0
-            index = score.topk(n_sample).indices.sort().values
+            index = score.topk(n_sample, sorted=False).indices.sort().values  # the set is what counts
             remap = torch.full((n_local,), -1, dtype=torch.long, device=dev)
             remap[index] = torch.arange(n_sample, device=dev)
-            target = target.to(dev)
+            target = to_device(target, dev)
             target = torch.where(target >= 0, remap[target.clamp(min=0)], -1)
             w = self._rows(w, index)
         else:
-            target = target.to(dev)
+            target = to_device(target, dev)
             if self.sampled_update and n_local > 0:
                 w = self._rows(w, torch.arange(n_local, device=dev))
-        valid = valid.to(dev)
+        valid = to_device(valid, dev)
         # cosines as (emb / |emb|) . c / |c|: the (S, D) normalised centres are never written; the GEMM
         # may run in bf16 under autocast, everything after it is fp32
         w = w.float()
@@ -306,7 +318,7 @@ class ConceptHeads(nn.Module):
                 mine, my_labels = emb, labels
             else:
                 idx = torch.tensor(rows, dtype=torch.long)
-                mine, my_labels = emb.index_select(0, idx.to(emb.device)), labels.index_select(0, idx)
+                mine, my_labels = emb.index_select(0, to_device(idx, emb.device)), labels.index_select(0, idx)
             loss = head(mine, my_labels, gen_draw, gen_neg)
             parts[name] = loss.detach()
             total = total + self.cfgs[name].weight * loss

@@ -21,15 +21,15 @@ FILE = "encoder.onnx"
 
 
 class _OneSample(Packed):
-    """A packed batch of exactly one sample: uniform by definition, with a symbolic length."""
+    """A packed batch of exactly one sample: one run by definition, with a symbolic length."""
 
     @property
     def batch(self) -> int:
         return 1
 
     @property
-    def uniform(self) -> bool:  # the base class hashes the lengths, which a symbolic length forbids
-        return True
+    def runs(self) -> list[tuple[int, int]]:  # the base class compares lengths, which a symbolic length forbids
+        return [(self.lengths[0], 1)]
 
 
 class OnnxEncoder(nn.Module):

@@ -100,12 +100,10 @@ class SampledRowAdamW:
         for head, (rows, g) in zip(self.heads, self.grads, strict=True):
             if rows.numel() == 0:
                 continue
-            head.updates += 1
-            t = int(head.updates)
+            head.updates += 1  # on the device: reading it back would make the host wait for the step
             w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
             coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
-            hyper = (group["lr"], group["weight_decay"], b1, b2, self.eps, 1 - b1**t, math.sqrt(1 - b2**t))
-            adamw_rows(w, m, v, rows, g, coef, *hyper)
+            adamw_rows(w, m, v, rows, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
         self.grads, self.coef = [], None
 
     def zero_grad(self, set_to_none: bool = True):
@@ -114,18 +112,22 @@ class SampledRowAdamW:
             head.pending = []
 
 
-def adamw_rows(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
+def adamw_rows(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
     """torch AdamW's update of ``w[rows]`` and its moments, with the gradient ``g * coef``, in place.
 
+    ``step``: the update count (a 0-d integer tensor, this update included) for the bias corrections.
     On CUDA one Triton pass reads each scored row's weight, moments and gradient once and writes
-    them back (eager torch makes three gathers, six elementwise passes and three scatters); elsewhere
-    the same formulas in torch.
+    them back (eager torch makes three gathers, six elementwise passes and three scatters), and the
+    bias corrections are computed on the device, so the host never waits; elsewhere the same
+    formulas in torch.
     """
     fn = _adamw_rows_triton if w.is_cuda else _adamw_rows_torch
-    fn(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt)
+    fn(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step)
 
 
-def _adamw_rows_torch(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
+def _adamw_rows_torch(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
+    t = int(step)
+    bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
     g = g * coef
     wr, mr, vr = w[rows], m[rows], v[rows]
     wr.mul_(1 - lr * wd)
@@ -146,8 +148,9 @@ def _row_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(W, M, V, ROWS, G, COEF, n_rows, D, lr, wd, b1, b2, eps, bc1, bc2_sqrt,
+    def kernel(W, M, V, ROWS, G, COEF, BC, n_rows, D, lr, wd, b1, b2, eps,
                BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+        bc1, bc2_sqrt = tl.load(BC), tl.load(BC + 1)
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask = (r[:, None] < n_rows) & (d[None, :] < D)
@@ -169,13 +172,15 @@ def _row_kernel():
     return kernel
 
 
-def _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, bc1, bc2_sqrt):
+def _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
     for t in (w, m, v, g):
         if not t.is_contiguous() or t.dtype != torch.float32:
             raise ValueError("adamw_rows: centres, moments and gradient must be contiguous fp32 matrices")
     n, d = g.shape
+    t = step.to(device=w.device, dtype=torch.float64)  # the host's float64 formulas, rounded to fp32 at the end
+    bc = torch.stack([1 - b1**t, (1 - b2**t).sqrt()]).float()
     grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
-    _row_kernel()[grid](w, m, v, rows, g, coef.float().reshape(1), n, d, lr, wd, b1, b2, eps, bc1, bc2_sqrt,
+    _row_kernel()[grid](w, m, v, rows, g, coef.float().reshape(1), bc, n, d, lr, wd, b1, b2, eps,
                         BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)  # fmt: skip
 
 

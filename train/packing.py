@@ -4,10 +4,12 @@ Every sample (image, OCR page, codec tokens, sampled frames, collage) becomes pa
 (L_i, 3*p*p) with explicit (t, h, w) positions; a micro-batch concatenates them into
 (N = sum L_i) tokens with no padding. Attention stays inside each sample:
 
-* all samples of equal length -> dense batched SDPA (flash/cuDNN kernels, no mask at all);
-* CUDA, mixed lengths -> varlen flash attention on cumulative sequence lengths
-  (FlexAttention with a document mask where varlen is unavailable);
-* CPU, mixed lengths -> SDPA with a block-diagonal boolean mask (exact, O(N^2) memory).
+* samples in at most ``DENSE_RUNS`` runs of equal length (a batch of one image size, codec clips
+  of one budget, or a batch sorted by length) -> one dense batched SDPA per run (flash/cuDNN
+  kernels, no mask at all);
+* CUDA, more runs -> varlen flash attention on cumulative sequence lengths (FlexAttention with a
+  document mask where varlen is unavailable);
+* CPU, more runs -> SDPA with a block-diagonal boolean mask (exact, O(N^2) memory).
 
 This module imports only torch, so GPU benchmarks can use it without the data stack.
 """
@@ -36,8 +38,15 @@ class Packed:
         return len(self.lengths)
 
     @property
-    def uniform(self) -> bool:
-        return len(set(self.lengths)) == 1
+    def runs(self) -> list[tuple[int, int]]:
+        """(length, count) of each maximal run of consecutive samples of equal length."""
+        out: list[tuple[int, int]] = []
+        for n in self.lengths:
+            if out and out[-1][0] == n:
+                out[-1] = (n, out[-1][1] + 1)
+            else:
+                out.append((n, 1))
+        return out
 
     def to(self, device, non_blocking: bool = True) -> Packed:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -111,13 +120,28 @@ def _flex_attention(q, k, v, packed: Packed):
     return out[0].transpose(0, 1)
 
 
+DENSE_RUNS = 4  # runs of equal length attended as dense batches; beyond, one varlen call (see module doc)
+
+
+def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` samples of equal length, back to back: batched SDPA with no mask."""
+    n, h, d = q.shape
+    q, k, v = (x.view(count, n // count, h, d).transpose(1, 2) for x in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h, d)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) -> torch.Tensor:
     """q, k, v (N, heads, d) -> (N, heads, d), attention restricted to each sample's tokens."""
-    n, h, d = q.shape
-    if packed.uniform:
-        b = packed.batch
-        q, k, v = (x.view(b, n // b, h, d).transpose(1, 2) for x in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h, d)
+    runs = packed.runs
+    if len(runs) == 1:
+        return _dense(q, k, v, runs[0][1])
+    if len(runs) <= DENSE_RUNS:
+        outs, at = [], 0
+        for length, count in runs:
+            end = at + length * count
+            outs.append(_dense(q[at:end], k[at:end], v[at:end], count))
+            at = end
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
     if q.is_cuda:
         if _varlen is not None and q.dtype in (torch.float16, torch.bfloat16):  # flash kernels: half only
             m = max(packed.lengths)

@@ -8,7 +8,8 @@ baseline measured in the same run:
 * T1  model TFLOP/s of ViT-L/16 training steps at 224 px, 448 px and packed 2048-token codec
       micro-batches, divided by the bf16 GEMM TFLOP/s of the same card;
 * T2  our images/s over timm ViT-L/16 + torch.compile, same batch, same loss on the embedding;
-* T3  useful TFLOP/s of a packed mixed-length batch over a dense batch of equal total tokens;
+* T3  useful TFLOP/s of a packed mixed-length batch over a dense batch of equal total tokens
+      (dense runs of equal length, the trainer's choice; one varlen call; FlexAttention);
 * T4  partial-FC share of step time at 2M classes (sample rate 0.1, 8 of 10 labels drawn), with the
       trainer's update (clip + sampled-row AdamW) and with the reference's dense AdamW over every row;
       a torch.profiler table of the sampled head's step goes to $OUT/profile_pfc.txt.
@@ -127,18 +128,24 @@ def useful_flops(enc, lengths) -> float:
     return sum(n * enc.flops_per_token(n) for n in lengths)
 
 
-def run_case(res, name, lengths, mode="blocks", flex=False):
+def run_case(res, name, lengths, mode="blocks", attention="runs", profile=""):
+    """``attention``: ``runs`` (the trainer's choice: dense SDPA per run of equal length, varlen beyond
+    ``DENSE_RUNS`` runs), ``varlen`` (one varlen flash call) or ``flex`` (FlexAttention document mask)."""
     import train.packing as packing
 
-    saved = packing._varlen
-    if flex:
-        packing._varlen = None  # force the FlexAttention path
+    saved = packing._varlen, packing.DENSE_RUNS
+    if attention != "runs":
+        packing.DENSE_RUNS = 0
+    if attention == "flex":
+        packing._varlen = None
     peak_reset()
     enc, model = ours(mode)
     b = batch(lengths)
     step = make_step(model, enc.parameters(), lambda: model(b).float().square().mean())
     dt = timed(step)
-    packing._varlen = saved
+    if profile:
+        write_profile(step, profile)
+    packing._varlen, packing.DENSE_RUNS = saved
     tf = useful_flops(enc, lengths) / dt / 1e12
     res[name] = {"s_per_step": dt, "samples_per_s": len(lengths) / dt, "tflops": tf, "of_gemm": tf / res["gemm_tflops"],
                  "peak_gib": peak_gib()}  # fmt: skip
@@ -177,17 +184,33 @@ def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", p
         classes * enc.dim * 12 / 2**30
     )
     print(name, json.dumps(res[name]), flush=True)
-    if profile and DEV.type == "cuda":
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(3):
-                step()
-            sync()
-        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=60)
-        out = Path(os.environ.get("OUT", "out/bench"))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "profile_pfc.txt").write_text(table)
+    if profile:
+        write_profile(step, "profile_pfc.txt")
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
+
+
+def write_profile(step, filename):
+    """torch.profiler over 3 steps: kernels by GPU time (with input shapes), and the step's GPU-busy share."""
+    if DEV.type != "cuda":
+        return
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    sync()
+    t0 = time.perf_counter()
+    with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+        for _ in range(3):
+            step()
+        sync()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6  # us -> s
+    head = f"3 steps: {wall * 1e3:.1f} ms wall (profiled), {busy * 1e3:.1f} ms of GPU kernels\n\n"
+    table = events.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=50, max_shapes_column_width=90
+    )
+    out = Path(os.environ.get("OUT", "out/bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / filename).write_text(head + table + "\n\nby input shape\n" + shapes)
 
 
 def save(res):
@@ -204,14 +227,18 @@ def main():
     img224 = [196] * (4 if k else 128)
     # ------------------------------------------------------------------ T1, T2 (ours), T3
     if not T4_ONLY:
-        run_case(res, "vit_l_224_bs128", img224)
+        run_case(res, "vit_l_224_bs128", img224, profile="profile_ours_224.txt")
+        timm_case(res, img224)
         run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
         run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
         run_case(res, "codec_2048x8", [2048] * (1 if k else 8))
         mixed = [2048, 1024, 512] if k else [2048] * 4 + [1024] * 4 + [512] * 8
-        run_case(res, "mixed_16k_varlen", mixed)
-        run_case(res, "mixed_16k_flex", mixed, flex=True)
-        res["T3_packed_over_dense"] = res["mixed_16k_varlen"]["tflops"] / res["codec_2048x8"]["tflops"]
+        run_case(res, "mixed_16k_runs", mixed)
+        run_case(res, "mixed_16k_varlen", mixed, attention="varlen")
+        run_case(res, "mixed_16k_flex", mixed, attention="flex")
+        for variant in ("runs", "varlen", "flex"):
+            res[f"T3_{variant}_over_dense"] = res[f"mixed_16k_{variant}"]["tflops"] / res["codec_2048x8"]["tflops"]
+        save(res)
 
     # ------------------------------------------------------------------ T4: partial FC at 2M classes
     run_case(res, "vit_l_224_bs128", img224)  # re-measured right before the head cases, same compiled graphs
@@ -223,32 +250,36 @@ def main():
     base = res["vit_l_224_bs128"]["s_per_step"]
     for case in ("one_gpu", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
         res[f"T4_share_{case}"] = 1 - base / res[f"pfc_2M_{case}"]["s_per_step"]
-    if T4_ONLY:
-        save(res)
-        print(json.dumps(res, indent=1))
-        return
-
-    # ------------------------------------------------------------------ T2: timm ViT-L/16 + compile
-    try:
-        import timm
-
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        n = len(img224)
-        name = "vit_large_patch16_224" if not SMOKE else "vit_tiny_patch16_224"
-        tm = timm.create_model(name, num_classes=0).to(DEV)
-        tmc = torch.compile(tm) if not SMOKE else tm
-        x = torch.randn(n, 3, 224, 224, device=DEV)
-        dt = timed(make_step(tmc, tm.parameters(), lambda: tmc(x).float().square().mean()))
-        res["timm_vit_l_224_bs128"] = {"s_per_step": dt, "samples_per_s": n / dt}
-        res["T2_ours_over_timm"] = res["vit_l_224_bs128"]["samples_per_s"] / (n / dt)
-        res["T2_ours_model_compile_over_timm"] = res["vit_l_224_bs128_model_compile"]["samples_per_s"] / (n / dt)
-        print("timm", json.dumps(res["timm_vit_l_224_bs128"]), flush=True)
-    except ImportError:
-        res["timm_vit_l_224_bs128"] = "timm not installed"
-
+    if not T4_ONLY:
+        res["T2_ours_model_compile_over_timm"] = (
+            res["vit_l_224_bs128_model_compile"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
+        )
     save(res)
     print(json.dumps(res, indent=1))
+
+
+def timm_case(res, img224):
+    """T2's baseline: timm ViT-L/16 + torch.compile, same batch, same loss on the embedding."""
+    try:
+        import timm
+    except ImportError:
+        res["timm_vit_l_224_bs128"] = "timm not installed"
+        return
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    n = len(img224)
+    name = "vit_large_patch16_224" if not SMOKE else "vit_tiny_patch16_224"
+    tm = timm.create_model(name, num_classes=0).to(DEV)
+    tmc = torch.compile(tm) if not SMOKE else tm
+    x = torch.randn(n, 3, 224, 224, device=DEV)
+    step = make_step(tmc, tm.parameters(), lambda: tmc(x).float().square().mean())
+    dt = timed(step)
+    write_profile(step, "profile_timm_224.txt")
+    res["timm_vit_l_224_bs128"] = {"s_per_step": dt, "samples_per_s": n / dt}
+    res["T2_ours_over_timm"] = res["vit_l_224_bs128"]["samples_per_s"] / (n / dt)
+    print("timm", json.dumps(res["timm_vit_l_224_bs128"]), flush=True)
+    save(res)
+    torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from train import packing
 from train.config import ModelConfig
 from train.model import Encoder
 from train.packing import pack, patchify
@@ -10,10 +11,13 @@ from train.packing import pack, patchify
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def test_varlen_packed_batch_equals_each_sample_alone_on_gpu():
+@pytest.mark.parametrize("dense_runs", [0, 4], ids=["varlen", "dense-runs"])
+def test_packed_batch_equals_each_sample_alone_on_gpu(monkeypatch, dense_runs):
+    monkeypatch.setattr(packing, "DENSE_RUNS", dense_runs)
     torch.manual_seed(0)
     model = Encoder(ModelConfig("base")).cuda().eval()
-    items = [patchify(torch.randn(3, 16 * h, 16 * w), 16) for h, w in ((14, 14), (7, 21), (28, 14), (3, 5))]
+    sizes = ((14, 14), (14, 14), (7, 21), (28, 14), (28, 14), (3, 5))  # 4 runs of equal length
+    items = [patchify(torch.randn(3, 16 * h, 16 * w), 16) for h, w in sizes]
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         together = model(pack(items).to("cuda")).float()
         alone = torch.cat([model(pack([it]).to("cuda")).float() for it in items])
@@ -42,7 +46,7 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     v = torch.rand(n, d, device="cuda", generator=g) * 1e-6
     rows = torch.randperm(n, device="cuda", generator=g)[: n // 10].sort().values
     grad = torch.randn(len(rows), d, device="cuda", generator=g) * 1e-3
-    hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, 1 - 0.9**5, (1 - 0.999**5) ** 0.5)
+    hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, torch.tensor(5, device="cuda"))
     ref = [t.clone() for t in (w, m, v)]
     _adamw_rows_torch(*ref, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)
     adamw_rows(w, m, v, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)

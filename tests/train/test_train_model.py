@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from train import packing
 from train.config import ModelConfig
 from train.model import Encoder
 from train.packing import codec_tokens, pack, patchify
@@ -14,10 +16,14 @@ def _samples(patch=16):
     return [image, codec, collage]
 
 
-def test_packed_batch_equals_each_sample_alone():
+@pytest.mark.parametrize("dense_runs", [0, 4], ids=["block-mask", "dense-runs"])
+def test_packed_batch_equals_each_sample_alone(monkeypatch, dense_runs):
+    monkeypatch.setattr(packing, "DENSE_RUNS", dense_runs)
     torch.manual_seed(0)
     model = Encoder(ModelConfig("debug")).eval()
-    items = _samples()
+    image, codec, collage = _samples()
+    items = [image, image, codec, collage, collage, codec]
+    assert pack(items).runs == [(12, 2), (5, 1), (16, 2), (5, 1)]
     with torch.no_grad():
         packed = pack(items)
         together = model(packed)
@@ -35,7 +41,7 @@ def test_uniform_batch_takes_the_dense_path_with_the_same_result():
     items = [patchify(torch.randn(3, 32, 32), 16) for _ in range(3)]
     with torch.no_grad():
         packed = pack(items)
-        assert packed.uniform
+        assert packed.runs == [(4, 3)]
         dense = model(packed)
         alone = torch.cat([model(pack([it])) for it in items])
     torch.testing.assert_close(dense, alone, rtol=1e-5, atol=1e-5)
