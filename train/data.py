@@ -196,6 +196,10 @@ class _Micro:
     labels: torch.Tensor
     keys: list[str]
 
+    def pin_memory(self) -> _Micro:  # the DataLoader's pin-memory thread calls this on each batch
+        self.packed = self.packed.pin_memory()
+        return self
+
 
 def _collate(samples: list[dict]) -> _Micro:
     rows = [s["labels"] if "labels" in s else s["cls"].numpy() for s in samples]
@@ -211,7 +215,8 @@ class Stream:
 
     def __init__(self, cfg: DataConfig, patch: int, num_classes: dict[str, int], seed: int = 0, rank: int = 0,
                  world: int = 1, accum: int = 1, state: dict | None = None,
-                 label_fields: dict[str, str] | None = None):  # fmt: skip
+                 label_fields: dict[str, str] | None = None, pin_memory: bool = False):  # fmt: skip
+        self.pin_memory = pin_memory  # page-locked batches (for a CUDA trainer): asynchronous host -> device copies
         self.cfg, self.patch, self.num_classes, self.seed, self.accum = cfg, patch, num_classes, seed, accum
         self.label_fields = dict(label_fields or {})
         sets = modality_sets(cfg.shards)
@@ -245,6 +250,8 @@ class Stream:
                                       num_classes=self.num_classes, label_fields=self.label_fields)  # fmt: skip
         self.reader.transforms.update(dict.fromkeys(self.reader.modalities, transform))
         extra = {"prefetch_factor": self.cfg.prefetch} if self.cfg.workers else {}
+        if self.pin_memory:
+            extra["pin_memory"] = True
         self._batches = self.reader.loader(self.cfg.batch_size, self.cfg.workers, collate_fn=_collate, **extra)
         self._size = size
 

@@ -57,7 +57,8 @@ def train(cfg: RunConfig) -> list[dict]:
             print(f"[train] initialised from {cfg.init_from} (encoder, heads {kept})")
     num_classes = {m: h.num_classes for h in cfg.heads for m in h.modalities}
     label_fields = {m: h.labels for h in cfg.heads for m in h.modalities}
-    stream = Stream(cfg.data, cfg.model.patch, num_classes, cfg.seed, rank, world, cfg.accum, data_state, label_fields)
+    stream = Stream(cfg.data, cfg.model.patch, num_classes, cfg.seed, rank, world, cfg.accum, data_state, label_fields,
+                    pin_memory=device.type == "cuda")  # fmt: skip
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if cfg.parallel.dtype == "bf16" else contextlib.nullcontext()
     )

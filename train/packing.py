@@ -48,6 +48,11 @@ class Packed:
                 out.append((n, 1))
         return out
 
+    def pin_memory(self) -> Packed:
+        """The same batch in page-locked memory, so ``to(cuda)`` copies asynchronously."""
+        return Packed(self.tokens.pin_memory(), self.pos.pin_memory(), self.lengths, self.cu_seqlens.pin_memory(),
+                      self.segment.pin_memory())  # fmt: skip
+
     def to(self, device, non_blocking: bool = True) -> Packed:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Packed(move(self.tokens), move(self.pos), self.lengths, move(self.cu_seqlens), move(self.segment))
