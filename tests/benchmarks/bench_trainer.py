@@ -1,6 +1,6 @@
 """Trainer benchmarks on one GPU: model FLOP utilisation, timm parity, packing cost, partial-FC share.
 
-    python tests/benchmarks/bench_trainer.py [--smoke] [--t4]   # --smoke: debug flavour on CPU, no timing value
+    python tests/benchmarks/bench_trainer.py [--smoke] [--t4] [--quick]  # --smoke: debug flavour on CPU, no timing value
                                                                 # --t4: only the partial-FC cases (and their base)
 
 Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
@@ -37,6 +37,7 @@ from train.parallelize import parallelize  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
 T4_ONLY = "--t4" in sys.argv
+QUICK = "--quick" in sys.argv  # T1-T4 without the variants (whole-model compile, 448 px, FlexAttention)
 DEV = torch.device("cpu" if SMOKE else "cuda")
 FLAVOUR = "debug" if SMOKE else "large"
 STEPS, WARMUP = (2, 1) if SMOKE else (10, 3)
@@ -229,14 +230,16 @@ def main():
     if not T4_ONLY:
         run_case(res, "vit_l_224_bs128", img224, profile="profile_ours_224.txt")
         timm_case(res, img224)
-        run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
-        run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
+        if not QUICK:
+            run_case(res, "vit_l_224_bs128_model_compile", img224, mode="model")
+            run_case(res, "vit_l_448_bs32", [784] * (2 if k else 32))
         run_case(res, "codec_2048x8", [2048] * (1 if k else 8))
         mixed = [2048, 1024, 512] if k else [2048] * 4 + [1024] * 4 + [512] * 8
         run_case(res, "mixed_16k_runs", mixed)
         run_case(res, "mixed_16k_varlen", mixed, attention="varlen")
-        run_case(res, "mixed_16k_flex", mixed, attention="flex")
-        for variant in ("runs", "varlen", "flex"):
+        if not QUICK:
+            run_case(res, "mixed_16k_flex", mixed, attention="flex")
+        for variant in ("runs", "varlen") + (() if QUICK else ("flex",)):
             res[f"T3_{variant}_over_dense"] = res[f"mixed_16k_{variant}"]["tflops"] / res["codec_2048x8"]["tflops"]
         save(res)
 
@@ -250,7 +253,7 @@ def main():
     base = res["vit_l_224_bs128"]["s_per_step"]
     for case in ("one_gpu", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
         res[f"T4_share_{case}"] = 1 - base / res[f"pfc_2M_{case}"]["s_per_step"]
-    if not T4_ONLY:
+    if not T4_ONLY and not QUICK:
         res["T2_ours_model_compile_over_timm"] = (
             res["vit_l_224_bs128_model_compile"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
         )

