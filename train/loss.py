@@ -28,6 +28,8 @@ head is never made. Without it the centres are an ordinary parameter of the torc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -264,33 +266,64 @@ class PartialFC(nn.Module):
             if self.sampled_update and n_local > 0:
                 w = self._rows(w, torch.arange(n_local, device=dev))
         valid = to_device(valid, dev)
-        # cosines as (emb / |emb|) . c / |c|: the (S, D) normalised centres are never written; the GEMM
-        # may run in bf16 under autocast, everything after it is fp32
-        w = w.float()
-        inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()  # F.normalize's eps
-        cos = ((F.normalize(emb.float(), dim=1) @ w.T).float() * inv_norm).clamp(-1, 1)  # (B, S)
-        base = torch.where(cos > cfg.filter, torch.zeros_like(cos), cos) * cfg.scale
         has = target >= 0
         t_idx = target.clamp(min=0)
-        t_margin = (cos.gather(1, t_idx) - cfg.margin) * cfg.scale  # (B, J)
-        with torch.no_grad():  # stabiliser: the global row max of every logit that can appear
-            row_max = torch.cat([base, torch.where(has, t_margin, -1e4)], 1).max(dim=1).values
-            if world > 1:
-                dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-        # sum over non-target entries, then add back the other columns' targets and this column's
-        # margin target: no subtraction, so no cancellation when the target dominates the row
-        e = (base - row_max[:, None]).exp()
-        is_target = torch.zeros_like(base).scatter_add_(1, t_idx, has.float()) > 0
-        rest = e.masked_fill(is_target, 0.0).sum(dim=1)  # (B,)
-        e_t = torch.where(has, e.gather(1, t_idx), 0.0)
-        same = target[:, :, None] == target[:, None, :]  # (B, J, J)
-        first = has & ~(same & torch.ones_like(same).tril(-1)).any(dim=2)  # first occurrence of a target
-        others = ((first[:, None, :] & ~same) * e_t[:, None, :]).sum(dim=2)
-        own = torch.where(has, (t_margin - row_max[:, None]).exp(), 0.0)
-        total = _sum(rest[:, None] + others + own)  # (B, J), identical on every rank
+        scores, terms = _kernels(dev)
+        base, t_margin, row_max = scores(emb, w, t_idx, has, cfg.filter, cfg.margin, cfg.scale)
+        if world > 1:
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        total = _sum(terms(base, t_margin, row_max, target, t_idx, has))  # (B, J), identical on every rank
         t_logit = _sum(torch.where(has, t_margin, 0.0))
         loss = torch.where(valid, total.clamp_min(1e-30).log() + row_max[:, None] - t_logit, 0.0)
         return loss.sum() / valid.sum()
+
+
+def _scores(emb, w, t_idx, has, filter: float, margin: float, scale: float):
+    """(B, S) filtered, scaled logits; (B, J) margin target logits; (B,) row maxima of both (no gradient).
+
+    Cosines as (emb / |emb|) . c / |c|: the (S, D) normalised centres are never written; the GEMM
+    may run in bf16 under autocast, everything after it is fp32.
+    """
+    w = w.float()
+    inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()  # F.normalize's eps
+    cos = ((F.normalize(emb.float(), dim=1) @ w.T).float() * inv_norm).clamp(-1, 1)  # (B, S)
+    base = torch.where(cos > filter, torch.zeros_like(cos), cos) * scale
+    t_margin = (cos.gather(1, t_idx) - margin) * scale  # (B, J)
+    # stabiliser: the row max of every logit that can appear (all-reduced across ranks by the caller)
+    row_max = torch.cat([base, torch.where(has, t_margin, -1e4)], 1).detach().amax(dim=1)
+    return base, t_margin, row_max
+
+
+def _terms(base, t_margin, row_max, target, t_idx, has):
+    """(B, J) this rank's share of each drawn column's sum-exp.
+
+    The sum over non-target entries, plus the other columns' targets, plus this column's margin
+    target: no subtraction, so no cancellation when the target dominates the row.
+    """
+    e = (base - row_max[:, None]).exp()
+    is_target = torch.zeros_like(base).scatter_add_(1, t_idx, has.float()) > 0
+    rest = e.masked_fill(is_target, 0.0).sum(dim=1)  # (B,)
+    e_t = torch.where(has, e.gather(1, t_idx), 0.0)
+    same = target[:, :, None] == target[:, None, :]  # (B, J, J)
+    first = has & ~(same & torch.ones_like(same).tril(-1)).any(dim=2)  # first occurrence of a target
+    others = ((first[:, None, :] & ~same) * e_t[:, None, :]).sum(dim=2)
+    own = torch.where(has, (t_margin - row_max[:, None]).exp(), 0.0)
+    return rest[:, None] + others + own
+
+
+@functools.cache
+def _compiled():
+    return torch.compile(_scores), torch.compile(_terms)
+
+
+def _kernels(device) -> tuple:
+    """``_scores`` and ``_terms``; on CUDA compiled, so that their ~30 elementwise passes over the (B, S)
+    logits and the (S, D) rows, forward and backward, become a few fused kernels (RESULTS.md, Trainer).
+    Elsewhere eager: the CPU tests run the same functions without a compiler."""
+    return _compiled() if COMPILE_ON_CUDA and torch.device(device).type == "cuda" else (_scores, _terms)
+
+
+COMPILE_ON_CUDA = True  # the GPU test compares the compiled head with the eager one
 
 
 class ConceptHeads(nn.Module):

@@ -148,8 +148,13 @@ def run_case(res, name, lengths, mode="blocks", attention="runs", profile=""):
         write_profile(step, profile)
     packing._varlen, packing.DENSE_RUNS = saved
     tf = useful_flops(enc, lengths) / dt / 1e12
-    res[name] = {"s_per_step": dt, "samples_per_s": len(lengths) / dt, "tflops": tf, "of_gemm": tf / res["gemm_tflops"],
-                 "peak_gib": peak_gib()}  # fmt: skip
+    res[name] = {
+        "s_per_step": dt,
+        "samples_per_s": len(lengths) / dt,
+        "tflops": tf,
+        "of_gemm": tf / res["gemm_tflops"],
+        "peak_gib": peak_gib(),
+    }
     print(name, json.dumps(res[name]), flush=True)
     save(res)
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
@@ -179,15 +184,40 @@ def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", p
     params = list(enc.parameters()) + (list(heads.parameters()) if update == "dense" else [])
     heads_opt = SampledRowAdamW(heads, OptimConfig(lr=1e-4)) if update == "sampled" else None
     step = make_step(model, params, with_head, heads_opt)
+    allocs = alloc_counts()
     res[name] = {"s_per_step": timed(step), "peak_gib": peak_gib()}
+    res[name]["allocator_during_timing"] = alloc_counts(allocs)
     # the head's memory over the plain encoder step, against fp32 centres + two AdamW moments
     res[name]["head_gib_over_12_bytes_per_entry"] = (res[name]["peak_gib"] - res["vit_l_224_bs128"]["peak_gib"]) / (
         classes * enc.dim * 12 / 2**30
     )
-    print(name, json.dumps(res[name]), flush=True)
     if profile:
         write_profile(step, "profile_pfc.txt")
+    if heads_opt is not None:  # the head alone on a fixed embedding: its own GPU time, without the encoder around it
+        emb0 = torch.randn(n, enc.dim, device=DEV, requires_grad=True)
+
+        def head_only():
+            with torch.autocast(DEV.type, dtype=torch.bfloat16):
+                loss = heads(emb0, modality, labels, seed=0, step=next(counter))[0]
+            loss.backward()
+            heads_opt.clip(5.0)
+            heads_opt.step()
+            emb0.grad = None
+
+        res[name]["head_alone_s"] = timed(head_only)
+        if profile:
+            write_profile(head_only, "profile_head_alone.txt")
+    print(name, json.dumps(res[name]), flush=True)
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
+
+
+def alloc_counts(since: dict | None = None) -> dict:
+    """The caching allocator's device allocations, frees and retries (a retry frees the cache and syncs)."""
+    if DEV.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats()
+    now = {k: stats.get(k, 0) for k in ("num_device_alloc", "num_device_free", "num_alloc_retries")}
+    return {k: v - since[k] for k, v in now.items()} if since else now
 
 
 def write_profile(step, filename):

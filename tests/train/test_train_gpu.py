@@ -60,8 +60,11 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     for sampled in (False, True):
         heads = ConceptHeads((HeadConfig(num_classes=20_000, sample_rate=1.0),), 128, 0, "cuda", sampled_update=sampled)
         head = heads.heads["image"]
-        opt = SampledRowAdamW(heads, cfg) if sampled else torch.optim.AdamW(heads.parameters(), lr=cfg.lr,
-                                                                          weight_decay=0.05, fused=True)  # fmt: skip
+        opt = (
+            SampledRowAdamW(heads, cfg)
+            if sampled
+            else torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=0.05, fused=True)
+        )
         for step in range(3):
             heads(emb.cuda(), ["image"] * 64, labels, seed=0, step=step)[0].backward()
             if sampled:
@@ -71,4 +74,38 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
             opt.step()
             opt.zero_grad()
         out[sampled] = head.weight.detach()
-    torch.testing.assert_close(out[True], out[False], rtol=1e-5, atol=1e-4 * cfg.lr)
+    # equal but for elements whose gradient is near AdamW's eps, where g / (|g| + eps) turns 1-ulp gradient
+    # differences (torch's fused kernel and ours round differently) into visible ones; a wrong bias
+    # correction or decay would move every element by a good part of lr
+    diff = (out[True] - out[False]).abs()
+    assert float(diff.max()) <= 0.02 * cfg.lr
+    assert float((diff > 1e-4 * cfg.lr).float().mean()) < 1e-3
+
+
+def test_compiled_head_equals_the_eager_head_on_cuda(monkeypatch):
+    """The head's logit math compiled on CUDA (loss.COMPILE_ON_CUDA) gives the eager loss and gradients."""
+    from train import loss as loss_mod
+    from train.config import HeadConfig
+
+    gen = torch.Generator().manual_seed(0)
+    emb0, labels = torch.randn(256, 1024, generator=gen), torch.randint(0, 50_000, (256, 10), generator=gen)
+    head = loss_mod.PartialFC(
+        HeadConfig(num_classes=50_000, sample_rate=0.1, draw=8), 1024, 0, "cuda", sampled_update=True
+    )
+    got = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(loss_mod, "COMPILE_ON_CUDA", compiled)
+        emb = emb0.cuda().requires_grad_(True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = head(emb, labels, torch.Generator().manual_seed(1), torch.Generator("cuda").manual_seed(2))
+        loss.backward()
+        rows, g = head.take_grad()
+        got[compiled] = (loss.detach(), emb.grad, rows, g)
+    (l0, e0, r0, g0), (l1, e1, r1, g1) = got[False], got[True]
+    assert torch.equal(r0, r1) and r0.numel() >= 5_000  # the same sampled rows
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=0)
+    # Fused kernels round bf16 products in another order: a few elements differ at bf16 level (seen on H100:
+    # 283 of 262144 over 1e-4 of the max, largest 9.7e-7), so compare element-wise at bf16 rounding and as a whole.
+    for a, b in ((e1, e0), (g1, g0)):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2 * float(b.abs().max()))
+        assert float((a - b).norm() / b.norm()) < 5e-3
