@@ -24,8 +24,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
-          "retina", "moon", "clock", "coins", "brick", "gravel")  # fmt: skip
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "moon",
+    "clock",
+    "coins",
+    "brick",
+    "gravel",
+)
 DUPLICATED = ("astronaut", "coffee", "chelsea", "china", "grace_hopper")
 
 # (name, codec, pan in px/frame, static) -- ~20 clips, the mix the codec stage must handle

@@ -87,8 +87,21 @@ STATIC_SIZE = (0.26, 0.34)  # x size: the static task's object
 PATH_LENGTH = (0.45, 0.85)  # x size: every path, whatever its shape
 PAN_TRAVEL = (0.1, 0.45)  # x size: camera travel over the whole clip, when it moves
 PAN_ZERO = 0.25  # share of clips with a still camera
-BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "gravel", "grass", "moon", "coins",
-               "clock", "immunohistochemistry", "cell")  # fmt: skip
+BACKGROUNDS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "brick",
+    "gravel",
+    "grass",
+    "moon",
+    "coins",
+    "clock",
+    "immunohistochemistry",
+    "cell",
+)
 
 _TASK_CODE = {"motion": 0, "static": 1, "pretrain": 2}
 _SPLIT_CODE = {"train": 0, "test": 1, "pretrain": 2}
@@ -293,8 +306,11 @@ def render(task: str, label: int, seed: int, *, size: int = 128, frames: int = 6
             distractors.append({"class_name": kind, "colour": list(DISTRACTOR_COLOURS[c]), "centre": _round(path)})
         _draw_discs(video, target, TARGET_COLOUR)  # on top: never hidden by a distractor
         r = sprite_radius(size)
-        truth["target"] = {"colour": list(TARGET_COLOUR), "centre": _round(target),
-                           "box": _round(np.concatenate([target - r, target + r], 1))}  # fmt: skip
+        truth["target"] = {
+            "colour": list(TARGET_COLOUR),
+            "centre": _round(target),
+            "box": _round(np.concatenate([target - r, target + r], 1)),
+        }
     elif task == "static":
         kind = STATIC_CLASSES[label]
         half = rng.uniform(*STATIC_SIZE) * size / 2
@@ -312,8 +328,13 @@ def render(task: str, label: int, seed: int, *, size: int = 128, frames: int = 6
             path = trajectory(path_kind, rng, frames=frames, size=size)
             _draw_discs(video, path, palette[c])
             distractors.append({"class_name": path_kind, "colour": list(palette[c]), "centre": _round(path)})
-        truth["target"] = {"colour": list(STATIC_COLOUR), "size": round(2 * half, 2), "angle": round(angle, 4),
-                           "centre": _round(screen0 - shift), "box": _round(box - np.tile(shift, 2))}  # fmt: skip
+        truth["target"] = {
+            "colour": list(STATIC_COLOUR),
+            "size": round(2 * half, 2),
+            "angle": round(angle, 4),
+            "centre": _round(screen0 - shift),
+            "box": _round(box - np.tile(shift, 2)),
+        }
     else:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     truth["distractors"] = distractors
@@ -354,28 +375,55 @@ def plan(
             labels = rng.permutation(np.resize(ids, n)) if n else []
             for i, label in enumerate(labels):
                 name = f"{task}-{split}-{i:04d}.mp4"
-                jobs.append({"name": name, "path": f"{task}/{split}/{name}", "task": task, "split": split,
-                             "label": int(label), "generator": task, "generator_label": int(label),
-                             "seed": _clip_seed(seed, task, split, i)})  # fmt: skip
+                jobs.append(
+                    {
+                        "name": name,
+                        "path": f"{task}/{split}/{name}",
+                        "task": task,
+                        "split": split,
+                        "label": int(label),
+                        "generator": task,
+                        "generator_label": int(label),
+                        "seed": _clip_seed(seed, task, split, i),
+                    }
+                )
     for i in range(pretrain):
         generator = ("motion", "static")[i % 2]
         clip_seed = _clip_seed(seed, "pretrain", "pretrain", i)
         ids = [TASKS[generator].index(c) for c in classes.get(generator, TASKS[generator])]
         label = ids[np.random.default_rng([clip_seed, 1]).integers(len(ids))]
         name = f"pretrain-{i:04d}.mp4"
-        jobs.append({"name": name, "path": f"pretrain/{name}", "task": "pretrain", "split": "pretrain", "label": -1,
-                     "generator": generator, "generator_label": int(label), "seed": clip_seed})  # fmt: skip
+        jobs.append(
+            {
+                "name": name,
+                "path": f"pretrain/{name}",
+                "task": "pretrain",
+                "split": "pretrain",
+                "label": -1,
+                "generator": generator,
+                "generator_label": int(label),
+                "seed": clip_seed,
+            }
+        )
     return jobs
 
 
 def _make(job: dict, out: str, size: int, frames: int) -> dict:
-    truth = make_clip(Path(out, job["path"]), job["generator"], job["generator_label"], job["seed"], size=size,
-                      frames=frames)  # fmt: skip
+    truth = make_clip(
+        Path(out, job["path"]), job["generator"], job["generator_label"], job["seed"], size=size, frames=frames
+    )
     labelled = job["label"] >= 0
-    return {"task": job["task"], "split": job["split"], "label": job["label"],
-            "class_name": truth["class_name"] if labelled else "", "path": job["path"],
-            "generator": job["generator"], "generator_class": truth["class_name"], "seed": job["seed"],
-            **{k: v for k, v in truth.items() if k != "class_name"}}  # fmt: skip
+    return {
+        "task": job["task"],
+        "split": job["split"],
+        "label": job["label"],
+        "class_name": truth["class_name"] if labelled else "",
+        "path": job["path"],
+        "generator": job["generator"],
+        "generator_class": truth["class_name"],
+        "seed": job["seed"],
+        **{k: v for k, v in truth.items() if k != "class_name"},
+    }
 
 
 def parse_classes(names: list[str] | None) -> dict[str, tuple[str, ...]]:
@@ -448,26 +496,40 @@ def build(
         for name, clip in clips.items():
             writer.writerow([clip["task"], clip["split"], name, clip["label"], clip["class_name"]])
     meta = {
-        "seed": seed, "size": size, "frames": frames, "fps": FPS, "gop": GOP,
+        "seed": seed,
+        "size": size,
+        "frames": frames,
+        "fps": FPS,
+        "gop": GOP,
         "encoder": "libx264 preset veryfast crf 23 yuv420p, keyint=min-keyint=16, scenecut=0, threads=1",
         "classes": {task: list(TASKS[task]) for task in TASKS},
         "used_classes": {task: list(chosen[task]) for task in TASKS},
-        "sprite_diameter": round(SPRITE_DIAMETER * size, 2), "target_colour": list(TARGET_COLOUR),
-        "distractor_colours": [list(c) for c in DISTRACTOR_COLOURS], "rim_colour": list(RIM_COLOUR),
+        "sprite_diameter": round(SPRITE_DIAMETER * size, 2),
+        "target_colour": list(TARGET_COLOUR),
+        "distractor_colours": [list(c) for c in DISTRACTOR_COLOURS],
+        "rim_colour": list(RIM_COLOUR),
         "static_colour": list(STATIC_COLOUR),
         "coordinates": "pixels; pixel (column x, row y) is centred at (x, y); box = (x0, y0, x1, y1)",
         "pan": "camera velocity (dx, dy) in px/frame: the background content moves by (-dx, -dy)",
         "camera": "per frame, the camera's integer position (x, y) relative to frame 0 (rounded pan x t)",
         "paths": "motion objects move in frame (screen) coordinates; the static object is fixed in the scene",
-    }  # fmt: skip
+    }
     (out / "truth.json").write_text(json.dumps({"meta": meta, "clips": clips}, separators=(",", ":")))
     counts: dict[str, int] = {}
     for clip in clips.values():
         key = "pretrain" if clip["task"] == "pretrain" else f"{clip['task']}/{clip['split']}"
         counts[key] = counts.get(key, 0) + 1
-    return {"out": str(out), "seed": seed, "size": size, "frames": frames, "clips": len(clips), "counts": counts,
-            "classes": meta["used_classes"], "workers": workers,
-            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    return {
+        "out": str(out),
+        "seed": seed,
+        "size": size,
+        "frames": frames,
+        "clips": len(clips),
+        "counts": counts,
+        "classes": meta["used_classes"],
+        "workers": workers,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,9 +562,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        summary = build(args.out_dir, seed=args.seed, size=args.size, frames=args.frames, train=args.train,
-                        test=args.test, pretrain=args.pretrain, classes=args.classes, workers=args.workers,
-                        progress=not args.quiet)  # fmt: skip
+        summary = build(
+            args.out_dir,
+            seed=args.seed,
+            size=args.size,
+            frames=args.frames,
+            train=args.train,
+            test=args.test,
+            pretrain=args.pretrain,
+            classes=args.classes,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     print(json.dumps(summary))

@@ -41,8 +41,12 @@ def write_labels(set_folder: str, bank_version: str, parts: dict[str, dict[str, 
         name = shard.removesuffix(".tar") + ".parquet"
         storage.write_bytes(storage.join(folder, name), buf.getvalue())
         names.append({"name": name, "shard": shard, "samples": len(keys)})
-    meta = {"format_version": fmt.FORMAT_VERSION, "bank_version": bank_version, "parts": names,
-            "samples": sum(p["samples"] for p in names)}  # fmt: skip
+    meta = {
+        "format_version": fmt.FORMAT_VERSION,
+        "bank_version": bank_version,
+        "parts": names,
+        "samples": sum(p["samples"] for p in names),
+    }
     storage.write_bytes(storage.join(folder, LABELS_NAME), fmt.encode_json(meta) + b"\n")
     return meta
 

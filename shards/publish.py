@@ -15,8 +15,16 @@ from shards.writer import write_index, write_shard
 
 
 class ShardSetWriter:
-    def __init__(self, folder: str, set_name: str, version: str, max_samples: int = 10_000,
-                 max_bytes: int = 1 << 30, extra: dict | None = None, overwrite: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        folder: str,
+        set_name: str,
+        version: str,
+        max_samples: int = 10_000,
+        max_bytes: int = 1 << 30,
+        extra: dict | None = None,
+        overwrite: bool = False,
+    ):
         index = storage.join(folder, fmt.INDEX_NAME)
         if storage.exists(index):
             if not overwrite:

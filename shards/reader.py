@@ -114,10 +114,22 @@ def _collate(fn, samples):
 class ShardStream(IterableDataset):
     """One reader for all modalities; see the module docstring for the contract."""
 
-    def __init__(self, sets: dict[str, str], weights: dict[str, float] | None = None, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, epochs: int | None = 1, shuffle_buffer: int = 0,
-                 transforms: dict | None = None, labels: str | None = None, max_bad_rate: float = 0.01,
-                 bad_grace: int = 10, attempts: int = storage.READ_ATTEMPTS):  # fmt: skip
+    def __init__(
+        self,
+        sets: dict[str, str],
+        weights: dict[str, float] | None = None,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epochs: int | None = 1,
+        shuffle_buffer: int = 0,
+        transforms: dict | None = None,
+        labels: str | None = None,
+        max_bad_rate: float = 0.01,
+        bad_grace: int = 10,
+        attempts: int = storage.READ_ATTEMPTS,
+    ):
         unknown = set(sets) - set(fmt.MODALITIES)
         if unknown:
             raise ValueError(f"unknown modality {sorted(unknown)}; the contract has {fmt.MODALITIES}")
@@ -191,8 +203,13 @@ class ShardStream(IterableDataset):
         if not kwargs.get("in_order", True):
             raise ValueError("in_order=False breaks the exact resume; the loader relies on round-robin order")
         self._start(num_workers)
-        dl = DataLoader(_Raw(self), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=functools.partial(_collate, collate_fn), **kwargs)  # fmt: skip
+        dl = DataLoader(
+            _Raw(self),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=functools.partial(_collate, collate_fn),
+            **kwargs,
+        )
         for batch, state, n in dl:
             self._note(*state)
             if n:
@@ -282,7 +299,11 @@ class ShardStream(IterableDataset):
                         live = [m for m in self.modalities if m in srcs]
                         cum = np.cumsum(self.weights[[self.modalities.index(m) for m in live]])
                     # one live set needs no draw; uniform draws below: random() is 3x cheaper than integers()
-                    m = live[0] if len(live) == 1 else live[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(live) - 1)]  # fmt: skip
+                    m = (
+                        live[0]
+                        if len(live) == 1
+                        else live[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(live) - 1)]
+                    )
                     item = next(srcs[m], None)
                     if item is None:
                         del srcs[m]

@@ -54,8 +54,9 @@ def inspect(root: str, samples: int = 3) -> dict:
                 n, labelled = n + 1, labelled + ("cls.npy" in fields)
                 mix[meta.get("modality")] += 1
                 if len(preview) < samples:
-                    preview.append({"key": key, "fields": sorted(fields), "source": meta.get("source"),
-                                    "uri": uri, "data": fields})  # fmt: skip
+                    preview.append(
+                        {"key": key, "fields": sorted(fields), "source": meta.get("source"), "uri": uri, "data": fields}
+                    )
         modality = index.get("modality") or (mix.most_common(1)[0][0] if mix else None)
         report["modality_mix"][modality] += index["samples"]
         report["sets"].append(
@@ -126,7 +127,7 @@ def stats(root: str) -> dict:
         "fields": {
             f: {"samples": counts[f], "bytes": fields[f], "mean_bytes": round(fields[f] / counts[f])}
             for f in sorted(fields)
-        },  # fmt: skip
+        },
         "sample_bytes": dict(zip(["min", "p50", "p90", "p99", "max"], q, strict=True)),
     }
 

@@ -128,17 +128,24 @@ def sample_labels(sample: dict, num_classes: dict[str, int], field: str = "cls")
     """A sample's label ids from ``cls.npy`` (concept ids, at least one) or ``words.npy`` (OCR word ids, may be none)."""
     modality = _meta(sample).get("modality")
     if modality not in num_classes:
-        raise ValueError(f"{_where(sample)}modality {modality!r} has no head in this run "
-                         f"(heads take {sorted(num_classes)})")  # fmt: skip
+        raise ValueError(
+            f"{_where(sample)}modality {modality!r} has no head in this run (heads take {sorted(num_classes)})"
+        )
     if f"{field}.npy" not in sample:
-        need = "the ocr_labels stage writes them" if field == "words" else "training needs labelled shards (or a sidecar label set)"  # fmt: skip
+        need = (
+            "the ocr_labels stage writes them"
+            if field == "words"
+            else "training needs labelled shards (or a sidecar label set)"
+        )
         raise ValueError(f"{_where(sample)}no {field}.npy labels; {need}")
     labels = decode_npy(sample[f"{field}.npy"]).astype(np.int64).reshape(-1)
     if (labels.size == 0 and field == "cls") or (
         labels.size and (labels.min() < 0 or labels.max() >= num_classes[modality])
     ):
-        raise ValueError(f"{_where(sample)}labels {labels.tolist()[:10]} outside the {modality} head's "
-                         f"{num_classes[modality]} classes")  # fmt: skip
+        raise ValueError(
+            f"{_where(sample)}labels {labels.tolist()[:10]} outside the {modality} head's "
+            f"{num_classes[modality]} classes"
+        )
     return labels
 
 
@@ -163,8 +170,15 @@ def sample_tokens(
     return patchify(normalise(torch.cat(frames, dim=1)), patch)
 
 
-def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float, num_classes: dict[str, int],
-           label_fields: dict[str, str] | None = None):  # fmt: skip
+def decode(
+    sample: dict,
+    cfg: DataConfig,
+    patch: int,
+    size: int,
+    mode_rng: float,
+    num_classes: dict[str, int],
+    label_fields: dict[str, str] | None = None,
+):
     """One raw sample -> (tokens, modality, labels); errors name the shard and key."""
     modality = _meta(sample).get("modality")
     labels = sample_labels(sample, num_classes, (label_fields or {}).get(modality, "cls"))
@@ -174,8 +188,15 @@ def decode(sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
 ENDLESS = sys.maxsize  # "epochs" of a training stream: exact epochs, one after another, until the run stops
 
 
-def _tokens(sample: dict, cfg: DataConfig, patch: int, size: int, seed: int, num_classes: dict[str, int],
-            label_fields: dict[str, str]) -> dict:  # fmt: skip
+def _tokens(
+    sample: dict,
+    cfg: DataConfig,
+    patch: int,
+    size: int,
+    seed: int,
+    num_classes: dict[str, int],
+    label_fields: dict[str, str],
+) -> dict:
     """The reader's per-sample transform (in a DataLoader worker): tokens and labels for one sample.
 
     The video mode is drawn from (seed, key, the worker's sample count), which the resume state
@@ -206,38 +227,63 @@ def _collate(samples: list[dict]) -> _Micro:
     labels = torch.full((len(samples), max(r.size for r in rows)), -1, dtype=torch.long)
     for i, r in enumerate(rows):
         labels[i, : r.size] = torch.from_numpy(r)
-    return _Micro(pack([s["tokens"] for s in samples]), [s["modality"] for s in samples], labels,
-                  [s["__key__"] for s in samples])  # fmt: skip
+    return _Micro(
+        pack([s["tokens"] for s in samples]), [s["modality"] for s in samples], labels, [s["__key__"] for s in samples]
+    )
 
 
 class Stream:
     """Packed micro-batches for one rank, exactly resumable from ``state``."""
 
-    def __init__(self, cfg: DataConfig, patch: int, num_classes: dict[str, int], seed: int = 0, rank: int = 0,
-                 world: int = 1, accum: int = 1, state: dict | None = None,
-                 label_fields: dict[str, str] | None = None, pin_memory: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        cfg: DataConfig,
+        patch: int,
+        num_classes: dict[str, int],
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        accum: int = 1,
+        state: dict | None = None,
+        label_fields: dict[str, str] | None = None,
+        pin_memory: bool = False,
+    ):
         self.pin_memory = pin_memory  # page-locked batches (for a CUDA trainer): asynchronous host -> device copies
         self.cfg, self.patch, self.num_classes, self.seed, self.accum = cfg, patch, num_classes, seed, accum
         self.label_fields = dict(label_fields or {})
         sets = modality_sets(cfg.shards)
         headless = sorted(set(sets) - set(num_classes))
         if headless:
-            raise ValueError(f"data.shards has {headless} set(s) ({[sets[m] for m in headless]}) but no head takes "
-                             f"{headless}; drop them from data.shards or add a head")  # fmt: skip
-        self.reader = ShardStream(sets, dict(cfg.weights) or None, seed=seed, rank=rank, world_size=world,
-                                  epochs=None if cfg.resample else ENDLESS, shuffle_buffer=cfg.shuffle_buffer,
-                                  labels=cfg.labels or None, max_bad_rate=cfg.max_bad_rate)  # fmt: skip
+            raise ValueError(
+                f"data.shards has {headless} set(s) ({[sets[m] for m in headless]}) but no head takes "
+                f"{headless}; drop them from data.shards or add a head"
+            )
+        self.reader = ShardStream(
+            sets,
+            dict(cfg.weights) or None,
+            seed=seed,
+            rank=rank,
+            world_size=world,
+            epochs=None if cfg.resample else ENDLESS,
+            shuffle_buffer=cfg.shuffle_buffer,
+            labels=cfg.labels or None,
+            max_bad_rate=cfg.max_bad_rate,
+        )
         need = world * max(1, cfg.workers)
         few = {m: len(self.reader.shards[m]) for m in sets if len(self.reader.shards[m]) < need}
         if few and not cfg.resample:
-            raise ValueError(f"exact epochs give each of {world} rank(s) x {max(1, cfg.workers)} worker(s) its own "
-                             f"shards, but {few} have fewer than {need}; set data.resample = true, or fewer "
-                             "data.workers")  # fmt: skip
+            raise ValueError(
+                f"exact epochs give each of {world} rank(s) x {max(1, cfg.workers)} worker(s) its own "
+                f"shards, but {few} have fewer than {need}; set data.resample = true, or fewer "
+                "data.workers"
+            )
         self.batch = 0
         if state:
             if "reader" not in state:
-                raise ValueError("this checkpoint's data position comes from the trainer's former reader; "
-                                 "start the run afresh (init_from keeps its weights)")  # fmt: skip
+                raise ValueError(
+                    "this checkpoint's data position comes from the trainer's former reader; "
+                    "start the run afresh (init_from keeps its weights)"
+                )
             self.reader.load_state_dict(state["reader"])
             self.batch = state["batch"]
         self.state = {"reader": self.reader.snapshot(), "batch": self.batch}
@@ -246,8 +292,15 @@ class Stream:
     def _open(self, size: int) -> None:
         """A loader whose workers decode at ``size``, continuing from what the trainer has received."""
         self.close()
-        transform = functools.partial(_tokens, cfg=self.cfg, patch=self.patch, size=size, seed=self.seed,
-                                      num_classes=self.num_classes, label_fields=self.label_fields)  # fmt: skip
+        transform = functools.partial(
+            _tokens,
+            cfg=self.cfg,
+            patch=self.patch,
+            size=size,
+            seed=self.seed,
+            num_classes=self.num_classes,
+            label_fields=self.label_fields,
+        )
         self.reader.transforms.update(dict.fromkeys(self.reader.modalities, transform))
         extra = {"prefetch_factor": self.cfg.prefetch} if self.cfg.workers else {}
         if self.pin_memory:

@@ -186,8 +186,15 @@ def curate_pretraining(cfg: ExperimentConfig, work: Path) -> Path:
 # ------------------------------------------------------------------------------------ pretraining
 
 
-def _run_manifest(cfg: ExperimentConfig, work: Path, name: str, steps: int, shards: list[str], heads: dict[str, int],
-                  init_from: str = "") -> Path:  # fmt: skip
+def _run_manifest(
+    cfg: ExperimentConfig,
+    work: Path,
+    name: str,
+    steps: int,
+    shards: list[str],
+    heads: dict[str, int],
+    init_from: str = "",
+) -> Path:
     """A run manifest on top of manifests/runs/debug.toml, written where users can read and rerun it."""
     p = cfg.pretrain
     text = (
@@ -258,8 +265,16 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
         infos.append(write_shard(part, str(out / shard_name("video_bank", "v1", j // 32))))
     write_index(str(out), "video_bank", "v1", infos, {"modality": "video"})
     counts = np.bincount(labels[:, 0], minlength=classes)
-    (out / "bank.json").write_text(json.dumps({"clips": len(samples), "classes": classes, "top1_counts": counts.tolist(),
-                                               "objective": result.objective[-1]}))  # fmt: skip
+    (out / "bank.json").write_text(
+        json.dumps(
+            {
+                "clips": len(samples),
+                "classes": classes,
+                "top1_counts": counts.tolist(),
+                "objective": result.objective[-1],
+            }
+        )
+    )
     return out
 
 
@@ -285,8 +300,9 @@ def pretrain(cfg: ExperimentConfig, work: Path, corpus: Path) -> dict[str, Path]
         folder = work / "banks" / f"video-from-{bank}-encoder"
         video_bank_shards(encoder, corpus, folder, p.video_classes, p.top_k, cfg.bench.seed, _device(cfg))
         heads = {"image": p.image_classes, "video": p.video_classes}
-        manifest = _run_manifest(cfg, work, f"stage2-bank-{bank}", p.stage2_steps,
-                                 [images, str(folder)], heads, init_from=init)  # fmt: skip
+        manifest = _run_manifest(
+            cfg, work, f"stage2-bank-{bank}", p.stage2_steps, [images, str(folder)], heads, init_from=init
+        )
         runs[f"stage2-bank-{bank}"] = _train(manifest)
     return {"stage1": stage1, **runs}
 
@@ -330,8 +346,15 @@ def probe_all(cfg: ExperimentConfig, work: Path, runs: dict[str, Path]) -> list[
         log(f"probing {name} {task} {mode} at {budget * 100:g} % ({len(items)} clips)")
         feats, tokens = extract(encoder, items, mode, frames, cfg.bench.size, device=device)
         result = probe_features(feats, items, list(cfg.probe.seeds), **fit)
-        row = {"encoder": name, "task": task, "mode": mode, "budget": budget, "frames": frames if mode == "frames" else None,
-               "tokens_per_clip": tokens, **result}  # fmt: skip
+        row = {
+            "encoder": name,
+            "task": task,
+            "mode": mode,
+            "budget": budget,
+            "frames": frames if mode == "frames" else None,
+            "tokens_per_clip": tokens,
+            **result,
+        }
         with cache.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         rows.append(row)
@@ -358,8 +381,13 @@ def table(rows: list[dict], cfg: ExperimentConfig) -> str:
         "pixels": "Encoder-free reference (patch thumbnails + (t, h, w) positions): what the tokens carry:",
     }
     for encoder, title in titles.items():
-        lines += ["", title, "", "| task | budget | tokens / clip | codec tokens | uniform frames (n) | codec - frames |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            title,
+            "",
+            "| task | budget | tokens / clip | codec tokens | uniform frames (n) | codec - frames |",
+            "|---|---|---|---|---|---|",
+        ]
         for task in TASKS:
             for b in cfg.budgets:
                 c, f = by[(encoder, task, "codec", b)], by[(encoder, task, "frames", b)]
@@ -370,8 +398,13 @@ def table(rows: list[dict], cfg: ExperimentConfig) -> str:
                     f"[{_pct(f['ci95_seeds'][0])}, {_pct(f['ci95_seeds'][1])}] ({f['frames']}) | {100 * diff:+.1f} |"
                 )
     b = cfg.probe.compare_budget
-    lines += ["", f"Stage-2 video concept bank, codec tokens at {b * 100:.1f} %:", "",
-              "| task | bank from stage-1 encoder | bank from untrained encoder |", "|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"Stage-2 video concept bank, codec tokens at {b * 100:.1f} %:",
+        "",
+        "| task | bank from stage-1 encoder | bank from untrained encoder |",
+        "|---|---|---|",
+    ]
     for task in TASKS:
         a, r = by[("bank-stage1", task, "codec", b)], by[("bank-random", task, "codec", b)]
         lines.append(
@@ -392,19 +425,29 @@ def plot(rows: list[dict], cfg: ExperimentConfig, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     xs = [b * 100 for b in cfg.budgets]
     for ax, task in zip(axes[:2], TASKS, strict=True):
-        for (encoder, style), (mode, colour) in itertools.product((("bank-stage1", "-"), ("pixels", "--")),
-                                                                 (("codec", "tab:red"), ("frames", "tab:blue"))):  # fmt: skip
+        for (encoder, style), (mode, colour) in itertools.product(
+            (("bank-stage1", "-"), ("pixels", "--")), (("codec", "tab:red"), ("frames", "tab:blue"))
+        ):
             cells = [by[(encoder, task, mode, b)] for b in cfg.budgets]
             mean = [100 * c["top1_mean"] for c in cells]
-            err = np.array([[100 * (c["top1_mean"] - c["ci95_seeds"][0]), 100 * (c["ci95_seeds"][1] - c["top1_mean"])]
-                            for c in cells]).T  # fmt: skip
+            err = np.array(
+                [
+                    [100 * (c["top1_mean"] - c["ci95_seeds"][0]), 100 * (c["ci95_seeds"][1] - c["top1_mean"])]
+                    for c in cells
+                ]
+            ).T
             label = ("codec tokens" if mode == "codec" else "uniform whole frames") + (
                 ", encoder" if encoder == "bank-stage1" else ", pixels + positions (no encoder)"
             )
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=4, color=colour, ls=style, label=label)
         ax.axhline(100 * cells[0]["chance"], color="grey", ls=":", label="chance")
-        ax.set(title=f"{task} task", xlabel="token budget (% of the 64-frame grid)", ylabel="test top-1 (%)",
-               xscale="log", ylim=(0, 100))  # fmt: skip
+        ax.set(
+            title=f"{task} task",
+            xlabel="token budget (% of the 64-frame grid)",
+            ylabel="test top-1 (%)",
+            xscale="log",
+            ylim=(0, 100),
+        )
         ax.set_xticks(xs, [f"{x:.1f}".rstrip("0").rstrip(".") for x in xs])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(fontsize=8)
@@ -413,12 +456,18 @@ def plot(rows: list[dict], cfg: ExperimentConfig, path: Path) -> None:
     for i, (name, colour) in enumerate((("bank-stage1", "tab:green"), ("bank-random", "tab:grey"))):
         vals = [by[(name, t, "codec", b)] for t in TASKS]
         mean = [100 * v["top1_mean"] for v in vals]
-        err = np.array([[100 * (v["top1_mean"] - v["ci95_seeds"][0]), 100 * (v["ci95_seeds"][1] - v["top1_mean"])]
-                        for v in vals]).T  # fmt: skip
+        err = np.array(
+            [[100 * (v["top1_mean"] - v["ci95_seeds"][0]), 100 * (v["ci95_seeds"][1] - v["top1_mean"])] for v in vals]
+        ).T
         label = "bank from stage-1 encoder" if name == "bank-stage1" else "bank from untrained encoder"
         ax.bar(np.arange(len(TASKS)) + 0.38 * i, mean, 0.36, yerr=err, capsize=4, color=colour, label=label)
-    ax.set(title=f"stage-2 bank source (codec, {b * 100:g} %)", xticks=np.arange(len(TASKS)) + 0.19,
-           xticklabels=list(TASKS), ylabel="test top-1 (%)", ylim=(0, 100))  # fmt: skip
+    ax.set(
+        title=f"stage-2 bank source (codec, {b * 100:g} %)",
+        xticks=np.arange(len(TASKS)) + 0.19,
+        xticklabels=list(TASKS),
+        ylabel="test top-1 (%)",
+        ylim=(0, 100),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -440,8 +489,15 @@ def run(cfg: ExperimentConfig, fresh: bool = False) -> dict:
 
         b = cfg.bench
         log(f"generating the benchmark ({b.train}+{b.test} clips per task, {b.pretrain} pretraining clips)")
-        build(str(work / "bench"), seed=b.seed, size=b.size, frames=b.frames, train=b.train, test=b.test,
-              pretrain=b.pretrain)  # fmt: skip
+        build(
+            str(work / "bench"),
+            seed=b.seed,
+            size=b.size,
+            frames=b.frames,
+            train=b.train,
+            test=b.test,
+            pretrain=b.pretrain,
+        )
     curate_benchmark(cfg, work)
     corpus = curate_pretraining(cfg, work)
     runs = pretrain(cfg, work, corpus)
@@ -458,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print("\nusage: python -m train.experiment MANIFEST [--fresh] [--key=value ...]"
-              "\n  e.g. python -m train.experiment manifests/experiments/codec_vs_frames.toml")  # fmt: skip
+        print(
+            "\nusage: python -m train.experiment MANIFEST [--fresh] [--key=value ...]"
+            "\n  e.g. python -m train.experiment manifests/experiments/codec_vs_frames.toml"
+        )
         return 0 if argv else 2
     fresh = "--fresh" in argv
     rest = [a for a in argv[1:] if a != "--fresh"]

@@ -34,8 +34,13 @@ class OvforgeConfig(PretrainedConfig):
         if flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {sorted(FLAVOURS)}, got {flavour!r}")
         self.flavour, self.patch, self.rope_theta = flavour, patch, rope_theta
-        derived = dict(zip(("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
-                           FLAVOURS[flavour], strict=True))  # fmt: skip
+        derived = dict(
+            zip(
+                ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+                FLAVOURS[flavour],
+                strict=True,
+            )
+        )
         for key in derived:
             kwargs.pop(key, None)
         super().__init__(**kwargs)

@@ -67,8 +67,12 @@ def codec_sample(video: bytes | str | Path, codec: dict) -> dict:
     cfg = PatchifyConfig(**codec)
     fields = encode(patchify(video if isinstance(video, bytes) else str(video), cfg), cfg)
     meta = {"modality": "video", "codec": fields["codec"], "frames": fields["frames"]}
-    return {"patches.jpg": fields["patches_jpg"], "pos.npy": fields["pos_npy"], "frames.jpg": fields["frames_jpg"],
-            "json": encode_json(meta)}  # fmt: skip
+    return {
+        "patches.jpg": fields["patches_jpg"],
+        "pos.npy": fields["pos_npy"],
+        "frames.jpg": fields["frames_jpg"],
+        "json": encode_json(meta),
+    }
 
 
 class OvforgeImageProcessor(BaseImageProcessor):
@@ -96,8 +100,10 @@ class OvforgeImageProcessor(BaseImageProcessor):
     def tokens(self, sample: dict, modality: str, mode: str = "codec") -> tuple[torch.Tensor, torch.Tensor]:
         """One shard-style sample -> (patches (L, 3*p*p), positions (L, 3) float), via the trainer's decode."""
         if modality == "video" and mode == "codec" and "pos.npy" not in sample:
-            raise ValueError("codec tokens need the video file (its motion vectors) or a curated sample; "
-                             "decoded frames take video_mode='frames' or 'collage'")  # fmt: skip
+            raise ValueError(
+                "codec tokens need the video file (its motion vectors) or a curated sample; "
+                "decoded frames take video_mode='frames' or 'collage'"
+            )
         meta = {**(json.loads(sample["json"]) if "json" in sample else {}), "modality": modality}
         sample = {**sample, "meta": meta}
         return sample_tokens(sample, self._data_config(mode), self.patch, self.image_size, 0.0)
@@ -157,6 +163,10 @@ def processor_for_run(run: dict, patch: int, step: int) -> OvforgeImageProcessor
     data["resolution_schedule"] = tuple(tuple(s) for s in data.get("resolution_schedule", ()))
     cfg = DataConfig(**{k: v for k, v in data.items() if k != "shards"})
     shares = {"codec": cfg.codec_share, "frames": cfg.frames_share, "collage": cfg.collage_share}
-    return OvforgeImageProcessor(patch=patch, image_size=image_size_at(cfg, max(step - 1, 0)),
-                                 video_size=cfg.video_size, max_frames=cfg.max_frames,
-                                 video_mode=max(shares, key=shares.get))  # fmt: skip
+    return OvforgeImageProcessor(
+        patch=patch,
+        image_size=image_size_at(cfg, max(step - 1, 0)),
+        video_size=cfg.video_size,
+        max_frames=cfg.max_frames,
+        video_mode=max(shares, key=shares.get),
+    )

@@ -57,8 +57,18 @@ def train(cfg: RunConfig) -> list[dict]:
             print(f"[train] initialised from {cfg.init_from} (encoder, heads {kept})")
     num_classes = {m: h.num_classes for h in cfg.heads for m in h.modalities}
     label_fields = {m: h.labels for h in cfg.heads for m in h.modalities}
-    stream = Stream(cfg.data, cfg.model.patch, num_classes, cfg.seed, rank, world, cfg.accum, data_state, label_fields,
-                    pin_memory=device.type == "cuda")  # fmt: skip
+    stream = Stream(
+        cfg.data,
+        cfg.model.patch,
+        num_classes,
+        cfg.seed,
+        rank,
+        world,
+        cfg.accum,
+        data_state,
+        label_fields,
+        pin_memory=device.type == "cuda",
+    )
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if cfg.parallel.dtype == "bf16" else contextlib.nullcontext()
     )
@@ -100,11 +110,16 @@ def train(cfg: RunConfig) -> list[dict]:
             else:
                 bad_run, bad_steps = bad_run + 1, bad_steps + 1
                 if rank == 0:
-                    print(f"[train] step {step + 1}: non-finite gradients (norm {float(grad_norm):.3g}, heads "
-                          f"{float(head_norm):.3g}); step skipped", flush=True)  # fmt: skip
+                    print(
+                        f"[train] step {step + 1}: non-finite gradients (norm {float(grad_norm):.3g}, heads "
+                        f"{float(head_norm):.3g}); step skipped",
+                        flush=True,
+                    )
                 if bad_run > cfg.max_bad_steps:
-                    raise ValueError(f"{bad_run} consecutive steps with non-finite gradients up to step {step + 1}; "
-                                     "lower optim.lr, or train in fp32 (parallel.dtype) to find the cause")  # fmt: skip
+                    raise ValueError(
+                        f"{bad_run} consecutive steps with non-finite gradients up to step {step + 1}; "
+                        "lower optim.lr, or train in fp32 (parallel.dtype) to find the cause"
+                    )
 
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 counts = torch.tensor([samples, tokens], dtype=torch.float64, device=device)

@@ -148,8 +148,9 @@ def _row_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(W, M, V, ROWS, G, COEF, BC, n_rows, D, lr, wd, b1, b2, eps,
-               BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    def kernel(
+        W, M, V, ROWS, G, COEF, BC, n_rows, D, lr, wd, b1, b2, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+    ):
         bc1, bc2_sqrt = tl.load(BC), tl.load(BC + 1)
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -180,8 +181,9 @@ def _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
     t = step.to(device=w.device, dtype=torch.float64)  # the host's float64 formulas, rounded to fp32 at the end
     bc = torch.stack([1 - b1**t, (1 - b2**t).sqrt()]).float()
     grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
-    _row_kernel()[grid](w, m, v, rows, g, coef.float().reshape(1), bc, n, d, lr, wd, b1, b2, eps,
-                        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)  # fmt: skip
+    _row_kernel()[grid](
+        w, m, v, rows, g, coef.float().reshape(1), bc, n, d, lr, wd, b1, b2, eps, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D
+    )
 
 
 def set_lr(optimizers: Sequence, step: int, total: int, cfg: OptimConfig) -> float:

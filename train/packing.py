@@ -50,8 +50,13 @@ class Packed:
 
     def pin_memory(self) -> Packed:
         """The same batch in page-locked memory, so ``to(cuda)`` copies asynchronously."""
-        return Packed(self.tokens.pin_memory(), self.pos.pin_memory(), self.lengths, self.cu_seqlens.pin_memory(),
-                      self.segment.pin_memory())  # fmt: skip
+        return Packed(
+            self.tokens.pin_memory(),
+            self.pos.pin_memory(),
+            self.lengths,
+            self.cu_seqlens.pin_memory(),
+            self.segment.pin_memory(),
+        )
 
     def to(self, device, non_blocking: bool = True) -> Packed:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731

@@ -118,8 +118,15 @@ def tokens_of(sample: dict, mode: str, frames: int, size: int, patch: int) -> tu
 
 
 @torch.no_grad()
-def extract(encoder, items: list[Item], mode: str, frames: int = 8, size: int = 224, batch: int = 8,
-            device: str | torch.device = "cpu") -> tuple[list[torch.Tensor], int]:  # fmt: skip
+def extract(
+    encoder,
+    items: list[Item],
+    mode: str,
+    frames: int = 8,
+    size: int = 224,
+    batch: int = 8,
+    device: str | torch.device = "cpu",
+) -> tuple[list[torch.Tensor], int]:
     """Frozen per-token features (fp16, one tensor per item) and the token count per item."""
     device = torch.device(device)
     encoder = encoder.to(device).eval()
@@ -230,9 +237,18 @@ def seed_interval(values: list[float], level: float = 0.95) -> tuple[float, floa
     return float(v.mean()), max(0.0, float(v.mean() - half)), min(1.0, float(v.mean() + half))  # accuracies
 
 
-def fit_probe(train_x: list[torch.Tensor], train_y: list[int], test_x: list[torch.Tensor], test_y: list[int],
-              classes: int, seed: int = 0, epochs: int = 10, lr: float = 1e-3, batch: int = 16,
-              device: str | torch.device = "cpu") -> dict:  # fmt: skip
+def fit_probe(
+    train_x: list[torch.Tensor],
+    train_y: list[int],
+    test_x: list[torch.Tensor],
+    test_y: list[int],
+    classes: int,
+    seed: int = 0,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Train one probe on frozen features; the last epoch's test top-1 with its Wilson interval."""
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -288,17 +304,33 @@ def probe_features(feats: list[torch.Tensor], items: list[Item], seeds: list[int
             classes,
             seed=s,
             **fit,
-        )  # fmt: skip
+        )
         for s in seeds
     ]
     mean, lo, hi = seed_interval([r["top1"] for r in runs])
-    return {"top1_mean": mean, "ci95_seeds": [lo, hi], "classes": classes, "train": len(tr), "test": len(te),
-            "chance": 1 / classes, "runs": runs}  # fmt: skip
+    return {
+        "top1_mean": mean,
+        "ci95_seeds": [lo, hi],
+        "classes": classes,
+        "train": len(tr),
+        "test": len(te),
+        "chance": 1 / classes,
+        "runs": runs,
+    }
 
 
-def run_probe(encoder_path: str, dataset: str, mode: str = "codec", frames: int = 8, size: int = 224,
-              labels: str | None = None, task: str | None = None, seeds: tuple[int, ...] = (0, 1, 2),
-              device: str = "auto", **fit) -> dict:  # fmt: skip
+def run_probe(
+    encoder_path: str,
+    dataset: str,
+    mode: str = "codec",
+    frames: int = 8,
+    size: int = 224,
+    labels: str | None = None,
+    task: str | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    device: str = "auto",
+    **fit,
+) -> dict:
     """Load, read, extract once, probe per seed."""
     from train.release import load_encoder
 
@@ -307,8 +339,15 @@ def run_probe(encoder_path: str, dataset: str, mode: str = "codec", frames: int 
     items = read_dataset(dataset, labels, task)
     feats, tokens = extract(encoder, items, mode, frames, size, device=dev)
     result = probe_features(feats, items, list(seeds), device=dev, **fit)
-    return {"encoder": str(encoder_path), "dataset": str(dataset), "task": task, "mode": mode,
-            "frames": frames if mode == "frames" else None, "tokens_per_sample": tokens, **result}  # fmt: skip
+    return {
+        "encoder": str(encoder_path),
+        "dataset": str(dataset),
+        "task": task,
+        "mode": mode,
+        "frames": frames if mode == "frames" else None,
+        "tokens_per_sample": tokens,
+        **result,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,18 +375,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
-        result = run_probe(args.encoder, args.dataset, args.mode, args.frames, args.size, args.labels, args.task,
-                           seeds, args.device, epochs=args.epochs, lr=args.lr, batch=args.batch)  # fmt: skip
+        result = run_probe(
+            args.encoder,
+            args.dataset,
+            args.mode,
+            args.frames,
+            args.size,
+            args.labels,
+            args.task,
+            seeds,
+            args.device,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch=args.batch,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for r in result["runs"]:
-        print(f"seed {r['seed']}: top-1 {100 * r['top1']:.1f} % ({r['correct']}/{r['n']}), "
-              f"Wilson 95 % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]")  # fmt: skip
+        print(
+            f"seed {r['seed']}: top-1 {100 * r['top1']:.1f} % ({r['correct']}/{r['n']}), "
+            f"Wilson 95 % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+        )
     lo, hi = result["ci95_seeds"]
-    print(f"{result['mode']}: top-1 {100 * result['top1_mean']:.1f} % over {len(seeds)} seed(s), 95 % "
-          f"[{100 * lo:.1f}, {100 * hi:.1f}]; chance {100 * result['chance']:.1f} %; "
-          f"{result['tokens_per_sample']} tokens per sample")  # fmt: skip
+    print(
+        f"{result['mode']}: top-1 {100 * result['top1_mean']:.1f} % over {len(seeds)} seed(s), 95 % "
+        f"[{100 * lo:.1f}, {100 * hi:.1f}]; chance {100 * result['chance']:.1f} %; "
+        f"{result['tokens_per_sample']} tokens per sample"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

@@ -153,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.release", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
-    parser.add_argument("--format", choices=("native", "hf", "onnx"), default="native",
-                        help="hf: transformers AutoModel/AutoProcessor folder; onnx: adds encoder.onnx")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        choices=("native", "hf", "onnx"),
+        default="native",
+        help="hf: transformers AutoModel/AutoProcessor folder; onnx: adds encoder.onnx",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.format == "hf":
         from train.hf import export_hf as write

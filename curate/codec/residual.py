@@ -44,9 +44,14 @@ def _mc_residual(y, prev, first, second, cell, reach, out):  # pragma: no cover 
 
 
 def mc_residual(
-    y: np.ndarray, prev_y: np.ndarray, first: np.ndarray, second: np.ndarray | None = None, *, cell: int = CELL,
+    y: np.ndarray,
+    prev_y: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray | None = None,
+    *,
+    cell: int = CELL,
     reach: int = 32,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Mean |Y_t - MC(Y_t-1)| per cell: (T, H, W) frames, (T, H/c, W/c, 2) px/frame -> (T, H/c, W/c).
 
     With a ``second`` velocity field, each cell keeps the better prediction (smaller error).

@@ -84,8 +84,10 @@ def fit_bank(embeddings: str, cfg, bank_root: str, config_sha256: str, progress=
     keys, x = store.load_rows(embeddings, index, rows)
     bad = np.flatnonzero(unusable_rows(x))
     if bad.size:
-        raise BankError(f"{embeddings}: {bad.size} of {len(x)} sampled embeddings are NaN, inf or all zero "
-                        f"(e.g. {keys[bad[0]]}); re-embed or drop them before fitting a bank")  # fmt: skip
+        raise BankError(
+            f"{embeddings}: {bad.size} of {len(x)} sampled embeddings are NaN, inf or all zero "
+            f"(e.g. {keys[bad[0]]}); re-embed or drop them before fitting a bank"
+        )
     result = kmeans.fit(x, cfg, progress=progress)
     info = {
         "n": n,

@@ -23,9 +23,24 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def assign(X, C, B, OUT_V, OUT_I, N, K, k_per_split, sxn, scn, D: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-               EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):  # fmt: skip
+    def assign(
+        X,
+        C,
+        B,
+        OUT_V,
+        OUT_I,
+        N,
+        K,
+        k_per_split,
+        sxn,
+        scn,
+        D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        EVEN_N: tl.constexpr,
+        EVEN_D: tl.constexpr,
+    ):
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -42,11 +57,15 @@ def _kernel():
                 if EVEN_N and EVEN_D:
                     x = tl.load(X + rn[:, None] * sxn + rd[None, :])
                 else:
-                    x = tl.load(X + rn[:, None] * sxn + rd[None, :], mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0)  # fmt: skip
+                    x = tl.load(
+                        X + rn[:, None] * sxn + rd[None, :], mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0
+                    )
                 if EVEN_D:
                     c = tl.load(C + rk[None, :] * scn + rd[:, None], mask=rk[None, :] < k_end, other=0.0)
                 else:
-                    c = tl.load(C + rk[None, :] * scn + rd[:, None], mask=(rk[None, :] < k_end) & (rd[:, None] < D), other=0.0)  # fmt: skip
+                    c = tl.load(
+                        C + rk[None, :] * scn + rd[:, None], mask=(rk[None, :] < k_end) & (rd[:, None] < D), other=0.0
+                    )
                 acc = tl.dot(x, c, acc)
             bias = tl.load(B + rk, mask=rk < k_end, other=float("-inf"))
             acc = acc + bias[None, :]
@@ -95,10 +114,26 @@ def nearest1(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor, splits: int |
     stages = cfg["num_stages"]
     while True:
         try:
-            _kernel()[(blocks_n, splits)](x, c, bias, out_v, out_i, n, k, k_per_split, x.stride(0), c.stride(0), D=d,
-                                          BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
-                                          EVEN_N=n % block_n == 0, EVEN_D=d % block_d == 0,
-                                          num_warps=cfg["num_warps"], num_stages=stages)  # fmt: skip
+            _kernel()[(blocks_n, splits)](
+                x,
+                c,
+                bias,
+                out_v,
+                out_i,
+                n,
+                k,
+                k_per_split,
+                x.stride(0),
+                c.stride(0),
+                D=d,
+                BLOCK_N=block_n,
+                BLOCK_K=block_k,
+                BLOCK_D=block_d,
+                EVEN_N=n % block_n == 0,
+                EVEN_D=d % block_d == 0,
+                num_warps=cfg["num_warps"],
+                num_stages=stages,
+            )
             break
         except Exception as exc:  # a GPU with less shared memory than Hopper's: fewer pipeline stages
             if type(exc).__name__ != "OutOfResources" or stages <= 1:

@@ -385,11 +385,22 @@ def fit(x, cfg, init_centroids=None, progress=None, group=None) -> KMeansResult:
         if init_centroids is None and cfg.init == "kmeans++":
             gen = torch.Generator().manual_seed(cfg.seed)
             init_centroids = _init(_as_tensor(x).float(), cfg.k, "kmeans++", gen, torch.device("cpu")).numpy()
-        return faiss_kmeans(x, cfg.k, iters=cfg.iters, seed=cfg.seed, spherical=cfg.spherical,
-                            init_centroids=init_centroids)  # fmt: skip
-    return kmeans(x, cfg.k, iters=cfg.iters, seed=cfg.seed, init=cfg.init, spherical=cfg.spherical,
-                  precision=cfg.precision, device=cfg.device, init_centroids=init_centroids,
-                  progress=progress, group=group)  # fmt: skip
+        return faiss_kmeans(
+            x, cfg.k, iters=cfg.iters, seed=cfg.seed, spherical=cfg.spherical, init_centroids=init_centroids
+        )
+    return kmeans(
+        x,
+        cfg.k,
+        iters=cfg.iters,
+        seed=cfg.seed,
+        init=cfg.init,
+        spherical=cfg.spherical,
+        precision=cfg.precision,
+        device=cfg.device,
+        init_centroids=init_centroids,
+        progress=progress,
+        group=group,
+    )
 
 
 def sample_rows(n: int, k: int, max_points_per_centroid: int, seed: int) -> np.ndarray | None:

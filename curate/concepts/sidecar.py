@@ -87,22 +87,36 @@ def relabel(cfg: BankManifest, progress=print) -> dict:
             x = emb[take].astype(np.float32)
             bad = np.flatnonzero(unusable_rows(x))
             if bad.size:  # nothing is written yet: the label set stays as it was
-                raise BankError(f"{bad.size} embeddings in {folder} (e.g. {keys[take[bad[0]]]}) are NaN, inf or all "
-                                "zero; recompute them (an [embed] table, without source.embeddings)")  # fmt: skip
+                raise BankError(
+                    f"{bad.size} embeddings in {folder} (e.g. {keys[take[bad[0]]]}) are NaN, inf or all "
+                    "zero; recompute them (an [embed] table, without source.embeddings)"
+                )
             ids = assign_labels(meta, assigner, x, cfg.kmeans.top_k)
             labels.update(zip((keys[i] for i in take), ids, strict=True))
     missing = sorted(wanted - set(labels))
     if missing:
-        raise BankError(f"{len(missing)} keys of the shard set (e.g. {missing[:3]}) have no embedding in {folder}; "
-                        "give an [embed] table and drop source.embeddings to recompute them")  # fmt: skip
+        raise BankError(
+            f"{len(missing)} keys of the shard set (e.g. {missing[:3]}) have no embedding in {folder}; "
+            "give an [embed] table and drop source.embeddings to recompute them"
+        )
     out = sidecar.labels_folder(cfg.source.shards, meta["version"])
     storage.write_bytes(storage.join(out, "bank.json"), json.dumps({**meta, "bank": bank}, indent=2).encode())
-    written = sidecar.write_labels(cfg.source.shards, meta["version"],
-                                   {s: {k: labels[k] for k in keys} for s, keys in by_shard.items()})  # fmt: skip
+    written = sidecar.write_labels(
+        cfg.source.shards, meta["version"], {s: {k: labels[k] for k in keys} for s, keys in by_shard.items()}
+    )
     random = bool((meta.get("embedding") or {}).get("random_weights"))
-    return {"bank": bank, "bank_version": meta["version"], "k": meta["k"], "dim": meta["dim"],
-            "labels": out, "samples": written["samples"], "shards": len(written["parts"]),
-            "embeddings": folder, "top_k": cfg.kmeans.top_k, "random_weights": random}  # fmt: skip
+    return {
+        "bank": bank,
+        "bank_version": meta["version"],
+        "k": meta["k"],
+        "dim": meta["dim"],
+        "labels": out,
+        "samples": written["samples"],
+        "shards": len(written["parts"]),
+        "embeddings": folder,
+        "top_k": cfg.kmeans.top_k,
+        "random_weights": random,
+    }
 
 
 def _iter_printer(progress):

@@ -35,8 +35,10 @@ def write_part(folder: str, keys: list[str], modalities: list[str], emb: np.ndar
 def write_index(folder: str, parts: list[dict], embedding: dict) -> dict:
     dims = {p["dim"] for p in parts}
     if len(dims) != 1:
-        raise ValueError(f"embeddings of different widths {sorted(dims)} cannot share one bank; "
-                         "fit one bank per modality (the concepts step's `modalities`)")  # fmt: skip
+        raise ValueError(
+            f"embeddings of different widths {sorted(dims)} cannot share one bank; "
+            "fit one bank per modality (the concepts step's `modalities`)"
+        )
     parts = sorted(parts, key=lambda p: p["name"])
     index = {"rows": sum(p["rows"] for p in parts), "dim": dims.pop(), "embedding": embedding, "parts": parts}
     storage.write_bytes(storage.join(folder, INDEX), fmt.encode_json(index))

@@ -26,11 +26,31 @@ from curate.dedup.signatures import unpack
 
 KINDS = ("exact", "pixel", "perceptual", "video", "minhash", "semantic")
 # large_binary: a shuffle partition's signatures can pass 2 GiB, binary's 32-bit offsets cannot
-RECORD = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), ("key", pa.string()), ("sig", pa.large_binary()),
-                    ("r1", pa.float64()), ("r2", pa.float64()), ("uri", pa.string())])  # fmt: skip
-EDGE = pa.schema([("a", pa.string()), ("b", pa.string()), ("kind", pa.string()), ("sim", pa.float64()),
-                  ("a_r1", pa.float64()), ("a_r2", pa.float64()), ("a_uri", pa.string()),
-                  ("b_r1", pa.float64()), ("b_r2", pa.float64()), ("b_uri", pa.string())])  # fmt: skip
+RECORD = pa.schema(
+    [
+        ("bucket", pa.int64()),
+        ("kind", pa.string()),
+        ("key", pa.string()),
+        ("sig", pa.large_binary()),
+        ("r1", pa.float64()),
+        ("r2", pa.float64()),
+        ("uri", pa.string()),
+    ]
+)
+EDGE = pa.schema(
+    [
+        ("a", pa.string()),
+        ("b", pa.string()),
+        ("kind", pa.string()),
+        ("sim", pa.float64()),
+        ("a_r1", pa.float64()),
+        ("a_r2", pa.float64()),
+        ("a_uri", pa.string()),
+        ("b_r1", pa.float64()),
+        ("b_r2", pa.float64()),
+        ("b_uri", pa.string()),
+    ]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +185,20 @@ def spanning_edges(records: pd.DataFrame, verified, kind: str) -> list[dict]:
         if find(i) != find(j):
             parent[find(i)] = find(j)
             a, b = rec[i], rec[j]
-            edges.append({"a": a["key"], "b": b["key"], "kind": kind, "sim": float(sim),
-                          "a_r1": a["r1"], "a_r2": a["r2"], "a_uri": a["uri"],
-                          "b_r1": b["r1"], "b_r2": b["r2"], "b_uri": b["uri"]})  # fmt: skip
+            edges.append(
+                {
+                    "a": a["key"],
+                    "b": b["key"],
+                    "kind": kind,
+                    "sim": float(sim),
+                    "a_r1": a["r1"],
+                    "a_r2": a["r2"],
+                    "a_uri": a["uri"],
+                    "b_r1": b["r1"],
+                    "b_r2": b["r2"],
+                    "b_uri": b["uri"],
+                }
+            )
     return edges
 
 

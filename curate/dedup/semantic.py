@@ -30,8 +30,16 @@ from curate.dedup.grouping import (
 )
 from curate.dedup.keep import rank
 
-VECTORS = pa.schema([("key", pa.string()), ("modality", pa.string()), ("vec", pa.binary()), ("r1", pa.float64()),
-                     ("r2", pa.float64()), ("uri", pa.string())])  # fmt: skip
+VECTORS = pa.schema(
+    [
+        ("key", pa.string()),
+        ("modality", pa.string()),
+        ("vec", pa.binary()),
+        ("r1", pa.float64()),
+        ("r2", pa.float64()),
+        ("uri", pa.string()),
+    ]
+)
 
 
 def tiny_image_embedding(data: bytes) -> np.ndarray:
@@ -61,8 +69,9 @@ def vector_records(batch, cfg: DedupConfig) -> pa.Table:
         if vec is None:
             continue
         r1, r2 = rank(row["meta"], cfg.keep)
-        out.append({"key": row["key"], "modality": row["modality"], "vec": bytes(vec), "r1": r1, "r2": r2,
-                    "uri": row["uri"]})  # fmt: skip
+        out.append(
+            {"key": row["key"], "modality": row["modality"], "vec": bytes(vec), "r1": r1, "r2": r2, "uri": row["uri"]}
+        )
     return pa.Table.from_pylist(out, schema=VECTORS)
 
 

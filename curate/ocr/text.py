@@ -21,14 +21,14 @@ import unicodedata
 from collections import Counter
 
 JOINERS = frozenset("'’-")
-CJK_RANGES = (
+CJK_RANGES = (  # Hiragana, Katakana, Han and its extensions
     (0x3040, 0x30FF),
     (0x31F0, 0x31FF),
     (0x3400, 0x4DBF),
     (0x4E00, 0x9FFF),
     (0xF900, 0xFAFF),
     (0x20000, 0x2FA1F),
-)  # fmt: skip  (Hiragana, Katakana, Han and its extensions)
+)
 
 
 def normalize(text: str) -> str:

@@ -94,8 +94,9 @@ class Labels:
 
 def label(lines: list[Line], vocab: dict[str, int], max_words: int = 100, cjk: str = "char") -> Labels:
     """Word ids ordered by line confidence (highest first), then reading order; first occurrence wins."""
-    entries = sorted((-line.conf, li, pos, tok) for li, line in enumerate(lines)
-                     for pos, tok in enumerate(tokenize(line.text, cjk)))  # fmt: skip
+    entries = sorted(
+        (-line.conf, li, pos, tok) for li, line in enumerate(lines) for pos, tok in enumerate(tokenize(line.text, cjk))
+    )
     ids, seen, oov = [], set(), 0
     for *_, tok in entries:
         wid = vocab.get(tok)

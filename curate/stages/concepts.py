@@ -78,8 +78,10 @@ class Embed(Stage, EmbedConfig):
         stills = [r for r in rows if r["modality"] != "video"]
         for r in videos:
             if r.get("frames_jpg") is None:
-                raise ValueError(f"{r['key']}: video row has no frames_jpg; put codec_patchify (which stores whole "
-                                 "frames) before embed, or leave video out of embed's modalities")  # fmt: skip
+                raise ValueError(
+                    f"{r['key']}: video row has no frames_jpg; put codec_patchify (which stores whole "
+                    "frames) before embed, or leave video out of embed's modalities"
+                )
         for r in stills:
             if r.get("jpg") is None:
                 raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
@@ -208,10 +210,18 @@ class Concepts(GlobalStep, KMeansConfig):
         fit = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(fit_bank)
         bank, meta = ray.get(fit.options(**worker_env()).remote(folder, self, bank_root, config_hash(params)))
         random = bool(index["embedding"].get("random_weights"))
-        result = {"bank": bank, "version": meta["version"], "k": meta["k"], "n": meta["n"], "dim": meta["dim"],
-                  "objective_per_point": meta["objective_per_point"], "modalities": sorted(wanted),
-                  "random_weights": random, "warning": RANDOM_WARNING if random else None,
-                  "fingerprint": fingerprint}  # fmt: skip
+        result = {
+            "bank": bank,
+            "version": meta["version"],
+            "k": meta["k"],
+            "n": meta["n"],
+            "dim": meta["dim"],
+            "objective_per_point": meta["objective_per_point"],
+            "modalities": sorted(wanted),
+            "random_weights": random,
+            "warning": RANDOM_WARNING if random else None,
+            "fingerprint": fingerprint,
+        }
         storage.write_bytes(result_uri, json.dumps(result, indent=2).encode())
         print(f"concepts: bank {meta['version']} k={meta['k']} dim={meta['dim']} from {meta['n']} embeddings")
         if random:
@@ -219,5 +229,11 @@ class Concepts(GlobalStep, KMeansConfig):
         return self._assign(bank)
 
     def _assign(self, bank: str) -> AssignConcepts:
-        return AssignConcepts(bank=bank, top_k=self.top_k, modalities=self.modalities, device=self.device,
-                              precision=self.precision, gpus=self.gpus)  # fmt: skip
+        return AssignConcepts(
+            bank=bank,
+            top_k=self.top_k,
+            modalities=self.modalities,
+            device=self.device,
+            precision=self.precision,
+            gpus=self.gpus,
+        )

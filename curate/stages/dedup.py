@@ -74,8 +74,9 @@ class DedupSignatures(Stage):
                     sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
                 data = data or storage.read_bytes(row["uri"])
-                bits, duration = sg.video_frame_bits(data, row["uri"], self.video_fps, self.video_max_frames,
-                                                     self.video_keyframes_only)  # fmt: skip
+                bits, duration = sg.video_frame_bits(
+                    data, row["uri"], self.video_fps, self.video_max_frames, self.video_keyframes_only
+                )
                 row["video_hashes"] = sg.pack(bits)
                 sigs.update(frames=len(bits), duration=round(duration, 3))
             elif row["modality"] != "video" and (self.pixel or self.perceptual):

@@ -63,8 +63,12 @@ class OcrRead(Stage):
 
     def setup(self) -> None:
         if self.engine == "rapidocr":
-            params = {"models": self.models, "det_model": self.det_model, "rec_model": self.rec_model,
-                      "rec_keys": self.rec_keys}  # fmt: skip
+            params = {
+                "models": self.models,
+                "det_model": self.det_model,
+                "rec_model": self.rec_model,
+                "rec_keys": self.rec_keys,
+            }
         else:
             params = {"lang": self.lang}
         self.hold("_engine", load_engine(self.engine, threads=self.threads, min_conf=self.min_conf, **params))
@@ -81,8 +85,12 @@ class OcrRead(Stage):
         if self.engine == "rapidocr":
             tag = f"rapidocr:{self.models}" + ("+own-weights" if self.det_model or self.rec_model else "")
         meta = row["meta"]
-        meta["ocr"] = {"engine": tag, "source": self.source if row.get("jpg") is not None else "uri",
-                       "size": [w, h], "lines": [line.compact() for line in lines]}  # fmt: skip
+        meta["ocr"] = {
+            "engine": tag,
+            "source": self.source if row.get("jpg") is not None else "uri",
+            "size": [w, h],
+            "lines": [line.compact() for line in lines],
+        }
         meta["ocr_text_area"] = round(crops.text_area_ratio([line.box for line in lines], w, h), 4)
         meta["ocr_mean_conf"] = round(float(np.average([x.conf for x in lines], weights=chars)) if lines else 0.0, 4)
         meta["ocr_words"] = len(tokenize(text, self.cjk))
@@ -177,8 +185,12 @@ class OcrVocab(GlobalStep):
         frame = build_vocab(ds, self.size, self.min_count, self.cjk)
         uri = storage.join(workdir, "ocr_vocab.tsv")
         digest = write_vocab(frame, uri)
-        summary = {"words": len(frame), "sha256": digest, "config": dataclasses.asdict(self),
-                   "min_count_seen": int(frame["count"].min()) if len(frame) else None}  # fmt: skip
+        summary = {
+            "words": len(frame),
+            "sha256": digest,
+            "config": dataclasses.asdict(self),
+            "min_count_seen": int(frame["count"].min()) if len(frame) else None,
+        }
         storage.write_bytes(storage.join(workdir, "ocr_vocab.json"), json.dumps(summary, indent=1).encode())
         return OcrLabels(vocab=uri, max_words=self.max_words, cjk=self.cjk)
 

@@ -62,12 +62,20 @@ def bench_minhash(n: int) -> list[tuple[str, str, str, str]]:
     same = "identical" if np.array_equal(sigs, ref) else "DIFFERENT"
     rate = lambda t: f"{n / t:,.0f} docs/s"  # noqa: E731
     return [
-        ("MinHash 128 perm, same shingles (28/doc)", rate(ours), rate(theirs) + " (`MinHash.bulk`)",
-         f"{theirs / ours:.2f}x, signatures {same}"),
+        (
+            "MinHash 128 perm, same shingles (28/doc)",
+            rate(ours),
+            rate(theirs) + " (`MinHash.bulk`)",
+            f"{theirs / ours:.2f}x, signatures {same}",
+        ),
         ("MinHash incl. word 3-gram shingling", rate(ours_e2e), rate(theirs_e2e), f"{theirs_e2e / ours_e2e:.2f}x"),
-        ('MinHash `hashing="words"` from raw text vs `bulk` on ready shingles', rate(words), rate(theirs),
-         f"{theirs / words:.2f}x (goal D1 >= 10)"),
-    ]  # fmt: skip
+        (
+            'MinHash `hashing="words"` from raw text vs `bulk` on ready shingles',
+            rate(words),
+            rate(theirs),
+            f"{theirs / words:.2f}x (goal D1 >= 10)",
+        ),
+    ]
 
 
 def bench_lsh(n: int) -> list[tuple[str, str, str, str]]:
@@ -95,7 +103,7 @@ def bench_lsh(n: int) -> list[tuple[str, str, str, str]]:
             f"{n / t_ours:,.0f} docs/s",
             f"{n / t_theirs:,.0f} docs/s (`MinHashLSH`)",
             f"{t_theirs / t_ours:.2f}x, candidates {'identical' if same else 'DIFFERENT'}",
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -126,8 +134,14 @@ def bench_phash(count: int) -> list[tuple[str, str, str, str]]:
             t_dec.append(best(decode, 1))
             t_hash.append(best(lambda decode=decode: image_bits(decode()), 1))
         t_dec, t_hash = min(t_dec), min(t_hash)
-        out.append((f"pHash+dHash, {side}-px JPEG, draft decode", f"{count / t_hash:,.0f} img/s",
-                    f"{count / t_dec:,.0f} img/s (decode only)", f"{t_dec / t_hash:.2f} (goal D3 >= 0.8)"))  # fmt: skip
+        out.append(
+            (
+                f"pHash+dHash, {side}-px JPEG, draft decode",
+                f"{count / t_hash:,.0f} img/s",
+                f"{count / t_dec:,.0f} img/s (decode only)",
+                f"{t_dec / t_hash:.2f} (goal D3 >= 0.8)",
+            )
+        )
     return out
 
 
@@ -160,16 +174,35 @@ def bench_exact(files: int = 64, size: int = 4 << 20) -> list[tuple[str, str, st
     if drop_page_cache():  # the same from the disk: each pass after the kernel dropped its cached pages
         read_cold = min(timed_cold(lambda p: p.read_bytes(), paths) for _ in range(3))
         hashed_cold = min(timed_cold(lambda p: storage.file_digest(str(p)), paths) for _ in range(3))
-        cold = [("exact digest from disk (page cache dropped before each pass), BLAKE3 of a read-ahead memory map",
-                 f"{gb / hashed_cold:.2f} GB/s", f"{gb / read_cold:.2f} GB/s (sequential read only)",
-                 f"{read_cold / hashed_cold:.2f} (goal D4 >= 0.9)")]  # fmt: skip
+        cold = [
+            (
+                "exact digest from disk (page cache dropped before each pass), BLAKE3 of a read-ahead memory map",
+                f"{gb / hashed_cold:.2f} GB/s",
+                f"{gb / read_cold:.2f} GB/s (sequential read only)",
+                f"{read_cold / hashed_cold:.2f} (goal D4 >= 0.9)",
+            )
+        ]
     shutil.rmtree(folder)
-    return cold + [(f"exact digest in page cache (BLAKE3, one thread), {files} x {size >> 20} MiB files",
-             f"{gb / hashed:.2f} GB/s", f"{gb / read:.2f} GB/s (read only)", f"{read / hashed:.2f} (goal D4 >= 0.9)"),
-            ("exact digest, read into bytes then BLAKE3 (the decode stages' way: they hold the bytes)",
-             f"{gb / held:.2f} GB/s", f"{gb / read:.2f} GB/s (read only)", f"{read / held:.2f}"),
-            ("(former digest) SHA-256 of the same files, hashlib.file_digest",
-             f"{gb / sha:.2f} GB/s", f"{gb / read:.2f} GB/s (read only)", f"{read / sha:.2f}")]  # fmt: skip
+    return cold + [
+        (
+            f"exact digest in page cache (BLAKE3, one thread), {files} x {size >> 20} MiB files",
+            f"{gb / hashed:.2f} GB/s",
+            f"{gb / read:.2f} GB/s (read only)",
+            f"{read / hashed:.2f} (goal D4 >= 0.9)",
+        ),
+        (
+            "exact digest, read into bytes then BLAKE3 (the decode stages' way: they hold the bytes)",
+            f"{gb / held:.2f} GB/s",
+            f"{gb / read:.2f} GB/s (read only)",
+            f"{read / held:.2f}",
+        ),
+        (
+            "(former digest) SHA-256 of the same files, hashlib.file_digest",
+            f"{gb / sha:.2f} GB/s",
+            f"{gb / read:.2f} GB/s (read only)",
+            f"{read / sha:.2f}",
+        ),
+    ]
 
 
 def drop_page_cache() -> bool:
@@ -214,8 +247,17 @@ def signature_rows(batch: dict) -> pa.Table:
     ids = [int(i) for i in batch["id"]]
     texts = [family_caption(i) for i in ids]
     sigs, _ = minhash_batch(texts, hashing="words")
-    rows = [{"key": f"doc{i:08d}", "uri": f"mem://{i}", "modality": "ocr", "meta": {"text_chars": len(t)},
-             "minhash": s.astype("<u4").tobytes(), "video_hashes": None} for i, t, s in zip(ids, texts, sigs, strict=True)]  # fmt: skip
+    rows = [
+        {
+            "key": f"doc{i:08d}",
+            "uri": f"mem://{i}",
+            "modality": "ocr",
+            "meta": {"text_chars": len(t)},
+            "minhash": s.astype("<u4").tobytes(),
+            "video_hashes": None,
+        }
+        for i, t, s in zip(ids, texts, sigs, strict=True)
+    ]
     return to_arrow(to_batch(rows, ["key", "uri", "modality", "meta", "minhash", "video_hashes"]))
 
 
@@ -243,8 +285,11 @@ class MemorySampler:
     @staticmethod
     def _read(pid) -> dict[str, int]:
         text = Path(f"/proc/{pid}/status").read_text()
-        return {k: int(v.split()[0]) // 1024 for k, v in (line.split(":", 1) for line in text.splitlines())
-                if k in ("RssAnon", "RssShmem")}  # fmt: skip
+        return {
+            k: int(v.split()[0]) // 1024
+            for k, v in (line.split(":", 1) for line in text.splitlines())
+            if k in ("RssAnon", "RssShmem")
+        }
 
     def _run(self):
         import os
@@ -294,14 +339,18 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
     found = {tuple(sorted(g["key"])) for _, g in table.groupby("group")}
     truth = {(f"doc{i - 1:08d}", f"doc{i:08d}") for i in range(9, rows, 10)}
     recall, precision = len(found & truth) / len(truth), len(found & truth) / max(1, len(found))
-    return [(f"Ray `dedup_group` (MinHash, threshold 0.7), {rows:,} signatures made in Ray tasks, local 2-CPU "
-             f"cluster, {shuffle} shuffle",
-             f"{rows / seconds:,.0f} rows/s ({seconds:.1f} s; signatures {made:.1f} s before)",
-             f"driver peak RSS {driver_peak:,.0f} MiB ({start_rss:,.0f} after ray.init), of it at most "
-             f"{mem.driver['RssAnon']:,} private and {mem.driver['RssShmem']:,} object-store pages; "
-             f"{len(mem.workers)} Ray processes: at most {mem.worker['RssAnon']:,} MiB private and "
-             f"{mem.worker['RssShmem']:,} object-store pages each",
-             f"{len(found):,} groups, {len(truth):,} true pairs: precision {precision:.4f}, recall {recall:.4f}")]  # fmt: skip
+    return [
+        (
+            f"Ray `dedup_group` (MinHash, threshold 0.7), {rows:,} signatures made in Ray tasks, local 2-CPU "
+            f"cluster, {shuffle} shuffle",
+            f"{rows / seconds:,.0f} rows/s ({seconds:.1f} s; signatures {made:.1f} s before)",
+            f"driver peak RSS {driver_peak:,.0f} MiB ({start_rss:,.0f} after ray.init), of it at most "
+            f"{mem.driver['RssAnon']:,} private and {mem.driver['RssShmem']:,} object-store pages; "
+            f"{len(mem.workers)} Ray processes: at most {mem.worker['RssAnon']:,} MiB private and "
+            f"{mem.worker['RssShmem']:,} object-store pages each",
+            f"{len(found):,} groups, {len(truth):,} true pairs: precision {precision:.4f}, recall {recall:.4f}",
+        )
+    ]
 
 
 def main() -> None:

@@ -130,8 +130,19 @@ def gpu(args) -> list[dict]:
             res = kmeans(x[: args.n], k, iters=args.iters, seed=0, precision=prec, device="cuda", fused=use_fused)
             objective[res.precision] = res.objective
         ref = objective["tf32"][-1]
-        rows.append(_emit({"what": "objective", "device": name, "n": args.n, "k": k, "iters": args.iters,
-                           "objective": objective, "rel_diff_vs_tf32": {p: o[-1] / ref - 1 for p, o in objective.items()}}))  # fmt: skip
+        rows.append(
+            _emit(
+                {
+                    "what": "objective",
+                    "device": name,
+                    "n": args.n,
+                    "k": k,
+                    "iters": args.iters,
+                    "objective": objective,
+                    "rel_diff_vs_tf32": {p: o[-1] / ref - 1 for p, o in objective.items()},
+                }
+            )
+        )
     for k in args.ks:
         for prec, use_fused in modes:
             if prec == "tf32" and k != args.ks[0]:
@@ -150,14 +161,29 @@ def gpu(args) -> list[dict]:
             start = time.perf_counter()
             assigner(x[:n], 1)
             t_assign = time.perf_counter() - start
-            rows.append(_emit({
-                "what": "kmeans", "device": name, "n": n, "k": k, "d": args.d, "precision": res.precision,
-                "iteration_s": [round(s, 3) for s in res.seconds], "median_iteration_s": round(t, 3),
-                "tflops": round(flops / t / 1e12, 1), "vs_bf16_gemm": round(flops / t / 1e12 / best, 3),
-                "assign_only_s": round(t_assign, 3), "assign_vs_bf16_gemm": round(flops / t_assign / 1e12 / best, 3),
-                "objective": res.objective, "empty_clusters": int((res.counts == 0).sum()),
-                "peak_gib_over_data": round(peak, 2), "peak_gib_total": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2), "centroid_gib_fp32": round(k * args.d * 4 / 2**30, 2),
-            }))  # fmt: skip
+            rows.append(
+                _emit(
+                    {
+                        "what": "kmeans",
+                        "device": name,
+                        "n": n,
+                        "k": k,
+                        "d": args.d,
+                        "precision": res.precision,
+                        "iteration_s": [round(s, 3) for s in res.seconds],
+                        "median_iteration_s": round(t, 3),
+                        "tflops": round(flops / t / 1e12, 1),
+                        "vs_bf16_gemm": round(flops / t / 1e12 / best, 3),
+                        "assign_only_s": round(t_assign, 3),
+                        "assign_vs_bf16_gemm": round(flops / t_assign / 1e12 / best, 3),
+                        "objective": res.objective,
+                        "empty_clusters": int((res.counts == 0).sum()),
+                        "peak_gib_over_data": round(peak, 2),
+                        "peak_gib_total": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2),
+                        "centroid_gib_fp32": round(k * args.d * 4 / 2**30, 2),
+                    }
+                )
+            )
             del assigner
             if prec == "bf16" and k == args.ks[0] and use_fused == has_fused and not args.no_checks:
                 rows.append(_emit(_quality(x, res.centroids, name, has_fused)))
@@ -197,9 +223,14 @@ def _quality(x: torch.Tensor, centroids: np.ndarray, name: str, has_fused: bool,
     }
     dist = {p: ((xs - c[i]) ** 2).sum(1) for p, i in picks.items()}
     others = [p for p in modes if p != "fp32"]
-    return {"what": "quality", "device": name, "points": m, "k": int(c.shape[0]),
-            **{f"{p}_top1_agree_fp32": round(float((picks[p] == picks["fp32"]).float().mean()), 4) for p in others},
-            **{f"{p}_dist_excess": float(dist[p].sum() / dist["fp32"].sum() - 1) for p in others}}  # fmt: skip
+    return {
+        "what": "quality",
+        "device": name,
+        "points": m,
+        "k": int(c.shape[0]),
+        **{f"{p}_top1_agree_fp32": round(float((picks[p] == picks["fp32"]).float().mean()), 4) for p in others},
+        **{f"{p}_dist_excess": float(dist[p].sum() / dist["fp32"].sum() - 1) for p in others},
+    }
 
 
 def cpu(args) -> list[dict]:
@@ -218,12 +249,22 @@ def cpu(args) -> list[dict]:
     ref = faiss_kmeans(x, args.k, iters=args.iters, init_centroids=init)
     t_faiss = (time.perf_counter() - start) / args.iters
     t_ours = statistics.median(ours.seconds)
-    return [_emit({
-        "what": "cpu", "device": f"CPU, {threads} torch threads, faiss {faiss.__version__} {faiss.omp_get_max_threads()} threads",
-        "n": args.n, "k": args.k, "d": args.d, "iters": args.iters, "ours_s_per_iter": round(t_ours, 3),
-        "faiss_s_per_iter": round(t_faiss, 3), "ours_over_faiss": round(t_ours / t_faiss, 3),
-        "objective_rel_diff": ours.objective[-1] / ref.objective[-1] - 1,
-    })]  # fmt: skip
+    return [
+        _emit(
+            {
+                "what": "cpu",
+                "device": f"CPU, {threads} torch threads, faiss {faiss.__version__} {faiss.omp_get_max_threads()} threads",
+                "n": args.n,
+                "k": args.k,
+                "d": args.d,
+                "iters": args.iters,
+                "ours_s_per_iter": round(t_ours, 3),
+                "faiss_s_per_iter": round(t_faiss, 3),
+                "ours_over_faiss": round(t_ours / t_faiss, 3),
+                "objective_rel_diff": ours.objective[-1] / ref.objective[-1] - 1,
+            }
+        )
+    ]
 
 
 def main(argv=None) -> int:
@@ -247,8 +288,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="gpu part: skip the same-init objective and top-1 quality rows (for very large N)",
     )
-    p.add_argument("--assign", nargs="*", default=[], metavar="N:K:D",
-                   help="gpu part: also time assignment alone at these shapes (K may exceed N), e.g. 1000000:2000000:768")  # fmt: skip
+    p.add_argument(
+        "--assign",
+        nargs="*",
+        default=[],
+        metavar="N:K:D",
+        help="gpu part: also time assignment alone at these shapes (K may exceed N), e.g. 1000000:2000000:768",
+    )
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     args.n = args.n or (1_000_000 if args.part == "gpu" else 100_000)

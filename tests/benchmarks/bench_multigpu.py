@@ -65,8 +65,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the N-GPU runs (default: all visible)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--flavour", default="base", choices=sorted(FLAVOURS))
-    p.add_argument("--batch", type=int, default=128,
-                   help="samples per GPU per step (parity: global = N x this); 128 is the reference's stage-1 per-GPU batch")  # fmt: skip
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=128,
+        help="samples per GPU per step (parity: global = N x this); 128 is the reference's stage-1 per-GPU batch",
+    )
     p.add_argument("--scale-batches", default="32,128", help="comma-separated per-GPU batches of the scaling runs")
     p.add_argument("--tokens", type=int, default=196, help="tokens per sample (a square number: an image grid)")
     p.add_argument("--classes", type=int, default=2_000_000, help="classes of the one concept head (issue: 2M)")
@@ -76,8 +80,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--scale-steps", type=int, default=20, help="timed steps of the scaling runs")
     p.add_argument("--scale-warmup", type=int, default=5)
     p.add_argument("--sample-rate", type=float, default=0.1, help="partial-FC sample rate of the scaling runs")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="profile this many timed scaling steps (rank 0) and write the op table to $OUT")  # fmt: skip
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="profile this many timed scaling steps (rank 0) and write the op table to $OUT",
+    )
     p.add_argument("--parity-rtol", type=float, default=0.02, help="largest per-step relative loss difference")
     p.add_argument("--kmeans-n", type=int, default=2_000_000)
     p.add_argument("--kmeans-d", type=int, default=512)
@@ -127,8 +136,18 @@ def sync(dev: torch.device):
         torch.cuda.synchronize(dev)
 
 
-def trainer_run(args, mode: str, per_rank: int, steps: int, sample_rate: float, rank, world, dev,
-                profile: str = "", reshard: bool = True) -> dict:  # fmt: skip
+def trainer_run(
+    args,
+    mode: str,
+    per_rank: int,
+    steps: int,
+    sample_rate: float,
+    rank,
+    world,
+    dev,
+    profile: str = "",
+    reshard: bool = True,
+) -> dict:
     """``steps`` optimizer steps of train.loop's step (one micro-batch each): losses, norms, step times.
 
     ``profile``: a name; the last ``--profile`` steps run under torch.profiler and rank 0 writes
@@ -207,8 +226,13 @@ def kmeans_run(args, rank, world, dev) -> dict:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     dist.barrier()
-    return {"objective": res.objective, "seconds": res.seconds, "precision": res.precision,
-            "empty": int((res.counts == 0).sum()), "centroid_checksum": float(abs(res.centroids).sum())}  # fmt: skip
+    return {
+        "objective": res.objective,
+        "seconds": res.seconds,
+        "precision": res.precision,
+        "empty": int((res.counts == 0).sum()),
+        "centroid_checksum": float(abs(res.centroids).sum()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -237,8 +261,18 @@ def worker(rank: int, world: int, port: int, args, out):
                 for mode in ("ddp",) if world == 1 else ("ddp", "fsdp", "fsdp_keep"):
                     steps = args.scale_warmup + args.scale_steps
                     name = f"{mode}_b{batch}_world{world}" if args.profile else ""
-                    run = trainer_run(args, mode.split("_")[0], batch, steps, args.sample_rate, rank, world, dev,
-                                      name, reshard=mode != "fsdp_keep")  # fmt: skip
+                    run = trainer_run(
+                        args,
+                        mode.split("_")[0],
+                        batch,
+                        steps,
+                        args.sample_rate,
+                        rank,
+                        world,
+                        dev,
+                        name,
+                        reshard=mode != "fsdp_keep",
+                    )
                     step_s = statistics.median(run["step_s"][args.scale_warmup :])
                     res[f"scaling_{mode}_b{batch}"] = {"step_s": step_s, "samples_per_s": batch * world / step_s}
                     log(rank, f"scaling {mode} batch {batch} world {world}: {batch * world / step_s:.1f} samples/s")
@@ -300,17 +334,30 @@ def report(args, one: dict, many: dict) -> dict:
             key = f"scaling_{mode}_b{batch}"
             if key in many:
                 one_s, many_s = one[f"scaling_ddp_b{batch}"]["samples_per_s"], many[key]["samples_per_s"]
-                summary[key] = {"samples_per_s_1": one_s, f"samples_per_s_{n}": many_s,
-                                "speedup": many_s / one_s, "efficiency": many_s / (n * one_s)}  # fmt: skip
+                summary[key] = {
+                    "samples_per_s_1": one_s,
+                    f"samples_per_s_{n}": many_s,
+                    "speedup": many_s / one_s,
+                    "efficiency": many_s / (n * one_s),
+                }
     if "kmeans" in many:
         a, b = one["kmeans"], many["kmeans"]
         t1, tn = (statistics.median(r["seconds"][1:] or r["seconds"]) for r in (a, b))
         summary["kmeans"] = {
-            "n": args.kmeans_n, "d": args.kmeans_d, "k": args.kmeans_k, "iters": args.kmeans_iters,
-            "precision": a["precision"], "objective_1": a["objective"], f"objective_{n}": b["objective"],
+            "n": args.kmeans_n,
+            "d": args.kmeans_d,
+            "k": args.kmeans_k,
+            "iters": args.kmeans_iters,
+            "precision": a["precision"],
+            "objective_1": a["objective"],
+            f"objective_{n}": b["objective"],
             "objective_max_rel_diff": max(rel(x, y) for x, y in zip(b["objective"], a["objective"], strict=True)),
-            "s_per_iter_1": t1, f"s_per_iter_{n}": tn, "speedup": t1 / tn, "empty_1": a["empty"], f"empty_{n}": b["empty"],
-        }  # fmt: skip
+            "s_per_iter_1": t1,
+            f"s_per_iter_{n}": tn,
+            "speedup": t1 / tn,
+            "empty_1": a["empty"],
+            f"empty_{n}": b["empty"],
+        }
     return summary
 
 
@@ -337,8 +384,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     one = spawn(1, args)
     many = spawn(args.gpus, args)
-    summary = {"machine": machine(where), "args": vars(args), **report(args, one, many),
-               "raw": {"1": one, str(args.gpus): many}, "wall_s": time.perf_counter() - start}  # fmt: skip
+    summary = {
+        "machine": machine(where),
+        "args": vars(args),
+        **report(args, one, many),
+        "raw": {"1": one, str(args.gpus): many},
+        "wall_s": time.perf_counter() - start,
+    }
     for key, val in summary.items():
         if key not in ("raw", "args", "machine"):
             print(f"{key}: {json.dumps(val)}", flush=True)

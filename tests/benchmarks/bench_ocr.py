@@ -35,8 +35,14 @@ from ocr_kit import cjk_pages, degrade, pages  # noqa: E402
 from curate.ocr.engines import load_engine  # noqa: E402
 from curate.ocr.text import char_accuracy, word_scores  # noqa: E402
 
-DEFAULT = ["rapidocr:ppocrv4", "rapidocr:ppocrv5", "rapidocr:ppocrv6-tiny", "rapidocr:ppocrv6-small", "tesseract:eng",
-           "tesseract:chi_sim+jpn+eng"]  # fmt: skip
+DEFAULT = [
+    "rapidocr:ppocrv4",
+    "rapidocr:ppocrv5",
+    "rapidocr:ppocrv6-tiny",
+    "rapidocr:ppocrv6-small",
+    "tesseract:eng",
+    "tesseract:chi_sim+jpn+eng",
+]
 
 
 def text_free_photos() -> dict:
@@ -85,9 +91,16 @@ def run(config: str, data) -> dict:
         prec.append(p)
         rec.append(r)
     s = statistics.median(secs)
-    return {"config": config, "n": len(data), "char_acc": statistics.mean(chars), "word_precision":
-            statistics.mean(prec), "word_recall": statistics.mean(rec), "min_page_recall": min(rec),
-            "s_per_page_median": s, "pages_per_s_per_core": 1 / s}  # fmt: skip
+    return {
+        "config": config,
+        "n": len(data),
+        "char_acc": statistics.mean(chars),
+        "word_precision": statistics.mean(prec),
+        "word_recall": statistics.mean(rec),
+        "min_page_recall": min(rec),
+        "s_per_page_median": s,
+        "pages_per_s_per_core": 1 / s,
+    }
 
 
 def main() -> None:
@@ -97,8 +110,11 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=DEFAULT)
     args = ap.parse_args()
     clean = pages(args.pages, args.seed)
-    sets = {"clean": clean, "degraded": [(degrade(rgb, seed=i), text) for i, (rgb, text) in enumerate(clean)],
-            "cjk": cjk_pages(args.pages, args.seed)}  # fmt: skip
+    sets = {
+        "clean": clean,
+        "degraded": [(degrade(rgb, seed=i), text) for i, (rgb, text) in enumerate(clean)],
+        "cjk": cjk_pages(args.pages, args.seed),
+    }
     rows = []
     for name, data in sets.items():
         for config in args.configs:
@@ -115,8 +131,10 @@ def main() -> None:
         except (FileNotFoundError, ModuleNotFoundError):
             continue
         print(json.dumps(free[-1]), flush=True)
-    print(f"\nMachine: {machine()}; {args.pages} rendered 640x480 pages (DejaVuSans 22 px), seed {args.seed}; "
-          "degraded = 0.6x downscale + noise sigma 12 + JPEG q35; one thread per engine\n")  # fmt: skip
+    print(
+        f"\nMachine: {machine()}; {args.pages} rendered 640x480 pages (DejaVuSans 22 px), seed {args.seed}; "
+        "degraded = 0.6x downscale + noise sigma 12 + JPEG q35; one thread per engine\n"
+    )
     print(
         "| pages | engine:models | char acc | word precision | word recall | worst page recall | s/page | pages/s/core |"
     )
@@ -125,8 +143,10 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['pages']} | {r['config']} | not run: {r['error']} | | | | | |")
             continue
-        print(f"| {r['pages']} | {r['config']} | {r['char_acc']:.4f} | {r['word_precision']:.4f} | {r['word_recall']:.4f} | "
-              f"{r['min_page_recall']:.4f} | {r['s_per_page_median']:.2f} | {r['pages_per_s_per_core']:.2f} |")  # fmt: skip
+        print(
+            f"| {r['pages']} | {r['config']} | {r['char_acc']:.4f} | {r['word_precision']:.4f} | {r['word_recall']:.4f} | "
+            f"{r['min_page_recall']:.4f} | {r['s_per_page_median']:.2f} | {r['pages_per_s_per_core']:.2f} |"
+        )
 
     print(f"\nText-free photographs ({len(photos)} real photos, shorter side 448): (lines, mean confidence) read\n")
     print("| engine:models | photos with lines | what was read |")

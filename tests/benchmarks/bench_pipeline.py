@@ -74,8 +74,11 @@ def manifest(root: Path, corpus: Path) -> Path:
     demo = Path(__file__).resolve().parents[2] / "manifests" / "demo.toml"
     text = demo.read_text().split("[[sources]]")[0]
     stages = "[[stages]]" + "[[stages]]".join(demo.read_text().split("[[stages]]")[1:])
-    keep = [s for s in stages.split("[[stages]]") if s.strip() and not any(
-        n in s for n in ('"dedup_group"', '"embed"', '"concepts"', '"ocr', '"text_length"'))]  # fmt: skip
+    keep = [
+        s
+        for s in stages.split("[[stages]]")
+        if s.strip() and not any(n in s for n in ('"dedup_group"', '"embed"', '"concepts"', '"ocr', '"text_length"'))
+    ]
     body = text + f'[[sources]]\nmodality = "image"\nuri = "{corpus}/images"\n'
     body += f'[[sources]]\nmodality = "video"\nuri = "{corpus}/videos"\n' + "".join("[[stages]]" + s for s in keep)
     path = root / "bench.toml"
@@ -99,16 +102,19 @@ def main() -> None:
     results = {}
     for cpus in (1, 2):
         over = {"output.dir": str(root / f"out{cpus}"), "ray.num_cpus": cpus, "partition_size": 32}
-        proc = subprocess.run([sys.executable, "-c", RUN, str(path), json.dumps(over), "--force"],
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN, str(path), json.dumps(over), "--force"], capture_output=True, text=True
+        )
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(proc.stderr[-3000:])
         results[cpus] = json.loads(line[-1][7:])
     print(machine())
     for cpus, r in results.items():
-        print(f"{cpus} CPU: {r['inputs']} inputs in {r['wall']:.1f}s = {r['inputs'] / r['wall']:.2f} samples/s; "
-              f"driver peak {r['driver_peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB")  # fmt: skip
+        print(
+            f"{cpus} CPU: {r['inputs']} inputs in {r['wall']:.1f}s = {r['inputs'] / r['wall']:.2f} samples/s; "
+            f"driver peak {r['driver_peak_mib']:.0f} MiB, largest worker {r['worker_peak_mib']:.0f} MiB"
+        )
     speedup = results[1]["wall"] / results[2]["wall"]
     print(f"speed-up 2 CPUs / 1 CPU: {speedup:.2f} (goal >= 1.8)")
     for name, st in results[2]["stages"].items():

@@ -77,8 +77,11 @@ def crop(rng, size: int) -> np.ndarray:
 
 
 def sample(modality: str, key: str, rng) -> dict:
-    out = {"__key__": key, "json": fmt.encode_json({"modality": modality, "source": f"bench://{key}"}),
-           "cls.npy": fmt.encode_npy(rng.integers(0, 1 << 20, 10).astype(np.int32))}  # fmt: skip
+    out = {
+        "__key__": key,
+        "json": fmt.encode_json({"modality": modality, "source": f"bench://{key}"}),
+        "cls.npy": fmt.encode_npy(rng.integers(0, 1 << 20, 10).astype(np.int32)),
+    }
     if modality == "image":
         out["jpg"] = jpeg(crop(rng, 256))
     elif modality == "ocr":
@@ -170,28 +173,44 @@ def main() -> None:
     no_decode = {m: (lambda s: {}) for m in folders}
     lines = [f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}", f"repeat: {args.repeat}", ""]
 
-    lines += ["| modality | bytes/sample | decode ms/sample | decode-only samples/s/core | loader samples/s/core "
-              "| R1 loader/decode, median (min-max) (goal >= 0.8) | raw read samples/s/core (no decode) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "| modality | bytes/sample | decode ms/sample | decode-only samples/s/core | loader samples/s/core "
+        "| R1 loader/decode, median (min-max) (goal >= 0.8) | raw read samples/s/core (no decode) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m, folder in [*folders.items(), ("image", pax["image"])]:
         n = COUNTS[m][0] * COUNTS[m][1]
-        raw = [{**s, "meta": {"modality": m}} for shard in sorted(Path(folder).glob("*.tar"))
-               for s, _, _ in iter_samples(str(shard))]  # fmt: skip
+        raw = [
+            {**s, "meta": {"modality": m}}
+            for shard in sorted(Path(folder).glob("*.tar"))
+            for s, _, _ in iter_samples(str(shard))
+        ]
         nbytes = sum(p.stat().st_size for p in Path(folder).glob("*.tar")) / n
         fn = DEFAULT_TRANSFORMS[m]
-        rounds = paired([lambda raw=raw, fn=fn: [fn(s) for s in raw], lambda f=folder, m=m: drain(f, m),
-                         lambda f=folder, m=m: drain(f, m, no_decode)], args.repeat)  # fmt: skip
+        rounds = paired(
+            [
+                lambda raw=raw, fn=fn: [fn(s) for s in raw],
+                lambda f=folder, m=m: drain(f, m),
+                lambda f=folder, m=m: drain(f, m, no_decode),
+            ],
+            args.repeat,
+        )
         t_dec, t_load, t_raw = (statistics.median(col) for col in zip(*rounds, strict=True))
         r1 = [d / load for d, load, _ in rounds]
         name = m if folder in folders.values() else f"{m}, tars with a pax header per member (read by tarfile)"
-        lines.append(f"| {name} | {nbytes / 1e3:.1f} kB | {t_dec / n * 1e3:.2f} | {n / t_dec:.0f} | {n / t_load:.0f} "
-                     f"| **{statistics.median(r1):.2f}** ({min(r1):.2f}-{max(r1):.2f}) | {n / t_raw:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {nbytes / 1e3:.1f} kB | {t_dec / n * 1e3:.2f} | {n / t_dec:.0f} | {n / t_load:.0f} "
+            f"| **{statistics.median(r1):.2f}** ({min(r1):.2f}-{max(r1):.2f}) | {n / t_raw:.0f} |"
+        )
         if m == "video":
             arrays = [fmt.encode_npy(fn(s)["patches"].numpy()) for s in raw]
             t_npy = cpu_seconds(lambda a=arrays: [torch.from_numpy(fmt.decode_npy(b)) for b in a], args.repeat)
             mosaic = np.mean([len(s["patches.jpg"]) for s in raw])
-            lines.append(f"| video tokens: JPEG mosaic vs raw uint8 (K={K}) | {mosaic / 1e3:.1f} kB vs "
-                         f"{np.mean([len(a) for a in arrays]) / 1e3:.1f} kB | {t_dec / n * 1e3:.2f} vs "
-                         f"{t_npy / n * 1e3:.3f} | | | | |")  # fmt: skip
+            lines.append(
+                f"| video tokens: JPEG mosaic vs raw uint8 (K={K}) | {mosaic / 1e3:.1f} kB vs "
+                f"{np.mean([len(a) for a in arrays]) / 1e3:.1f} kB | {t_dec / n * 1e3:.2f} vs "
+                f"{t_npy / n * 1e3:.3f} | | | | |"
+            )
 
     if args.no_s3:
         return report(lines, args)
@@ -201,11 +220,19 @@ def main() -> None:
     port.close()
     server = moto(number)
     try:
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{number}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+        os.environ.update(
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{number}",
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
         storage.s3_client().create_bucket(Bucket="bench")
-        lines += ["", "| modality | local wall samples/s | S3 wall samples/s | R2 S3/local, median (min-max) | local CPU ms/sample "
-                  "| S3 CPU ms/sample (reader process only) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| modality | local wall samples/s | S3 wall samples/s | R2 S3/local, median (min-max) | local CPU ms/sample "
+            "| S3 CPU ms/sample (reader process only) |",
+            "|---|---|---|---|---|---|",
+        ]
         for m, folder in folders.items():
             n = COUNTS[m][0] * COUNTS[m][1]
             for p in Path(folder).glob("*"):
@@ -216,8 +243,10 @@ def main() -> None:
             w_local, w_s3 = (statistics.median(col) for col in zip(*walls, strict=True))
             r2 = [a / b for a, b in walls]
             c_local, c_s3 = (statistics.median(col) for col in zip(*paired(pair, args.repeat), strict=True))
-            lines.append(f"| {m} | {n / w_local:.0f} | {n / w_s3:.0f} | **{statistics.median(r2):.2f}** "
-                         f"({min(r2):.2f}-{max(r2):.2f}) | {c_local / n * 1e3:.3f} | {c_s3 / n * 1e3:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {m} | {n / w_local:.0f} | {n / w_s3:.0f} | **{statistics.median(r2):.2f}** "
+                f"({min(r2):.2f}-{max(r2):.2f}) | {c_local / n * 1e3:.3f} | {c_s3 / n * 1e3:.3f} |"
+            )
     finally:
         server.terminate()
         server.wait()

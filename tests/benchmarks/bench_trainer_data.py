@@ -52,9 +52,15 @@ def write_image_shards(folder: Path, n_shards: int, per_shard: int, size: int, c
     rng = np.random.default_rng(0)
     infos = []
     for s in range(n_shards):
-        samples = [{"__key__": f"img{s:03d}_{i:05d}", "json": encode_json({"modality": "image"}), "jpg": photo(rng, size),
-                    "cls.npy": encode_npy(rng.integers(0, classes, 10).astype(np.int32))}
-                   for i in range(per_shard)]  # fmt: skip
+        samples = [
+            {
+                "__key__": f"img{s:03d}_{i:05d}",
+                "json": encode_json({"modality": "image"}),
+                "jpg": photo(rng, size),
+                "cls.npy": encode_npy(rng.integers(0, classes, 10).astype(np.int32)),
+            }
+            for i in range(per_shard)
+        ]
         infos.append(write_shard(samples, str(folder / shard_name("bench_image", "v1", s))))
     write_index(str(folder), "bench_image", "v1", infos, {"modality": "image"})
     return str(folder)
@@ -106,14 +112,25 @@ def main():
     classes = 100_000
     size, image, batch = (48, 32, 4) if smoke else (256, 224, 128)
     shards = write_image_shards(root / "shards", 16, 8 if smoke else 64, size, classes)
-    data = {"shards": [shards], "batch_size": batch, "image_size": image, "workers": 0 if smoke else args.workers,
-            "prefetch": 4, "resample": True, "shuffle_buffer": 64}  # fmt: skip
+    data = {
+        "shards": [shards],
+        "batch_size": batch,
+        "image_size": image,
+        "workers": 0 if smoke else args.workers,
+        "prefetch": 4,
+        "resample": True,
+        "shuffle_buffer": 64,
+    }
     spec = {
-        "name": "t5", "out_dir": str(root / "runs"), "steps": steps, "log_every": 1,
-        "model": {"flavour": "debug" if smoke else "large", "patch": 16}, "data": data,
+        "name": "t5",
+        "out_dir": str(root / "runs"),
+        "steps": steps,
+        "log_every": 1,
+        "model": {"flavour": "debug" if smoke else "large", "patch": 16},
+        "data": data,
         "heads": [{"name": "image", "modalities": ["image"], "num_classes": classes, "sample_rate": 0.1}],
         "parallel": {"compile": not smoke, "dtype": "bf16"},
-    }  # fmt: skip
+    }
     RepeatFirst.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "cpus": os.cpu_count()}
     for name, synthetic in (("synthetic", True), ("real_shards", False), ("synthetic_again", True)):

@@ -52,8 +52,18 @@ def rows(items: list[dict]) -> dict:
     """A stage batch (bookkeeping columns plus payload) from dicts with key, modality and payload."""
     from curate.stage import new_rows
 
-    batch = new_rows([{"key": it["key"], "uri": f"mem://{it['key']}", "modality": it["modality"], "partition": 0,
-                       "meta": it.get("meta", {})} for it in items])  # fmt: skip
+    batch = new_rows(
+        [
+            {
+                "key": it["key"],
+                "uri": f"mem://{it['key']}",
+                "modality": it["modality"],
+                "partition": 0,
+                "meta": it.get("meta", {}),
+            }
+            for it in items
+        ]
+    )
     for column in ("jpg", "frames_jpg", "emb"):
         if any(column in it for it in items):
             batch[column] = np.array([it.get(column) for it in items], dtype=object)

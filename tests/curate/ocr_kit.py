@@ -24,9 +24,11 @@ def pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
 
 
 # common Chinese words and a few Japanese ones; CJK lines are written without spaces
-CJK_WORDS = ("今天 天气 很好 我们 公园 散步 学习 快乐 中国 北京 上海 东京 城市 地铁 火车 飞机 朋友 老师 学生 学校 医院 银行 "
-             "商店 苹果 米饭 茶水 电脑 手机 文字 图片 世界 和平 时间 工作 明天 昨天 山水 河流 花园 音乐 "
-             "ありがとう カメラ テレビ さくら ひらがな カタカナ").split()  # fmt: skip
+CJK_WORDS = (
+    "今天 天气 很好 我们 公园 散步 学习 快乐 中国 北京 上海 东京 城市 地铁 火车 飞机 朋友 老师 学生 学校 医院 银行 "
+    "商店 苹果 米饭 茶水 电脑 手机 文字 图片 世界 和平 时间 工作 明天 昨天 山水 河流 花园 音乐 "
+    "ありがとう カメラ テレビ さくら ひらがな カタカナ"
+).split()
 
 
 def cjk_pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:

@@ -33,8 +33,11 @@ def two_nodes():
     common = ["--num-cpus=2", "--object-store-memory=400000000", "--block", "--disable-usage-stats"]
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false", *common],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     procs = [head]
     try:
         address = f"127.0.0.1:{port}"
@@ -46,7 +49,7 @@ def two_nodes():
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         )
         _wait_for_nodes(address, env, 2)
         yield address, env
@@ -91,8 +94,13 @@ def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, dem
     address, env = two_nodes
     env = dict(env, DEMO_CORPUS=str(demo_corpus))
     base = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", "--quiet"]
-    cluster = subprocess.run([*base, f"--output.dir={tmp_path / 'cluster'}", "--address", address],
-                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    cluster = subprocess.run(
+        [*base, f"--output.dir={tmp_path / 'cluster'}", "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
     assert "inputs = kept + dropped + failed: checked" in cluster.stdout
     assert _tars(tmp_path / "cluster") == _tars(demo_local) != {}

@@ -51,10 +51,14 @@ def test_weights_and_config_from_s3_equal_the_local_ones(tiny, s3_server, tmp_pa
     s3.upload_file(config, "models", "clip/tiny.json")
     local = _embed({"model": NAME, "model_config": config, "weights": weights}, _images(3))
     remote = _embed(
-        {"model": NAME, "model_config": "s3://models/clip/tiny.json", "weights": "s3://models/clip/tiny.pt",
-         "cache_dir": str(tmp_path)},
+        {
+            "model": NAME,
+            "model_config": "s3://models/clip/tiny.json",
+            "weights": "s3://models/clip/tiny.pt",
+            "cache_dir": str(tmp_path),
+        },
         _images(3),
-    )  # fmt: skip
+    )
     assert list(remote["status"]) == ["live"] * 3
     assert list(remote["emb"]) == list(local["emb"])
     assert any(p.name.endswith("-tiny.pt") for p in (tmp_path / "ovforge-weights").iterdir())
@@ -75,11 +79,18 @@ def test_random_weights_need_allow_random_and_are_flagged(tiny):
 def test_video_embedding_reduces_frames_and_missing_frames_fail_clearly(tiny):
     config, weights = tiny
     d = TINY["embed_dim"]
-    batch = rows([
-        {"key": "v0", "modality": "video", "frames_jpg": frames_jpeg(4, 0), "meta": {"frames": {"ids": [0, 1, 2, 3]}}},
-        {"key": "v1", "modality": "video", "meta": {"frames": {"ids": [0, 1]}}},
-        {"key": "i0", "modality": "image", "jpg": jpeg(7)},
-    ])  # fmt: skip
+    batch = rows(
+        [
+            {
+                "key": "v0",
+                "modality": "video",
+                "frames_jpg": frames_jpeg(4, 0),
+                "meta": {"frames": {"ids": [0, 1, 2, 3]}},
+            },
+            {"key": "v1", "modality": "video", "meta": {"frames": {"ids": [0, 1]}}},
+            {"key": "i0", "modality": "image", "jpg": jpeg(7)},
+        ]
+    )
     spec = {"model": NAME, "model_config": config, "weights": weights, "video_frames": 2, "dtype": "float32"}
     concat = _embed(spec, batch)
     assert list(concat["status"]) == ["live", "failed", "live"]

@@ -117,8 +117,9 @@ def test_relabel_from_stored_embeddings_writes_a_sidecar_and_leaves_tars_alone(c
     root, out, config, weights, _ = curated
     before = _tars(out)
     embeddings = f'embeddings = "{out}/_work/step0-concepts/embeddings"'
-    (root / "bank.toml").write_text(BANK.format(out=out, embeddings=embeddings, model=NAME, config=config,
-                                                weights=weights, bank=""))  # fmt: skip
+    (root / "bank.toml").write_text(
+        BANK.format(out=out, embeddings=embeddings, model=NAME, config=config, weights=weights, bank="")
+    )
     assert concepts_main([str(root / "bank.toml"), "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert _tars(out) == before
@@ -139,8 +140,9 @@ def test_relabel_from_stored_embeddings_writes_a_sidecar_and_leaves_tars_alone(c
 
 def test_relabel_recomputes_embeddings_from_the_shards(curated, capsys):
     root, out, config, weights, _ = curated
-    (root / "bank2.toml").write_text(BANK.format(out=out, embeddings="", model=NAME, config=config,
-                                                 weights=weights, bank=""))  # fmt: skip
+    (root / "bank2.toml").write_text(
+        BANK.format(out=out, embeddings="", model=NAME, config=config, weights=weights, bank="")
+    )
     before = _tars(out)
     assert concepts_main([str(root / "bank2.toml"), "--quiet", "--kmeans.k=3"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -160,8 +162,16 @@ def test_a_bank_of_another_width_is_refused(curated, capsys):
     other = root / "other-model-embeddings"
     part = store.write_part(str(other), keys, ["image"] * len(keys), np.ones((len(keys), 7), np.float16))
     store.write_index(str(other), [part], {"model": "other"})
-    (root / "bank3.toml").write_text(BANK.format(out=out, embeddings=f'embeddings = "{other}"', model=NAME,
-                                                 config=config, weights=weights, bank=f'bank = "{result["bank"]}"'))  # fmt: skip
+    (root / "bank3.toml").write_text(
+        BANK.format(
+            out=out,
+            embeddings=f'embeddings = "{other}"',
+            model=NAME,
+            config=config,
+            weights=weights,
+            bank=f'bank = "{result["bank"]}"',
+        )
+    )
     assert concepts_main([str(root / "bank3.toml"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "24-d centroids" in err and "7-d" in err

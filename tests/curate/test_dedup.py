@@ -64,10 +64,12 @@ def corpus(demo_corpus, tmp_path_factory):
     src = demo_corpus / "videos" / "clip00_h264.mp4"
     _derive_clip(src, extra / "clip00_reencoded_crf35.mp4", crf=35, skip=0)
     _derive_clip(src, extra / "clip00_trimmed10.mp4", crf=23, skip=10)
-    sources = [SourceConfig(modality="image", uri=str(demo_corpus / "images")),
-               SourceConfig(modality="video", uri=str(demo_corpus / "videos")),
-               SourceConfig(modality="video", uri=str(extra)),
-               SourceConfig(modality="ocr", uri=str(demo_corpus / "ocr"))]  # fmt: skip
+    sources = [
+        SourceConfig(modality="image", uri=str(demo_corpus / "images")),
+        SourceConfig(modality="video", uri=str(demo_corpus / "videos")),
+        SourceConfig(modality="video", uri=str(extra)),
+        SourceConfig(modality="ocr", uri=str(demo_corpus / "ocr")),
+    ]
     items, _ = list_inputs(sources, 16)
     batch = new_rows(items)
     for spec in PIPELINE:
@@ -84,7 +86,7 @@ def corpus(demo_corpus, tmp_path_factory):
             for p in itertools.combinations(
                 ["clip00_h264.mp4", "clip00_reencoded_crf35.mp4", "clip00_trimmed10.mp4"], 2
             )
-        },  # fmt: skip
+        },
     }
     truth["pixel"] = truth["exact"]
     truth["semantic"] = truth["perceptual"]
@@ -96,8 +98,11 @@ def _name(rows) -> dict:
 
 
 def _pairs(groups: pd.DataFrame, name: dict) -> set:
-    return {frozenset((name[a], name[b])) for keys in groups.groupby("group")["key"].apply(list)
-            for a, b in itertools.combinations(keys, 2)}  # fmt: skip
+    return {
+        frozenset((name[a], name[b]))
+        for keys in groups.groupby("group")["key"].apply(list)
+        for a, b in itertools.combinations(keys, 2)
+    }
 
 
 def test_precision_and_recall_per_kind_on_the_demo_families(corpus):
@@ -243,8 +248,18 @@ def test_manifest_entries_and_bad_inputs(corpus, tmp_path):
     assert band_records(pd.DataFrame([out[1]]), DedupConfig()).num_rows == 0
 
     caption = "a red fox jumps over the lazy dog near the river bank"
-    images = new_rows([{"key": f"i{i}", "uri": f"/nonexistent/{i}.jpg", "modality": "image", "partition": 0,
-                        "meta": {"caption": caption + (" at dawn" if i else "")}} for i in range(2)])  # fmt: skip
+    images = new_rows(
+        [
+            {
+                "key": f"i{i}",
+                "uri": f"/nonexistent/{i}.jpg",
+                "modality": "image",
+                "partition": 0,
+                "meta": {"caption": caption + (" at dawn" if i else "")},
+            }
+            for i in range(2)
+        ]
+    )
     out = to_rows(run_in_process([stage], images))
     theirs = MinHash.bulk([shingles(caption, 3)], num_perm=128, seed=1)[0]
     assert np.array_equal(np.frombuffer(out[0]["minhash"], "<u4"), theirs.hashvalues)  # captions count too
@@ -281,8 +296,20 @@ def test_keep_rule_picks_one_member_per_group(rule, kept):
     edges = []
     for a, b, kind in (("a-key", "b-key", "video"), ("b-key", "c-key", "exact"), ("d-key", "e-key", "pixel")):
         (ra, ua), (rb, ub) = (rank(metas[a][0], rule), metas[a][1]), (rank(metas[b][0], rule), metas[b][1])
-        edges.append({"a": a, "b": b, "kind": kind, "sim": 1.0, "a_r1": ra[0], "a_r2": ra[1], "a_uri": ua,
-                      "b_r1": rb[0], "b_r2": rb[1], "b_uri": ub})  # fmt: skip
+        edges.append(
+            {
+                "a": a,
+                "b": b,
+                "kind": kind,
+                "sim": 1.0,
+                "a_r1": ra[0],
+                "a_r2": ra[1],
+                "a_uri": ua,
+                "b_r1": rb[0],
+                "b_r2": rb[1],
+                "b_uri": ub,
+            }
+        )
     table = group_table(pd.DataFrame(edges)).set_index("key")
     assert table["group"].nunique() == 2 and table.loc["a-key", "group"] == table.loc["c-key", "group"]
     assert (table.loc[["a-key", "b-key", "c-key"], "kept"] == kept).all() and pd.isna(table.loc["e-key", "dup_of"])

@@ -46,8 +46,13 @@ def _clips(truth, task, split=None):
 
 def test_layout_labels_balanced_and_matching_truth(bench):
     out, summary, truth, rows = bench
-    assert summary["counts"] == {"motion/train": 8, "motion/test": 4, "static/train": 8, "static/test": 4,
-                                 "pretrain": 4}  # fmt: skip
+    assert summary["counts"] == {
+        "motion/train": 8,
+        "motion/test": 4,
+        "static/train": 8,
+        "static/test": 4,
+        "pretrain": 4,
+    }
     assert list(rows[0]) == ["task", "split", "name", "label", "class_name"]
     names = [r["name"] for r in rows]
     assert len(set(names)) == len(names) == 28 == len(truth["clips"])
@@ -121,8 +126,13 @@ def test_static_object_stays_put_in_the_scene(bench):
         magenta, hidden = {}, {}
         for t in (0, FRAMES - 1):  # the magenta pixels are those of the truth box
             magenta[t] = np.abs(video[t] - colour).max(-1) < 60
-            hidden[t] = np.any([(xx - d["centre"][t][0]) ** 2 + (yy - d["centre"][t][1]) ** 2 < (r + 2) ** 2
-                                for d in clip["distractors"]], 0)  # fmt: skip
+            hidden[t] = np.any(
+                [
+                    (xx - d["centre"][t][0]) ** 2 + (yy - d["centre"][t][1]) ** 2 < (r + 2) ** 2
+                    for d in clip["distractors"]
+                ],
+                0,
+            )
             x0, y0, x1, y1 = box[t]
             in_box = (xx >= x0 - 1) & (xx <= x1 + 1) & (yy >= y0 - 1) & (yy <= y1 + 1)
             assert (magenta[t] & in_box).sum() > 0.99 * magenta[t].sum()

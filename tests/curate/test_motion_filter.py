@@ -30,8 +30,11 @@ def test_thresholds_and_a_missing_codec_stage():
 
     f = MotionFilter(min_motion_px=1.0, max_motion_px=20.0, min_residual=2.0)
     assert f.process_row(row(5.0, 10.0)).get("keep", True)
-    for (motion, residual), code in {(0.5, 10.0): "too_little_motion", (30.0, 10.0): "too_much_motion",
-                                     (5.0, 1.0): "too_little_residual"}.items():  # fmt: skip
+    for (motion, residual), code in {
+        (0.5, 10.0): "too_little_motion",
+        (30.0, 10.0): "too_much_motion",
+        (5.0, 1.0): "too_little_residual",
+    }.items():
         out = f.process_row(row(motion, residual))
         assert out["keep"] is False and out["drop_reason"].startswith(code + ":")
     assert MotionFilter(drop_static=False).process_row(row(0.0, 0.0, "static_fallback")).get("keep", True)

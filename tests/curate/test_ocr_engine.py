@@ -31,8 +31,10 @@ def _scores(engine, data):
     for rgb, truth in data:
         lines = engine(rgb)
         assert all(0.0 <= line.conf <= 1.0 for line in lines)
-        assert all(0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0] for x0, y0, x1, y1 in
-                   (line.box for line in lines))  # fmt: skip
+        assert all(
+            0 <= x0 < x1 <= rgb.shape[1] and 0 <= y0 < y1 <= rgb.shape[0]
+            for x0, y0, x1, y1 in (line.box for line in lines)
+        )
         assert [line.box[1] for line in lines] == sorted(line.box[1] for line in lines)  # reading order
         p, r = word_scores("\n".join(line.text for line in lines), truth)
         prec.append(p)
@@ -120,11 +122,25 @@ def test_real_photographs_without_text_are_dropped(test_pages):
 
 def test_low_confidence_and_low_area_reasons():
     rows = [
-        {"key": "a", "meta": {"ocr": {"lines": [["x", 0.6, [0, 0, 5, 5]]]}, "ocr_words": 1, "ocr_text_area": 0.5,
-                              "ocr_mean_conf": 0.6}},
-        {"key": "b", "meta": {"ocr": {"lines": [["x", 0.9, [0, 0, 1, 1]]]}, "ocr_words": 1, "ocr_text_area": 0.001,
-                              "ocr_mean_conf": 0.9}},
-    ]  # fmt: skip
+        {
+            "key": "a",
+            "meta": {
+                "ocr": {"lines": [["x", 0.6, [0, 0, 5, 5]]]},
+                "ocr_words": 1,
+                "ocr_text_area": 0.5,
+                "ocr_mean_conf": 0.6,
+            },
+        },
+        {
+            "key": "b",
+            "meta": {
+                "ocr": {"lines": [["x", 0.9, [0, 0, 1, 1]]]},
+                "ocr_words": 1,
+                "ocr_text_area": 0.001,
+                "ocr_mean_conf": 0.9,
+            },
+        },
+    ]
     out = OcrFilter(min_text_area=0.01, min_mean_conf=0.7).process_batch(rows)
     assert [r["drop_reason"].split(":")[0] for r in out] == ["low_confidence", "low_text_area"]
 

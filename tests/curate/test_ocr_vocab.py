@@ -15,8 +15,16 @@ from shards.format import decode_npy
 
 def _row(key: str, lines: list, modality: str = "ocr") -> dict:
     meta = {"ocr": {"lines": [[text, conf, [0, 10 * i, 100, 10 * i + 8]] for i, (text, conf) in enumerate(lines)]}}
-    return {"key": key, "uri": f"mem://{key}", "modality": modality, "partition": 0, "status": "live",
-            "reason": None, "detail": None, "meta": meta}  # fmt: skip
+    return {
+        "key": key,
+        "uri": f"mem://{key}",
+        "modality": modality,
+        "partition": 0,
+        "status": "live",
+        "reason": None,
+        "detail": None,
+        "meta": meta,
+    }
 
 
 ROWS = [

@@ -47,8 +47,12 @@ def ray_demo(ray_cluster, demo_corpus, tmp_path_factory):
 def test_every_input_is_accounted_with_the_ground_truth_outcome(ray_demo, demo_corpus):
     out, summary = ray_demo
     ledger = read_ledger(str(out))
-    inputs = [p for kind in ("images", "videos", "ocr") for p in (demo_corpus / kind).iterdir()
-              if p.suffix in (".jpg", ".png", ".mp4")]  # fmt: skip
+    inputs = [
+        p
+        for kind in ("images", "videos", "ocr")
+        for p in (demo_corpus / kind).iterdir()
+        if p.suffix in (".jpg", ".png", ".mp4")
+    ]
     assert len(ledger) == summary["inputs"] == len(inputs)
     assert summary["kept"] + summary["dropped"] + summary["failed"] == summary["inputs"]
     by_file = {

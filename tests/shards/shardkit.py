@@ -34,8 +34,13 @@ def expected(key: str) -> dict:
     colour = np.array([s % 200, (s >> 8) % 200, (s >> 16) % 200], np.uint8) + 20
     patch_colours = (np.arange(K)[:, None] * np.array([5, 3, 1]) + colour) % 230 + 10
     pos = np.stack([np.arange(K) // 8, np.arange(K) % 8, (np.arange(K) + s) % 14], 1).astype(np.int16)
-    return {"colour": colour, "patch_colours": patch_colours.astype(np.uint8), "pos": pos,
-            "text": f"word{s % 97} hello {key}", "cls": np.array([s % 1000, s % 7], np.int32)}  # fmt: skip
+    return {
+        "colour": colour,
+        "patch_colours": patch_colours.astype(np.uint8),
+        "pos": pos,
+        "text": f"word{s % 97} hello {key}",
+        "cls": np.array([s % 1000, s % 7], np.int32),
+    }
 
 
 def make_sample(key: str, modality: str) -> dict[str, bytes]:

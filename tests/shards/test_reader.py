@@ -71,8 +71,9 @@ def test_resume_continues_the_same_stream_sample_for_sample(sets, rank, epochs, 
     weights = {"image": 0.5, "video": 0.3, "ocr": 0.2}
 
     def make():
-        return ShardStream(folders, weights, seed=7, rank=rank, world_size=2, epochs=epochs, shuffle_buffer=5,
-                           transforms=NO_DECODE)  # fmt: skip
+        return ShardStream(
+            folders, weights, seed=7, rank=rank, world_size=2, epochs=epochs, shuffle_buffer=5, transforms=NO_DECODE
+        )
 
     def take(stream, n):
         loader = stream.loader(batch_size=2, num_workers=2)
@@ -134,8 +135,16 @@ def test_bad_samples_are_skipped_counted_and_logged_then_fail_past_the_rate(tmp_
     stream = ShardStream(folders, seed=0)
     with caplog.at_level(logging.WARNING, logger="shards.reader"):
         got = [s["__key__"] for s in stream]
-    assert sorted(got) == ["image00_000", "image00_001", "image00_003", "image00_004",
-                           "image01_000", "image01_001", "image01_002", "video00_001"]  # fmt: skip
+    assert sorted(got) == [
+        "image00_000",
+        "image00_001",
+        "image00_003",
+        "image00_004",
+        "image01_000",
+        "image01_001",
+        "image01_002",
+        "video00_001",
+    ]
     assert stream.stats() == {"emitted": 8, "seen": 11, "bad": 3}
     log = caplog.text
     assert "image00_002: UnidentifiedImageError" in log and "video00_000: KeyError" in log

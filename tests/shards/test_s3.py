@@ -49,8 +49,15 @@ def test_storage_round_trip_listing_and_atomic_put(bucket, tmp_path):
 
 
 def test_curate_from_s3_into_s3_through_ray(ray_cluster, bucket, demo_corpus, tmp_path, capsys):
-    chosen = ["images/astronaut.jpg", "images/coffee__reencoded.jpg", "images/not_an_image.jpg",
-              "videos/clip01_h264.mp4", "videos/clip19_truncated.mp4", "ocr/page03.png", "ocr/page03.txt"]  # fmt: skip
+    chosen = [
+        "images/astronaut.jpg",
+        "images/coffee__reencoded.jpg",
+        "images/not_an_image.jpg",
+        "videos/clip01_h264.mp4",
+        "videos/clip19_truncated.mp4",
+        "ocr/page03.png",
+        "ocr/page03.txt",
+    ]
     for rel in chosen:
         storage.write_bytes(f"s3://{bucket}/corpus/{rel}", (demo_corpus / rel).read_bytes())
     manifest = tmp_path / "s3.toml"

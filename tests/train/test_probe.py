@@ -67,8 +67,13 @@ def _probe_set(folder, n=64, seed=0):
         for i in range(n):
             c, fields, extra = video_sample(rng, frames=4)
             name = f"clip{i:03d}.mp4"
-            sink.write({"__key__": f"k{i:04d}", "json": encode_json({"modality": "video", "source": f"/x/{name}",
-                        **extra}), **fields})  # fmt: skip
+            sink.write(
+                {
+                    "__key__": f"k{i:04d}",
+                    "json": encode_json({"modality": "video", "source": f"/x/{name}", **extra}),
+                    **fields,
+                }
+            )
             rows.append({"name": name, "split": "train" if i < 3 * n // 4 else "test", "label": c, "task": "colour"})
     rows.append({"name": "unlabelled.mp4", "split": "train", "label": -1, "task": "colour"})
     with (folder / "labels.csv").open("w", newline="") as fh:
@@ -103,8 +108,26 @@ def test_probe_cli_reads_a_run_and_a_labelled_set(tmp_path, capsys):
     train(cfg)
     dataset = _probe_set(tmp_path / "set")
     out = tmp_path / "probe.json"
-    code = main([str(tmp_path / "runs" / "t"), str(dataset), "--mode", "frames", "--frames", "4", "--size", "64",
-                 "--seeds", "0,1", "--epochs", "12", "--lr", "3e-3", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            str(tmp_path / "runs" / "t"),
+            str(dataset),
+            "--mode",
+            "frames",
+            "--frames",
+            "4",
+            "--size",
+            "64",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "12",
+            "--lr",
+            "3e-3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["train"] == 48 and result["test"] == 16 and len(result["runs"]) == 2
@@ -113,8 +136,29 @@ def test_probe_cli_reads_a_run_and_a_labelled_set(tmp_path, capsys):
     assert result["top1_mean"] >= 0.7, result
     assert "over 2 seed(s)" in capsys.readouterr().out
     # the encoder-free reference reads the same colour from patch thumbnails
-    assert main(["pixels", str(dataset), "--mode", "frames", "--frames", "4", "--size", "64", "--seeds", "0",
-                 "--epochs", "12", "--lr", "3e-3", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pixels",
+                str(dataset),
+                "--mode",
+                "frames",
+                "--frames",
+                "4",
+                "--size",
+                "64",
+                "--seeds",
+                "0",
+                "--epochs",
+                "12",
+                "--lr",
+                "3e-3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["top1_mean"] >= 0.7
     assert main([str(tmp_path / "nowhere"), str(dataset)]) == 2
     assert "not a release" in capsys.readouterr().err

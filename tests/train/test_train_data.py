@@ -123,8 +123,12 @@ def test_the_ocr_head_takes_word_ids_and_pages_without_words_stay_unlabelled(tmp
     for key, row in zip(batch.keys, batch.labels.tolist(), strict=True):
         assert [v for v in row if v >= 0] == words[key].tolist()  # an empty page: all -1 (masked, never padded)
     no_words = write_shards(tmp_path / "t", n_shards=1, per_shard=2, modalities=("image",))
-    stream = Stream(DataConfig(shards=tuple(no_words), batch_size=2, image_size=32, workers=0), 16, {"image": 12},
-                    label_fields={"image": "words"})  # fmt: skip
+    stream = Stream(
+        DataConfig(shards=tuple(no_words), batch_size=2, image_size=32, workers=0),
+        16,
+        {"image": 12},
+        label_fields={"image": "words"},
+    )
     with pytest.raises(BadDataError, match="no words.npy labels; the ocr_labels stage writes them"):
         next(stream)
     stream.close()

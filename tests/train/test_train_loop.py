@@ -108,8 +108,16 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path, shard_factory):
     img = shard_factory(sub="img", n_shards=2, per_shard=8)
     mixed = shard_factory(sub="mixed", n_shards=2, per_shard=9, modalities=("image", "ocr", "video"), seed=1)
     out = str(tmp_path / "runs")
-    small = ["--model.flavour=debug", f"--out_dir={out}", "--parallel.compile=false", "--parallel.dtype=fp32",
-             "--data.batch_size=6", "--data.workers=0", "--save_every=0", "--optim.warmup_steps=1"]  # fmt: skip
+    small = [
+        "--model.flavour=debug",
+        f"--out_dir={out}",
+        "--parallel.compile=false",
+        "--parallel.dtype=fp32",
+        "--data.batch_size=6",
+        "--data.workers=0",
+        "--save_every=0",
+        "--optim.warmup_steps=1",
+    ]
     over1 = manifests.parse_overrides(
         small
         + [
@@ -119,7 +127,7 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path, shard_factory):
             "--data.resolution_schedule=[[2, 48]]",
             "--heads.0.num_classes=12",
             "--log_every=1",
-        ]  # fmt: skip
+        ]
     )
     stage1 = manifests.load(RunConfig, ROOT / "manifests/runs/stage1.toml", over1)
     train(stage1)
@@ -141,7 +149,7 @@ def test_stage2_starts_from_stage1_checkpoint(tmp_path, shard_factory):
             "--heads.0.num_classes=12",
             "--heads.1.num_classes=12",
             "--heads.2.num_classes=12",
-        ]  # fmt: skip
+        ]
     )
     stage2 = manifests.load(RunConfig, ROOT / "manifests/runs/stage2.toml", over2)
     assert [h.name for h in stage2.heads] == ["image", "ocr", "video"] and stage2.optim.decay == "poly"
@@ -234,8 +242,9 @@ def test_release_reloads_bit_exactly_in_a_fresh_process(tmp_path, shard_factory)
     train(_build(base_config(tmp_path, shards, name="rel", steps=2)))
     ckpt = tmp_path / "runs/rel/checkpoints/step_00000002"
     out = tmp_path / "release"
-    rc = subprocess.run([sys.executable, "-m", "train.release", str(ckpt), str(out)], cwd=ROOT, env=ENV,
-                        capture_output=True, text=True)  # fmt: skip
+    rc = subprocess.run(
+        [sys.executable, "-m", "train.release", str(ckpt), str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True
+    )
     assert rc.returncode == 0, rc.stderr
     card = (out / "README.md").read_text()
     assert shards[0] in card and "| image | 12 |" in card and '"loss"' in card and "load_release" in card
@@ -254,16 +263,26 @@ def test_release_reloads_bit_exactly_in_a_fresh_process(tmp_path, shard_factory)
     g = torch.Generator().manual_seed(0)
     batch = pack([patchify(torch.randn(3, 32, 48, generator=g), 16), patchify(torch.randn(3, 64, 32, generator=g), 16)])
     torch.save(batch, tmp_path / "batch.pt")
-    with torch.no_grad():
-        expected = enc(batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child (OMP_NUM_THREADS=1): GEMM reductions split by thread count differ in bits
+    try:
+        with torch.no_grad():
+            expected = enc(batch)
+    finally:
+        torch.set_num_threads(threads)
 
     script = (
         "import sys, torch; from train.release import load_release\n"
         "m = load_release(sys.argv[1]).eval(); b = torch.load(sys.argv[2], weights_only=False)\n"
         "with torch.no_grad(): torch.save(m(b), sys.argv[3])\n"
     )
-    rc = subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "batch.pt"), str(tmp_path / "emb.pt")],
-                        cwd=ROOT, env=ENV, capture_output=True, text=True)  # fmt: skip
+    rc = subprocess.run(
+        [sys.executable, "-c", script, str(out), str(tmp_path / "batch.pt"), str(tmp_path / "emb.pt")],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert rc.returncode == 0, rc.stderr
     assert torch.equal(torch.load(tmp_path / "emb.pt"), expected)
 

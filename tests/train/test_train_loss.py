@@ -69,8 +69,12 @@ def _worker(rank, world, port, out, sampled):
         centre_grad = torch.zeros(hi - lo, D).index_add_(0, rows, grad)
     else:
         centre_grad = head.weight.grad.to_local().clone()
-    out[rank] = {"loss": loss.detach(), "backbone_grad": backbone.weight.grad.clone(), "centre_grad": centre_grad,
-                 "rows": (lo, hi)}  # fmt: skip
+    out[rank] = {
+        "loss": loss.detach(),
+        "backbone_grad": backbone.weight.grad.clone(),
+        "centre_grad": centre_grad,
+        "rows": (lo, hi),
+    }
     dist.destroy_process_group()
 
 
@@ -159,8 +163,10 @@ def test_unlabelled_rows_add_no_loss_and_an_unlabelled_batch_gives_zero_not_nan(
     alone = head(emb[kept], labels[kept], gen().manual_seed(1), gen().manual_seed(2))
     torch.testing.assert_close(masked, alone)
     valid = labels[kept] >= 0
-    rows = [reference_loss(emb[kept][valid[:, j]], centres, labels[kept][valid[:, j]][:, j : j + 1], cfg, 0)
-            for j in range(4)]  # fmt: skip
+    rows = [
+        reference_loss(emb[kept][valid[:, j]], centres, labels[kept][valid[:, j]][:, j : j + 1], cfg, 0)
+        for j in range(4)
+    ]
     weights = valid.sum(0).float()
     torch.testing.assert_close(masked, (torch.stack(rows) * weights).sum() / weights.sum(), rtol=1e-5, atol=1e-5)
     emb.requires_grad_(True)

@@ -10,14 +10,17 @@ C, D, B = 200, 16, 12
 
 
 def _heads(rate: float, sampled: bool) -> ConceptHeads:
-    return ConceptHeads((HeadConfig(num_classes=C, sample_rate=rate, draw=3, filter=2.0),), D, seed=3,
-                        sampled_update=sampled)  # fmt: skip
+    return ConceptHeads(
+        (HeadConfig(num_classes=C, sample_rate=rate, draw=3, filter=2.0),), D, seed=3, sampled_update=sampled
+    )
 
 
 def _batches(steps: int, accum: int):
     g = torch.Generator().manual_seed(0)
-    return [[(torch.randn(B, D, generator=g), torch.randint(0, C, (B, 5), generator=g)) for _ in range(accum)]
-            for _ in range(steps)]  # fmt: skip
+    return [
+        [(torch.randn(B, D, generator=g), torch.randint(0, C, (B, 5), generator=g)) for _ in range(accum)]
+        for _ in range(steps)
+    ]
 
 
 def _run(heads, cfg, batches, after_step=None):
@@ -73,7 +76,7 @@ def test_below_rate_one_only_scored_rows_move_and_their_gradient_is_the_dense_on
     head_cfg = HeadConfig(num_classes=C, sample_rate=0.25, draw=3, filter=2.0)
     dense = ConceptHeads((head_cfg,), D, seed=3).heads["image"]
     sampled = ConceptHeads((head_cfg,), D, seed=3, sampled_update=True).heads["image"]
-    (emb, labels), = _batches(1, 1)[0]  # fmt: skip
+    ((emb, labels),) = _batches(1, 1)[0]
     for head in (dense, sampled):
         head(emb, labels, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)).backward()
     rows, grad = sampled.take_grad()
@@ -117,7 +120,7 @@ def test_a_skipped_step_drops_the_row_gradients():
     heads = _heads(0.5, sampled=True)
     head = heads.heads["image"]
     rows_opt = SampledRowAdamW(heads, cfg)
-    (emb, labels), = _batches(1, 1)[0]  # fmt: skip
+    ((emb, labels),) = _batches(1, 1)[0]
     heads(emb, ["image"] * B, labels, seed=0, step=0)[0].backward()
     before = head.weight.detach().clone()
     rows_opt.clip(1.0)

@@ -22,8 +22,13 @@ from train.loop import train
 from train.packing import pack
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+OFFLINE = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
 CODEC = {"frames": 16, "size": 64, "min_frames": 16}  # a small codec grid keeps the test fast
 
 # Runs in a fresh process with every socket refused: any network access fails the load.
@@ -53,8 +58,10 @@ def release(tmp_path_factory):
     """A two-step debug run on images and videos (image side 32, then 48 from step 1), released as hf."""
     tmp = tmp_path_factory.mktemp("hf")
     shards = write_shards(tmp / "shards", n_shards=1, per_shard=8, modalities=("image", "video"))
-    heads = [{"name": "image", "modalities": ["image"], "num_classes": 12},
-             {"name": "video", "modalities": ["video"], "num_classes": 12}]  # fmt: skip
+    heads = [
+        {"name": "image", "modalities": ["image"], "num_classes": 12},
+        {"name": "video", "modalities": ["video"], "num_classes": 12},
+    ]
     data = {"batch_size": 4, "resolution_schedule": [[1, 48]]}
     train(manifests.build(RunConfig, base_config(tmp, shards, name="hf", steps=2, heads=heads, data=data)))
     ckpt = tmp / "runs/hf/checkpoints/step_00000002"
@@ -107,8 +114,9 @@ def test_offline_transformers_load_equals_the_checkpoint_encoder(release, tmp_pa
         str(tmp_path / "frames.npy"),
         json.dumps(CODEC),
     ]
-    rc = subprocess.run([sys.executable, "-c", LOAD_OFFLINE, *args], cwd=ROOT, env=OFFLINE, capture_output=True,
-                        text=True)  # fmt: skip
+    rc = subprocess.run(
+        [sys.executable, "-c", LOAD_OFFLINE, *args], cwd=ROOT, env=OFFLINE, capture_output=True, text=True
+    )
     assert rc.returncode == 0, rc.stderr[-3000:]
     assert rc.stdout.split() == ["OvforgeModel", "OvforgeImageProcessor"]
 

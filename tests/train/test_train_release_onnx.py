@@ -27,8 +27,15 @@ def release(tmp_path_factory):
     shards = write_shards(tmp / "shards", n_shards=1, per_shard=4)
     train(manifests.build(RunConfig, base_config(tmp, shards, name="onnx", steps=1)))
     out = tmp / "release"
-    cmd = [sys.executable, "-m", "train.release", str(tmp / "runs/onnx/checkpoints/step_00000001"), str(out),
-           "--format", "onnx"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "train.release",
+        str(tmp / "runs/onnx/checkpoints/step_00000001"),
+        str(out),
+        "--format",
+        "onnx",
+    ]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -74,9 +81,16 @@ def test_onnx_graph_is_a_single_sample_of_any_length(release):
     import onnx
 
     graph = onnx.load(str(release / FILE)).graph
-    shapes = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}  # fmt: skip
-    assert shapes == {"patches": ["tokens", 768], "positions": ["tokens", 3], "last_hidden_state": ["tokens", 64],
-                      "pooler_output": [1, 64]}  # fmt: skip
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert shapes == {
+        "patches": ["tokens", 768],
+        "positions": ["tokens", 3],
+        "last_hidden_state": ["tokens", 64],
+        "pooler_output": [1, 64],
+    }
     hidden, pooled = run_onnx(release / FILE, *patchify(torch.randn(3, 16, 16), 16))
     assert hidden.shape == (1, 64) and pooled.shape == (1, 64)
     card = (release / "README.md").read_text()

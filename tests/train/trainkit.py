@@ -93,8 +93,11 @@ def write_shards(folder: Path, n_shards=2, per_shard=16, modalities=("image",), 
                     c, fields = ocr_sample(rng)
                 else:
                     c, fields, extra = video_sample(rng)
-                sample = {"__key__": f"{modality}{s:03d}_{i:05d}", "json": encode_json({"modality": modality, **extra}),
-                          **fields}  # fmt: skip
+                sample = {
+                    "__key__": f"{modality}{s:03d}_{i:05d}",
+                    "json": encode_json({"modality": modality, **extra}),
+                    **fields,
+                }
                 if labels:
                     # top-3 labels: the class and two classes tied to it (a concept bank's near neighbours)
                     sample["cls.npy"] = encode_npy(np.array([c, c + 4, c + 8], dtype=np.int32))
