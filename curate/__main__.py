@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         return _run(rest)
     if command == "demo-corpus":
-        from curate.demo_corpus import main as demo_main
+        from curate.demo.corpus import main as demo_main
 
         return demo_main(rest)
     if command == "motion-bench":
-        from curate.motion_bench import main as bench_main
+        from curate.demo.motion_bench import main as bench_main
 
         return bench_main(rest)
     if command == "concepts":
@@ -75,7 +75,8 @@ def _run(argv: list[str]) -> int:
 
     import manifests
     from curate.config import load_run
-    from curate.pipeline import format_summary, run
+    from curate.ledger import format_summary
+    from curate.pipeline import run
     from curate.sources import SourceError
 
     try:

@@ -6,7 +6,8 @@ import dataclasses
 from typing import Any, Literal
 
 import manifests
-from curate.stage import Stage, build_stage
+from curate.stage import Stage
+from curate.stages import build_stage
 
 Modality = Literal["image", "video", "ocr"]
 

@@ -16,16 +16,16 @@ import json
 import os
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import manifests
 from curate.config import RunConfig
+from curate.ledger import account, read_ledger, stage_throughput
 from curate.sink import (
     keys_digest,
     pass_files,
@@ -37,20 +37,14 @@ from curate.sink import (
 )
 from curate.sources import list_inputs
 from curate.stage import LIVE, GlobalStep, Stage, new_rows, run_in_process
-from shards import format as fmt
 from shards import storage
 from shards.writer import write_index
-
-
-class AccountingError(RuntimeError):
-    """The ledger does not account for every input exactly once."""
 
 
 def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True, report: bool = True) -> dict:
     started = time.time()
     out = cfg.output.dir
-    if cfg.s3.endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = cfg.s3.endpoint_url
+    storage.configure(cfg.s3.endpoint_url)
     if force and not storage.is_s3(out) and os.path.isdir(out):
         shutil.rmtree(out)
     items, skipped = list_inputs(cfg.sources, cfg.partition_size, cfg.partition_bytes)
@@ -125,7 +119,7 @@ def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
 def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, progress: bool) -> Stage:
     import ray
 
-    from curate.ray_runner import init_ray
+    from curate.cluster import init_ray
 
     init_ray(cfg.ray)
     if progress:
@@ -180,7 +174,8 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
     import ray
     from ray.data import DataContext
 
-    from curate.ray_runner import init_ray, map_stage, to_arrow, worker_env
+    from curate.cluster import init_ray, worker_env
+    from curate.ray_runner import map_stage, to_arrow
 
     init_ray(cfg.ray)
     expected = {d["partition"]: len(json.loads(d["items"])) for d in source if d["items"]}
@@ -232,77 +227,3 @@ def _publish_indexes(out: str, cfg: RunConfig, markers: dict[int, dict]) -> dict
         extra = {"modality": modality, "run": cfg.name}
         indexes[modality] = write_index(folder, f"{cfg.output.set_name}_{modality}", cfg.output.version, shards, extra)
     return indexes
-
-
-def read_ledger(out: str) -> pd.DataFrame:
-    parts = [uri for uri, _ in storage.list_files(storage.join(out, "ledger")) if uri.endswith(".parquet")]
-    return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in parts], ignore_index=True)
-
-
-def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (by key), and summarise the run."""
-    expected = {it["key"] for it in items}
-    ledger = ledger[ledger["key"].isin(expected)]
-    seen = ledger["key"].tolist()
-    missing = expected - set(seen)
-    if missing or len(seen) != len(set(seen)):
-        dupes = len(seen) - len(set(seen))
-        raise AccountingError(f"ledger lost {len(missing)} inputs (e.g. {sorted(missing)[:3]}) and repeats {dupes}")
-    counts = ledger["status"].value_counts().to_dict()
-    reasons = {
-        status: ledger[ledger["status"] == status]["reason"].value_counts().sort_index().to_dict()
-        for status in ("dropped", "failed")
-    }
-    kept_by_modality = ledger[ledger["status"] == "kept"]["modality"].value_counts().sort_index().to_dict()
-    warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
-    shard_samples = sum(ix["samples"] for ix in indexes.values())
-    if shard_samples != counts.get("kept", 0):
-        raise AccountingError(f"shards hold {shard_samples} samples but the ledger keeps {counts.get('kept', 0)}")
-    return {
-        "inputs": len(items),
-        "kept": counts.get("kept", 0),
-        "dropped": counts.get("dropped", 0),
-        "failed": counts.get("failed", 0),
-        "kept_by_modality": kept_by_modality,
-        "dropped_by_reason": reasons["dropped"],
-        "failed_by_reason": reasons["failed"],
-        "files_passed_over": skipped,
-        "warnings": dict(sorted(warnings.items())),
-        "shards": sum(len(ix["shards"]) for ix in indexes.values()),
-        "shard_bytes": sum(ix["bytes"] for ix in indexes.values()),
-        "seconds": round(seconds, 1),
-        "format_version": fmt.FORMAT_VERSION,
-    }
-
-
-def stage_throughput(markers) -> dict:
-    """Rows and busy seconds per stage over all partitions (from the markers), and rows per busy second."""
-    total = defaultdict(lambda: [0, 0.0])
-    for marker in markers:
-        for stage, st in marker.get("stage_stats", {}).items():
-            total[stage][0] += st["rows"]
-            total[stage][1] += st["seconds"]
-    return {
-        stage: {"rows": n, "seconds": round(sec, 3), "rows_per_second": round(n / sec, 1) if sec else None}
-        for stage, (n, sec) in total.items()
-    }
-
-
-def format_summary(summary: dict) -> str:
-    """The end-of-run table a person reads."""
-    lines = [
-        f"{'inputs':<34}{summary['inputs']:>10}",
-        f"{'kept':<34}{summary['kept']:>10}   " + ", ".join(f"{m} {n}" for m, n in summary["kept_by_modality"].items()),
-        f"{'dropped':<34}{summary['dropped']:>10}",
-        *[f"  {r:<32}{n:>10}" for r, n in summary["dropped_by_reason"].items()],
-        f"{'failed':<34}{summary['failed']:>10}",
-        *[f"  {r:<32}{n:>10}" for r, n in summary["failed_by_reason"].items()],
-        f"{'shards':<34}{summary['shards']:>10}",
-        f"{'shard bytes':<34}{summary['shard_bytes']:>10,}",
-        f"{'time (s)':<34}{summary['seconds']:>10}",
-        "stage throughput (rows per busy second of one worker):",
-        *[f"  {name:<32}{st['rows_per_second'] or 0:>10,.0f}" for name, st in summary.get("stages", {}).items()],
-    ]
-    rule = "-" * 46
-    notes = [f"WARNING ({n} samples): {w}" for w, n in summary.get("warnings", {}).items()]
-    return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes])

@@ -1,11 +1,12 @@
-"""The one adapter from stages to Ray Data: tasks for stateless stages, actors for ``setup()``/GPU."""
+"""The one adapter from stages to Ray Data: tasks for stateless stages, actors for ``setup()``/GPU.
+
+Cluster settings (joining, S3 for workers, shuffle width) live in :mod:`curate.cluster`."""
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 
+from curate.cluster import cluster_cpus, worker_env
 from curate.stage import BOOKKEEPING, Stage, apply_in_chunks
 
 
@@ -26,22 +27,6 @@ class _StageActor:
         return to_arrow(apply_in_chunks(self.stage, batch))
 
 
-AWS_VARIABLES = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-)
-
-
-def worker_env() -> dict:
-    """The driver's S3 settings, forwarded to every task so workers reach the same store."""
-    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
 def map_stage(ds, stage: Stage, pools: int = 1):
     """Append ``stage`` to a Ray dataset of bookkeeping rows.
 
@@ -59,7 +44,7 @@ def map_stage(ds, stage: Stage, pools: int = 1):
         if stage.concurrency:
             pool = ActorPoolStrategy(size=stage.concurrency)
         else:
-            size, common["num_cpus"] = pool_plan(stage.cpus, pools, _cpus())
+            size, common["num_cpus"] = pool_plan(stage.cpus, pools, cluster_cpus())
             pool = ActorPoolStrategy(min_size=1, max_size=size)
         return ds.map_batches(actor, fn_constructor_kwargs={"stage": stage}, compute=pool, **common)
 
@@ -83,37 +68,3 @@ def pool_plan(cpus_per_actor: float, pools: int, cluster_cpus: int) -> tuple[int
     share = max(0, cluster_cpus - 1) / max(1, pools)
     cpus = min(cpus_per_actor, share)
     return (max(1, int(share // cpus)) if cpus > 0 else 1), cpus
-
-
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-
-
-def shuffle_partitions() -> int:
-    """Hash partitions of a shuffle or aggregation: two per cluster CPU, not Ray Data's 200, which
-    cost seconds of scheduling per step on small inputs and buy nothing on a small cluster."""
-    return 2 * _cpus()
-
-
-def init_ray(ray_cfg) -> None:
-    """Join ``ray_cfg.address`` or start a local cluster sized to the machine (or to ``num_cpus``);
-    then set the shuffle strategy of this driver's Ray Data (see ``RayConfig.shuffle``)."""
-    import ray
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    if ray_cfg.address and not ray.is_initialized():
-        ray.init(address=ray_cfg.address, log_to_driver=False)
-    elif not ray.is_initialized():
-        ray.init(
-            address="local",  # a new cluster sized to this machine, even if `ray start` runs here
-            num_cpus=ray_cfg.num_cpus,
-            include_dashboard=False,
-            object_store_memory=int(ray_cfg.object_store_gb * 2**30),
-            log_to_driver=False,
-        )
-    # the demo (three global steps) curated in 34 s with "sort", 48 s with Ray Data's default: same shards
-    strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}[ray_cfg.shuffle]
-    DataContext.get_current().shuffle_strategy = strategy

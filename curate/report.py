@@ -13,31 +13,34 @@ import io
 import json
 from collections import Counter
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from shards import format as fmt  # noqa: E402
-from shards import storage  # noqa: E402
-from shards.index import find_sets, read_index, shard_uris  # noqa: E402
-from shards.tools import iter_tar  # noqa: E402
+from curate.ledger import format_summary, read_ledger
+from shards import format as fmt
+from shards import storage
+from shards.index import find_sets, read_index, shard_uris
+from shards.tools import iter_tar
 
 STATUS_COLOURS = {"kept": "#3a7d44", "dropped": "#d9a400", "failed": "#c0392b"}
+
+
+def _subplots(*grid: int, figsize: tuple[float, float]):
+    """A figure of its own (no pyplot, so no global backend or figure registry) and its axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _outcomes(ledger) -> str:
     table = ledger.groupby(["modality", "status"]).size().unstack(fill_value=0)
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = _subplots(figsize=(6, 2.6))
     left = np.zeros(len(table))
     for status in ("kept", "dropped", "failed"):
         if status in table:
@@ -53,7 +56,7 @@ def _reasons(ledger) -> str:
     if bad.empty:
         return "<p>Every input was kept.</p>"
     counts = bad.groupby(["status", "reason"]).size().sort_values()
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(counts) + 0.8))
+    fig, ax = _subplots(figsize=(6, 0.35 * len(counts) + 0.8))
     ax.barh([r for _, r in counts.index], counts.to_numpy(), color=[STATUS_COLOURS[s] for s, _ in counts.index])
     ax.set_xlabel("inputs")
     rows = "".join(
@@ -68,7 +71,7 @@ def _throughput(summary: dict) -> str:
     stages = {k: v for k, v in summary.get("stages", {}).items() if v.get("rows_per_second")}
     if not stages:
         return "<p>No stage timings recorded.</p>"
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(stages) + 0.8))
+    fig, ax = _subplots(figsize=(6, 0.35 * len(stages) + 0.8))
     ax.barh(list(stages), [v["rows_per_second"] for v in stages.values()], color="#34607f")
     ax.set_xscale("log")
     ax.set_xlabel("rows per busy second of one worker (log)")
@@ -101,7 +104,7 @@ def _video(out: str, examples: int = 4) -> str:
             )
     if not ratios:
         return "<p>No video codec tokens in this run.</p>"
-    fig, ax = plt.subplots(figsize=(6, 2.4))
+    fig, ax = _subplots(figsize=(6, 2.4))
     ax.hist(np.array(ratios) * 100, bins=20, color="#34607f")
     ax.set_xlabel("kept tokens, % of the clip's grid")
     ax.set_ylabel("clips")
@@ -126,7 +129,7 @@ def _overlay(fields: dict, meta: dict) -> str:
             h, w = pos[n, 1] * patch, pos[n, 2] * patch
             tile[h : h + patch, w : w + patch] = mosaic[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch]
         tiles.append(tile)
-    fig, axes = plt.subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.4))
+    fig, axes = _subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.4))
     for ax, tile, t in zip(np.atleast_1d(axes), tiles, ids, strict=True):
         ax.imshow(tile)
         ax.set_title(f"t={t}", fontsize=8)
@@ -166,7 +169,7 @@ def _concepts(out: str) -> str:
                     top1[(modality, int(labels[0]))] += 1
     if not top1:
         return "<p>No concept labels in this run's shards.</p>"
-    fig, ax = plt.subplots(figsize=(6, 2.4))
+    fig, ax = _subplots(figsize=(6, 2.4))
     for modality in fmt.MODALITIES:
         sizes = sorted((n for (m, _), n in top1.items() if m == modality), reverse=True)
         if sizes:
@@ -179,7 +182,6 @@ def _concepts(out: str) -> str:
 
 def build_report(out: str) -> str:
     """Write ``report.html`` into the run folder and return its URI."""
-    from curate.pipeline import format_summary, read_ledger
 
     summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
     ledger = read_ledger(out)

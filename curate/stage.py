@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.isolation import IsolatedRunner, StageTimeout
-from manifests import ManifestError, build
 
 BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta")
 LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
@@ -34,8 +33,8 @@ class Stage:
     """Base class. Subclasses are frozen dataclasses whose fields are the manifest's parameters.
 
     Override ``process_row(row) -> row`` (rows are dicts; ``meta`` is a dict) or, for vectorised
-    work, ``process_batch(rows) -> rows``. A filter sets ``row["keep"] = False`` and
-    ``row["drop_reason"] = "code: detail"`` (the code is what summaries count). Heavy state is
+    work, ``process_batch(rows) -> rows``. A filter subclasses :class:`Filter` (or sets
+    ``row["keep"] = False`` and ``row["drop_reason"] = "code: detail"``). Heavy state is
     loaded in ``setup()`` once per worker and kept with ``self.hold(name, value)``; it is never
     pickled with the stage.
 
@@ -81,6 +80,24 @@ class Stage:
 
 
 @dataclasses.dataclass(frozen=True)
+class Filter(Stage):
+    """A stage that keeps or drops rows: ``reason(row)`` is None to keep, or ``"code: detail"`` to drop.
+
+    The code is what summaries count (``{stage}/{code}``); the detail goes to the ledger. ``reason``
+    may also annotate ``row["meta"]``.
+    """
+
+    def reason(self, row: dict) -> str | None:
+        raise NotImplementedError(f"{type(self).__name__} must define reason")
+
+    def process_row(self, row: dict) -> dict:
+        why = self.reason(row)
+        if why is not None:
+            row["keep"], row["drop_reason"] = False, why
+        return row
+
+
+@dataclasses.dataclass(frozen=True)
 class GlobalStep:
     """A step that needs every row at once (dedup grouping, k-means fitting), between two passes.
 
@@ -98,30 +115,7 @@ class GlobalStep:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Stage] | type[GlobalStep]] = {}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses would make reruns' ledgers differ
-
-
-def register(cls):
-    """Class decorator: make a stage findable by its ``name`` from manifests."""
-    if not cls.name or cls.name in REGISTRY:
-        raise ValueError(f"stage name {cls.name!r} is empty or registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def build_stage(spec: dict, where: str = "stages", source: str = "") -> Stage | GlobalStep:
-    """Turn one ``[[stages]]`` table (``name`` plus parameters) into a stage or global step."""
-    import curate.stages  # noqa: F401  (fills REGISTRY)
-
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in REGISTRY:
-        prefix = f"{source}: " if source else ""
-        raise ManifestError(
-            f"{prefix}{where}.name: unknown stage {name!r}; valid stages: {', '.join(sorted(REGISTRY))}"
-        )
-    return build(REGISTRY[name], spec, f"{where}[{name}]", source)
 
 
 # ---------------------------------------------------------------------------- batches and rows

@@ -1,13 +1,15 @@
 """One storage seam for local paths and ``s3://`` URIs: list, read, atomic write, exists.
 
 S3 goes through boto3's standard credential chain; the endpoint comes from ``AWS_ENDPOINT_URL``
-(set it, or ``[s3] endpoint_url`` in a manifest, for MinIO / moto / other S3-compatible stores).
+or, above it, ``[s3] endpoint_url`` in a manifest (MinIO / moto / other S3-compatible stores). The
+one place that holds these settings is :func:`s3_settings`; nothing writes them into ``os.environ``.
 Writes are atomic: locally a temporary name then ``os.replace``; on S3 an object (single or
 multipart upload) only becomes visible once the upload completes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import mmap
@@ -33,6 +35,49 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+AWS_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """This process's S3 settings: the ``AWS_*`` environment, with a manifest's endpoint over it."""
+
+    env: tuple[tuple[str, str], ...]  # the AWS_* variables that are set, endpoint override applied
+
+    def get(self, name: str) -> str | None:
+        return dict(self.env).get(name) or None
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return self.get("AWS_ENDPOINT_URL")
+
+    def as_env(self) -> dict[str, str]:
+        """The variables a worker process needs to reach the same store."""
+        return dict(self.env)
+
+
+_ENDPOINT_OVERRIDE: list[str] = []  # set by configure(); empty: the environment's endpoint
+
+
+def configure(endpoint_url: str | None) -> None:
+    """Use ``endpoint_url`` (a manifest's ``[s3] endpoint_url``) in this process; None keeps the environment's."""
+    _ENDPOINT_OVERRIDE[:] = [endpoint_url] if endpoint_url else []
+
+
+def s3_settings() -> S3Settings:
+    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+    if _ENDPOINT_OVERRIDE:
+        env["AWS_ENDPOINT_URL"] = _ENDPOINT_OVERRIDE[0]
+    return S3Settings(tuple(sorted(env.items())))
+
+
 @functools.lru_cache(maxsize=4)
 def _client(endpoint: str | None):
     import boto3
@@ -50,21 +95,21 @@ def arrow_filesystem(uri: str):
         return None
     from pyarrow import fs
 
-    env = os.environ
-    endpoint = env.get("AWS_ENDPOINT_URL") or None
+    cfg = s3_settings()
+    endpoint = cfg.endpoint_url
     return fs.S3FileSystem(
-        access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-        session_token=env.get("AWS_SESSION_TOKEN") or None,
-        region=env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        access_key=cfg.get("AWS_ACCESS_KEY_ID"),
+        secret_key=cfg.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=cfg.get("AWS_SESSION_TOKEN"),
+        region=cfg.get("AWS_DEFAULT_REGION") or "us-east-1",
         endpoint_override=endpoint,
         scheme="http" if endpoint and endpoint.startswith("http://") else "https",
     )
 
 
 def s3_client():
-    """A cached boto3 S3 client for the current ``AWS_ENDPOINT_URL`` (None = AWS)."""
-    return _client(os.environ.get("AWS_ENDPOINT_URL") or None)
+    """A cached boto3 S3 client for the configured endpoint (None = AWS)."""
+    return _client(s3_settings().endpoint_url)
 
 
 def join(base: str, *parts: str) -> str:
@@ -201,7 +246,7 @@ class StorageError(OSError):
 
 
 def _endpoint() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    return s3_settings().endpoint_url or "AWS S3"
 
 
 def retrying(uri: str, fn, attempts: int = READ_ATTEMPTS, backoff: float = 0.2):

@@ -67,7 +67,7 @@ def _shared(tmp_path_factory, name: str, build) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
-    from curate.demo_corpus import build
+    from curate.demo.corpus import build
 
     return _shared(tmp_path_factory, "demo-corpus", lambda root: build(str(root)))
 

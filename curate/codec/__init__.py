@@ -7,7 +7,7 @@ the shard contract's video fields. See ``curate.codec.cli`` for the inspection c
 """
 
 from curate.codec.patchify import Patchified, PatchifyConfig, encode, patchify
-from curate.codec.sampling import VideoError
 from curate.codec.selection import chunk_positions, spatial_positions
+from curate.media import VideoError
 
 __all__ = ["PatchifyConfig", "Patchified", "VideoError", "chunk_positions", "encode", "patchify", "spatial_positions"]

@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit
 
 from curate.codec import residual, saliency, selection, signals, tokens
-from curate.codec.sampling import Clip, VideoError, decode_clip, inspect, open_source, plan_clips
+from curate.codec.sampling import Clip, decode_clip, inspect, plan_clips
+from curate.media import VideoError, open_video
 from shards.format import encode_npy
 
 
@@ -71,7 +72,7 @@ class Patchified:
 
 def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patchified:
     """Select the salient patches of one clip of ``data`` (bytes or a local path)."""
-    with open_source(data) as container:
+    with open_video(data) as container:
         source = inspect(container, cfg.min_side)
         stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
         clips = plan_clips(source, cfg.frames, stride)

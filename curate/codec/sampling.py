@@ -9,16 +9,13 @@ patches' samples are remapped to JPEG range (``tokens.jpeg_ycbcr``), never whole
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import av
 import numpy as np
 
+from curate.media import VideoError, open_video
+
 SUPPORTED_PIX_FMTS = ("yuv420p", "yuvj420p")
-
-
-class VideoError(ValueError):
-    """A source the patchifier refuses, with the reason in the message."""
 
 
 @dataclasses.dataclass
@@ -59,13 +56,6 @@ class Clip:
     truncated: bool
     full_range: bool  # JPEG-range samples (else 16-235 video range)
     bt709: bool  # BT.709 matrix (else BT.601)
-
-
-def open_source(data: bytes | str) -> av.container.InputContainer:
-    try:
-        return av.open(io.BytesIO(data) if isinstance(data, bytes) else data, metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise VideoError(f"not a readable video container ({exc})") from None
 
 
 def inspect(container, min_side: int) -> Source:
@@ -156,7 +146,7 @@ def decode_clip(
             clip = None
         if clip is not None:
             return clip
-    with open_source(data) as fresh:
+    with open_video(data) as fresh:
         return _decode(fresh, source, ids, size, fit, want_vectors, threads, seek=False)
 
 

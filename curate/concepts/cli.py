@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -23,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     from curate.concepts.bank import BankError
     from curate.concepts.config import load_bank_manifest
     from curate.concepts.sidecar import relabel
+    from shards import storage
     from shards.index import ShardSetError
 
     try:
         cfg = load_bank_manifest(args.manifest, manifests.parse_overrides(extra))
-        if cfg.s3.endpoint_url:
-            os.environ["AWS_ENDPOINT_URL"] = cfg.s3.endpoint_url
+        storage.configure(cfg.s3.endpoint_url)
         report = relabel(cfg, progress=(lambda *_: None) if args.quiet else print)
     except (manifests.ManifestError, BankError, ShardSetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

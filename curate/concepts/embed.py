@@ -8,6 +8,7 @@ weights are seeded, so every worker of a run builds the same random model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -20,8 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.concepts.bank import unusable_rows
 from curate.concepts.config import EmbedConfig
 from curate.concepts.kmeans import resolve_device, resolve_precision
+from curate.media import decode_rgb
+from shards import format as fmt
 from shards import storage
 
 RANDOM_SEED = 0
@@ -158,3 +162,51 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     with torch.no_grad():
         dim = visual(torch.zeros(1, 3, size, size, device=device)).shape[-1]
     return Encoder(cfg, visual, preprocess, device, resolve_precision(cfg.precision, device), dim)
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu():
+    """CPU matmul results depend on the thread count; one thread (as in a 1-CPU Ray worker) everywhere
+    makes embeddings, and so banks and labels, the same bits in every executor."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def embed_rows(encoder: Encoder, rows: list[dict], dtype: str) -> list[dict]:
+    """Embed rows of a run or a shard set in place: ``emb`` (.npy bytes) and ``meta["embedding"]``.
+
+    Images and OCR pages embed their ``jpg``, videos their stored whole frames (``frames_jpg``).
+    A NaN, inf or all-zero embedding raises, naming the row (a stage then redoes the batch row by
+    row, so only that row fails).
+    """
+    videos = [r for r in rows if r["modality"] == "video"]
+    stills = [r for r in rows if r["modality"] != "video"]
+    for r in videos:
+        if r.get("frames_jpg") is None:
+            raise ValueError(
+                f"{r['key']}: video row has no frames_jpg; put codec_patchify (which stores whole "
+                "frames) before embed, or leave video out of embed's modalities"
+            )
+    for r in stills:
+        if r.get("jpg") is None:
+            raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
+    with one_thread_on_cpu():
+        if stills:
+            _put(encoder, stills, encoder.images([decode_rgb(r["jpg"]) for r in stills]), dtype)
+        if videos:
+            frames = [split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]
+            _put(encoder, videos, encoder.videos(frames), dtype)
+    return rows
+
+
+def _put(encoder: Encoder, rows: list[dict], emb: np.ndarray, dtype: str) -> None:
+    bad = np.flatnonzero(unusable_rows(emb))
+    if bad.size:
+        raise ValueError(f"{rows[bad[0]]['key']}: the encoder gave a NaN, inf or all-zero embedding")
+    for row, vec in zip(rows, emb, strict=True):
+        row["emb"] = fmt.encode_npy(vec.astype(dtype))
+        row["meta"]["embedding"] = dict(encoder.info, dim=int(vec.shape[0]))

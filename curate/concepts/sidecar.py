@@ -17,12 +17,15 @@ import numpy as np
 from curate.concepts import store
 from curate.concepts.bank import BankError, assign_labels, check_dim, config_hash, fit_bank, load_bank, unusable_rows
 from curate.concepts.config import BankManifest
+from curate.concepts.embed import embed_rows, load_encoder
 from curate.concepts.kmeans import Assigner
 from shards import format as fmt
 from shards import labels as sidecar
 from shards import storage
 from shards.index import read_index, shard_uris
 from shards.tools import iter_tar
+
+EMBED_BATCH = 32  # rows per encoder call, as the embed stage's batch
 
 
 def shard_samples(set_folder: str, payload: bool):
@@ -41,23 +44,20 @@ def shard_samples(set_folder: str, payload: bool):
 
 def reembed(cfg: BankManifest, progress=print) -> tuple[str, dict[str, list[str]]]:
     """Embed every sample of the set with ``cfg.embed``; store the embeddings; return folder and keys per shard."""
-    from curate.stages.concepts import Embed
-
     params = {f.name: getattr(cfg.embed, f.name) for f in dataclasses.fields(cfg.embed)}
     folder = storage.join(cfg.source.shards, "embeddings", config_hash(params)[:12])
-    stage = Embed(**params, modalities=("image", "video", "ocr"))
-    stage.setup()
+    encoder = load_encoder(cfg.embed)
     parts, by_shard = [], {}
     for shard, rows in shard_samples(cfg.source.shards, payload=True):
         out = []
-        for i in range(0, len(rows), stage.batch_size):
-            out += stage.process_batch(rows[i : i + stage.batch_size])
+        for i in range(0, len(rows), EMBED_BATCH):
+            out += embed_rows(encoder, rows[i : i + EMBED_BATCH], cfg.embed.dtype)
         emb = np.stack([fmt.decode_npy(r["emb"]) for r in out]) if out else None
         if emb is not None:
             parts.append(store.write_part(folder, [r["key"] for r in out], [r["modality"] for r in out], emb))
         by_shard[shard] = [r["key"] for r in rows]
         progress(f"embedded {shard}: {len(rows)} samples")
-    store.write_index(folder, parts, stage.encoder.info)
+    store.write_index(folder, parts, encoder.info)
     return folder, by_shard
 
 

@@ -6,7 +6,7 @@ a key onto one worker, which drops singleton keys in one vectorised step, verifi
 pairs of the rest against the real signatures (Hamming distance, MinHash Jaccard estimate, frame
 overlap) and emits only a spanning forest of the verified pairs. Only those edges reach the driver
 (O(duplicate members), never O(rows)); connected components and the keep choice run there
-(``keep.group_table``). ``reference_groups`` verifies all pairs, without LSH or Ray, for tests.
+(``keep.group_table``). Tests check it against an all-pairs oracle (``tests/curate/dedup_oracle.py``).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def bucket_edges(records: pd.DataFrame, cfg: DedupConfig) -> pa.Table:
 
 def shuffle_by_bucket(records, partitions: int, verify=None, cfg: DedupConfig | None = None):
     """Hash-shuffle band records on ``bucket mod partitions`` and verify each partition's buckets."""
-    from curate.ray_runner import worker_env
+    from curate.cluster import worker_env
 
     def with_shard(batch: pd.DataFrame) -> pd.DataFrame:
         return batch.assign(shard=(batch["bucket"].to_numpy().view(np.uint64) % np.uint64(partitions)).astype(np.int64))
@@ -265,7 +265,7 @@ def records_per_row(cfg: DedupConfig) -> int:
 def partitions_for(cfg: DedupConfig, rows: int = 0) -> int:
     """Hash partitions of a shuffle: as set; else two per cluster CPU, and enough that none holds more
     than RECORDS_PER_PARTITION records of ``rows`` rows (1M captions at 14 bands: 14 partitions, not 4)."""
-    from curate.ray_runner import shuffle_partitions
+    from curate.cluster import shuffle_partitions
 
     if cfg.shuffle_partitions:
         return cfg.shuffle_partitions
@@ -278,26 +278,7 @@ def ray_edges(ds, cfg: DedupConfig, rows: int = 0):
     ``rows``: the input's row count where the caller knows it without a pass (it sizes the shuffle);
     counting here would cost a pass over the data, outside the S3 settings ``worker_env`` forwards.
     """
-    from curate.ray_runner import worker_env
+    from curate.cluster import worker_env
 
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)
-
-
-def reference_groups(rows: list[dict], cfg: DedupConfig) -> pd.DataFrame:
-    """Driver-side reference: every pair of the same kind and modality verified, no LSH, no Ray."""
-    from curate.dedup.keep import group_table
-    from curate.dedup.semantic import reference_semantic_edges
-
-    records = band_records(pd.DataFrame(rows), cfg).to_pandas()
-    modality = {r["key"]: r["modality"] for r in rows}
-    records["modality"] = records["key"].map(modality)
-    tables = []
-    for (kind, _), part in records.groupby(["kind", "modality"]):
-        part = part.drop_duplicates("key").sort_values("key").reset_index(drop=True)
-        verified = upper_pairs(*similarity(kind, list(part["sig"]), cfg))
-        tables.append(pa.Table.from_pylist(spanning_edges(part, verified, kind), schema=EDGE))
-    if "semantic" in cfg.kinds:
-        tables.append(reference_semantic_edges(rows, cfg))
-    edges = pa.concat_tables(tables or [EDGE.empty_table()]).to_pandas()
-    return group_table(edges)

@@ -116,7 +116,7 @@ def cluster_edges(records: pd.DataFrame, cfg: DedupConfig, block: int = 1024) ->
 
 def ray_semantic_edges(ds, cfg: DedupConfig):
     """Sample -> k-means on the driver -> assign and pairwise on Ray. Returns the edge dataset."""
-    from curate.ray_runner import worker_env
+    from curate.cluster import worker_env
 
     vectors = ds.map_batches(vector_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     vectors = vectors.materialize()
@@ -132,10 +132,3 @@ def ray_semantic_edges(ds, cfg: DedupConfig):
     )
     assigned = vectors.map_batches(assign, fn_kwargs={"centroids": centroids}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(assigned, partitions_for(cfg), verify=cluster_edges, cfg=cfg)
-
-
-def reference_semantic_edges(rows: list[dict], cfg: DedupConfig) -> pa.Table:
-    """All pairs of one modality compared, no clustering (the reference the clustered path approximates)."""
-    records = vector_records(pd.DataFrame(rows), cfg).to_pandas()
-    tables = [cluster_edges(part, cfg) for _, part in records.groupby("modality")]
-    return pa.concat_tables(tables or [EDGE.empty_table()])

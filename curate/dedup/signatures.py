@@ -20,6 +20,8 @@ from numba import njit
 from PIL import Image
 from scipy.fft import dctn
 
+from curate.media import open_video
+
 _WORD = re.compile(r"\w+", re.UNICODE)
 _M32 = np.uint64(0xFFFFFFFF)
 _ASCII_WORDS = bytes(ord(c.lower()) if _WORD.fullmatch(c) else 32 for c in map(chr, range(256)))
@@ -220,8 +222,6 @@ def video_frame_bits(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 
     frames alone (the cheap, compressed-domain mode: decode cost / GOP length), which suits clips
     with regular GOPs.
     """
-    from curate.stages.video import open_video
-
     grays, last = [], 0.0
     with open_video(data, uri) as container:
         stream = container.streams.video[0]

@@ -18,9 +18,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from curate.cluster import shuffle_partitions
 from curate.ocr.engines import Line
 from curate.ocr.text import tokenize
-from curate.ray_runner import shuffle_partitions
 from shards import storage
 
 

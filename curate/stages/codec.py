@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from curate.codec.patchify import PatchifyConfig, encode, patchify
-from curate.stage import Stage, register
+from curate.stage import Stage
 from shards import storage
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class CodecPatchify(Stage, PatchifyConfig):
     """Select the salient 16x16 patches of one clip per video (parameters: :class:`PatchifyConfig`).

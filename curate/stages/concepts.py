@@ -10,7 +10,6 @@ frame embeddings are wider) take one step each, as the reference's separate bank
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 
@@ -18,8 +17,8 @@ import numpy as np
 
 from curate.concepts.bank import BankError, assign_labels, config_hash, fit_bank, load_bank, unusable_rows
 from curate.concepts.config import Device, EmbedConfig, KMeansConfig, Precision
-from curate.concepts.embed import load_encoder, split_frames
-from curate.stage import GlobalStep, Stage, register
+from curate.concepts.embed import embed_rows, load_encoder
+from curate.stage import GlobalStep, Stage
 from shards import format as fmt
 from shards import storage
 
@@ -32,29 +31,6 @@ def _check_modalities(modalities: tuple[str, ...]) -> None:
         raise ValueError(f"modalities {list(modalities)}: choose from {list(fmt.MODALITIES)}")
 
 
-def _decode_image(data: bytes):
-    import io
-
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-@contextlib.contextmanager
-def _one_thread_on_cpu():
-    """CPU matmul results depend on the thread count; one thread (as in a 1-CPU Ray worker) everywhere
-    makes embeddings, and so banks and labels, the same bits in every executor."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@register
 @dataclasses.dataclass(frozen=True)
 class Embed(Stage, EmbedConfig):
     """open_clip embeddings of ``jpg`` (images, OCR pages) and ``frames_jpg`` (videos) as ``emb``."""
@@ -74,35 +50,9 @@ class Embed(Stage, EmbedConfig):
         self.hold("encoder", load_encoder(self))
 
     def process_batch(self, rows: list[dict]) -> list[dict]:
-        videos = [r for r in rows if r["modality"] == "video"]
-        stills = [r for r in rows if r["modality"] != "video"]
-        for r in videos:
-            if r.get("frames_jpg") is None:
-                raise ValueError(
-                    f"{r['key']}: video row has no frames_jpg; put codec_patchify (which stores whole "
-                    "frames) before embed, or leave video out of embed's modalities"
-                )
-        for r in stills:
-            if r.get("jpg") is None:
-                raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
-        enc = self.encoder
-        with _one_thread_on_cpu():
-            if stills:
-                self._put(stills, enc.images([_decode_image(r["jpg"]) for r in stills]))
-            if videos:
-                self._put(videos, enc.videos([split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]))
-        return rows
-
-    def _put(self, rows: list[dict], emb: np.ndarray) -> None:
-        bad = np.flatnonzero(unusable_rows(emb))
-        if bad.size:  # the batch is then redone row by row, so only these rows fail
-            raise ValueError(f"{rows[bad[0]]['key']}: the encoder gave a NaN, inf or all-zero embedding")
-        for row, vec in zip(rows, emb, strict=True):
-            row["emb"] = fmt.encode_npy(vec.astype(self.dtype))
-            row["meta"]["embedding"] = dict(self.encoder.info, dim=int(vec.shape[0]))
+        return embed_rows(self.encoder, rows, self.dtype)
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class AssignConcepts(Stage):
     """Top-k nearest centroids of a saved bank for each row's ``emb``, as ``cls_npy`` (int32 .npy)."""
@@ -148,7 +98,6 @@ class AssignConcepts(Stage):
         return rows
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class Concepts(GlobalStep, KMeansConfig):
     """Persist the embeddings, fit a bank (parameters: :class:`KMeansConfig`), return ``assign_concepts``."""
@@ -168,8 +117,8 @@ class Concepts(GlobalStep, KMeansConfig):
     def run(self, ds, workdir: str) -> Stage:
         import ray
 
+        from curate.cluster import worker_env
         from curate.concepts import store
-        from curate.ray_runner import worker_env
 
         folder = storage.join(workdir, "embeddings")
         wanted = set(self.modalities)

@@ -28,11 +28,10 @@ from curate.dedup import signatures as sg
 from curate.dedup.grouping import DedupConfig, ray_edges
 from curate.dedup.keep import group_table
 from curate.dedup.semantic import ray_semantic_edges, tiny_image_embedding
-from curate.stage import GlobalStep, Stage, register
+from curate.stage import Filter, GlobalStep, Stage
 from shards import storage
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class DedupSignatures(Stage):
     """Compact signatures in ``meta["dedup"]`` (hex) and two bytes columns: ``minhash`` (uint32
@@ -113,7 +112,6 @@ class DedupSignatures(Stage):
         return "\n".join(t for t in (text, caption if isinstance(caption, str) else "") if t)
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class TinyEmbed(Stage):
     """A 256-float tiny-image embedding in column ``embedding`` (float32 bytes): semantic dedup's
@@ -129,7 +127,6 @@ class TinyEmbed(Stage):
         return row
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class DedupGroup(GlobalStep, DedupConfig):
     """Group duplicates on Ray and return ``dedup_apply`` for the next pass.
@@ -171,9 +168,8 @@ class DedupGroup(GlobalStep, DedupConfig):
         return DedupApply(table=uri)
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class DedupApply(Stage):
+class DedupApply(Filter):
     """Drop every non-kept group member (``dedup_apply/duplicate``); tag every member's group."""
 
     name = "dedup_apply"
@@ -183,13 +179,12 @@ class DedupApply(Stage):
         frame = pd.read_parquet(io.BytesIO(storage.read_bytes(self.table)))
         self.hold("groups", {r["key"]: r for r in frame.to_dict("records")})
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         member = self.groups.get(row["key"])
         if member is None:
-            return row
+            return None
         row["meta"].update(dedup_group=member["group"], dedup_group_size=int(member["size"]))
-        if isinstance(member["dup_of"], str):
-            row["meta"]["dup_of"] = member["dup_of"]
-            row["keep"] = False
-            row["drop_reason"] = f"duplicate: of {member['dup_of']} (group {member['group']}, {member['kind']})"
-        return row
+        if not isinstance(member["dup_of"], str):
+            return None
+        row["meta"]["dup_of"] = member["dup_of"]
+        return f"duplicate: of {member['dup_of']} (group {member['group']}, {member['kind']})"

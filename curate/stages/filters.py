@@ -1,64 +1,60 @@
-"""Metadata filters: each sets ``keep`` and a ``code: detail`` drop reason."""
+"""Metadata filters: each a :class:`~curate.stage.Filter` returning a ``code: detail`` drop reason or None."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from curate.stage import Stage, register
+from curate.stage import Filter
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class MinResolution(Stage):
+class MinResolution(Filter):
     """Drop inputs whose shorter source side is below ``min_side`` pixels."""
 
     name = "min_resolution"
     modalities = ("image", "video", "ocr")
     min_side: int = 64
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         w, h = row["meta"].get("width"), row["meta"].get("height")
         if w is None or h is None:
             raise KeyError("min_resolution needs width/height in meta: put it after a decode or probe stage")
         if min(w, h) < self.min_side:
-            row["keep"], row["drop_reason"] = False, f"too_small: {w}x{h}, shorter side < {self.min_side}"
-        return row
+            return f"too_small: {w}x{h}, shorter side < {self.min_side}"
+        return None
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class AspectRatio(Stage):
+class AspectRatio(Filter):
     """Drop inputs whose long/short side ratio exceeds ``max_ratio``."""
 
     name = "aspect_ratio"
     max_ratio: float = 3.0
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         w, h = row["meta"]["width"], row["meta"]["height"]
         if max(w, h) / min(w, h) > self.max_ratio:
-            row["keep"], row["drop_reason"] = False, f"extreme_aspect: {w}x{h} beyond {self.max_ratio}:1"
-        return row
+            return f"extreme_aspect: {w}x{h} beyond {self.max_ratio}:1"
+        return None
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class TextLength(Stage):
+class TextLength(Filter):
     """Drop OCR pages with fewer than ``min_chars`` characters of text."""
 
     name = "text_length"
     modalities = ("ocr",)
     min_chars: int = 20
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         n = row["meta"].get("text_chars", 0)
         if n < self.min_chars:
-            row["keep"], row["drop_reason"] = False, f"too_little_text: {n} < {self.min_chars} characters"
-        return row
+            return f"too_little_text: {n} < {self.min_chars} characters"
+        return None
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class Duration(Stage):
+class Duration(Filter):
     """Drop videos shorter than ``min_seconds`` or longer than ``max_seconds``."""
 
     name = "duration"
@@ -66,17 +62,15 @@ class Duration(Stage):
     min_seconds: float = 0.5
     max_seconds: float = 3600.0
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         d = row["meta"]["duration"]
         if not self.min_seconds <= d <= self.max_seconds:
-            row["keep"] = False
-            row["drop_reason"] = f"duration: {d:.2f}s outside [{self.min_seconds}, {self.max_seconds}]"
-        return row
+            return f"duration: {d:.2f}s outside [{self.min_seconds}, {self.max_seconds}]"
+        return None
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class MotionFilter(Stage):
+class MotionFilter(Filter):
     """Drop clips with too little or too much motion, from the statistics ``codec_patchify`` computed.
 
     Peers decode vectors only to reduce them to such a score; here it comes free with the tokens:
@@ -92,7 +86,7 @@ class MotionFilter(Stage):
     min_residual: float = 0.0  # residual p95 below this: nothing new appears
     drop_static: bool = True
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         codec = row["meta"].get("codec")
         if not codec or "saliency" not in codec:
             raise KeyError("motion_filter needs the codec facts in meta: put it after codec_patchify")
@@ -106,6 +100,4 @@ class MotionFilter(Stage):
             reason = f"too_much_motion: p95 {motion:g} > {self.max_motion_px:g} px/frame"
         elif residual < self.min_residual:
             reason = f"too_little_residual: p95 {residual:g} < {self.min_residual:g}"
-        if reason:
-            row["keep"], row["drop_reason"] = False, reason
-        return row
+        return reason

@@ -6,12 +6,11 @@ import dataclasses
 import io
 from typing import Literal
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from curate.stage import Stage, register
+from curate.media import decode_image
+from curate.stage import Stage
 from shards import storage
-
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger files are refused as decompression bombs
 
 
 def resize_policy(img: Image.Image, size: int, mode: str) -> Image.Image:
@@ -31,21 +30,6 @@ def resize_policy(img: Image.Image, size: int, mode: str) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, uri: str) -> tuple[Image.Image, str]:
-    """Fully decode (truncation surfaces here, not later) and apply EXIF orientation."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        fmt = img.format or "unknown"
-        img.load()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{uri}: refused, too many pixels: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{uri}: not a readable image ({exc})") from None
-    img = ImageOps.exif_transpose(img)
-    return img.convert("RGB"), fmt
-
-
-@register
 @dataclasses.dataclass(frozen=True)
 class ImageDecode(Stage):
     """Decode images and OCR pages, resize by the one policy, re-encode as the shard's ``jpg``."""
@@ -77,7 +61,6 @@ class ImageDecode(Stage):
         return row
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class OcrText(Stage):
     """Attach an OCR page's known text (JSONL row or ``.txt`` beside the page) as the ``txt`` field."""

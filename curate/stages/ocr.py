@@ -9,30 +9,27 @@ heads the next pass and gives each OCR'd row its word ids (``words_npy``: int32 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
+from curate.media import decode_image, decode_rgb
 from curate.ocr import crops
 from curate.ocr.engines import load_engine
 from curate.ocr.text import tokenize
 from curate.ocr.vocab import build_vocab, label, lines_of, read_vocab, write_vocab
-from curate.stage import GlobalStep, Stage, register
-from curate.stages.images import decode_image
+from curate.stage import Filter, GlobalStep, Stage
 from shards import storage
 from shards.format import encode_npy
 
 
 def _picture(row: dict, source: str) -> np.ndarray:
     if source == "jpg" and row.get("jpg") is not None:
-        return np.asarray(Image.open(io.BytesIO(bytes(row["jpg"]))).convert("RGB"))
+        return np.asarray(decode_rgb(row["jpg"]))
     return np.asarray(decode_image(storage.read_bytes(row["uri"]), row["uri"])[0])
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class OcrRead(Stage):
     """Read text lines with boxes and confidences into ``meta["ocr"]``; one engine per actor.
@@ -99,9 +96,8 @@ class OcrRead(Stage):
         return row
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class OcrFilter(Stage):
+class OcrFilter(Filter):
     """Drop OCR'd rows with no readable words, too little text area, or low mean confidence.
 
     ``min_mean_conf`` 0.85 suits the default models: rendered pages read at >= 0.92 (ppocrv6-tiny
@@ -117,23 +113,22 @@ class OcrFilter(Stage):
     min_text_area: float = 0.0  # share of the picture covered by text lines
     min_mean_conf: float = 0.85
 
-    def process_row(self, row: dict) -> dict:
+    def reason(self, row: dict) -> str | None:
         meta = row["meta"]
         if "ocr" not in meta:
-            return row  # not OCR'd (another modality, or not in ``ocr.read``)
+            return None  # not OCR'd (another modality, or not in ``ocr.read``)
         words, area, conf = meta["ocr_words"], meta["ocr_text_area"], meta["ocr_mean_conf"]
         if words == 0 and self.min_words > 0:
-            row["keep"], row["drop_reason"] = False, f"no_text: no readable words ({len(meta['ocr']['lines'])} lines)"
-        elif words < self.min_words:
-            row["keep"], row["drop_reason"] = False, f"too_few_words: {words} < {self.min_words}"
-        elif area < self.min_text_area:
-            row["keep"], row["drop_reason"] = False, f"low_text_area: {area:.4f} < {self.min_text_area}"
-        elif conf < self.min_mean_conf:
-            row["keep"], row["drop_reason"] = False, f"low_confidence: {conf:.3f} < {self.min_mean_conf}"
-        return row
+            return f"no_text: no readable words ({len(meta['ocr']['lines'])} lines)"
+        if words < self.min_words:
+            return f"too_few_words: {words} < {self.min_words}"
+        if area < self.min_text_area:
+            return f"low_text_area: {area:.4f} < {self.min_text_area}"
+        if conf < self.min_mean_conf:
+            return f"low_confidence: {conf:.3f} < {self.min_mean_conf}"
+        return None
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class OcrCrop(Stage):
     """A ``size`` x ``size`` crop of the most text-dense window as ``crop_jpg`` (shard ``crop.jpg``).
@@ -168,7 +163,6 @@ class OcrCrop(Stage):
         return row
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class OcrVocab(GlobalStep):
     """Build the word vocabulary over every live OCR'd row; return ``ocr_labels`` for the next pass."""
@@ -195,7 +189,6 @@ class OcrVocab(GlobalStep):
         return OcrLabels(vocab=uri, max_words=self.max_words, cjk=self.cjk)
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class OcrLabels(Stage):
     """Word ids (``words_npy``, int32 .npy, at most ``max_words``) for every OCR'd row.

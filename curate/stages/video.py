@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import av
 
-from curate.stage import Stage, register
+from curate.media import open_video
+from curate.stage import Stage
 from shards import storage
-
-
-def open_video(data: bytes, uri: str):
-    """Open a video held in memory; ``uri`` only names it in errors."""
-    try:
-        return av.open(io.BytesIO(data), metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise ValueError(f"{uri}: not a readable video container ({exc})") from None
 
 
 def probe(data: bytes, uri: str) -> dict:
@@ -67,7 +59,6 @@ def probe(data: bytes, uri: str) -> dict:
     return facts
 
 
-@register
 @dataclasses.dataclass(frozen=True)
 class VideoProbe(Stage):
     """Record container facts in ``meta`` and fail unreadable, truncated or audio-only files."""

@@ -315,9 +315,9 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
     import pandas as pd
     import ray
 
+    from curate.cluster import init_ray
     from curate.config import RayConfig
     from curate.dedup.grouping import DedupConfig, partitions_for
-    from curate.ray_runner import init_ray
     from curate.stages.dedup import DedupGroup
 
     init_ray(RayConfig(num_cpus=2, shuffle=shuffle))  # as a pipeline run sets Ray up

@@ -49,7 +49,7 @@ def text_free_photos() -> dict:
     """The demo corpus's real photographs at the curated size (shorter side 448): no text in them."""
     from PIL import Image
 
-    from curate.demo_corpus import photographs
+    from curate.demo.corpus import photographs
     from curate.stages.images import resize_policy
 
     return {k: np.asarray(resize_policy(Image.fromarray(v), 448, "shorter")) for k, v in sorted(photographs().items())}

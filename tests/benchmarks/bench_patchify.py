@@ -15,7 +15,7 @@ Figures, each against a baseline measured in the same run on the same clip:
 * A   (--ablation) the same for parameter variants (the calibration of the defaults).
 Times are CPU seconds of this process (time.process_time; every codec and BLAS runs one thread,
 so this is core-seconds, less disturbed by other jobs than wall time), least of --repeat runs.
-Clips are synthetic (curate.synthetic_video): textured photos, x264/x265 veryfast CRF 23.
+Clips are synthetic (curate.demo.synthetic_video): textured photos, x264/x265 veryfast CRF 23.
 """
 
 # ruff: noqa: E402  (thread limits must be set before numpy is imported)
@@ -42,9 +42,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from curate.codec import PatchifyConfig, encode, patchify, tokens
-from curate.codec.sampling import decode_clip, inspect, open_source
+from curate.codec.sampling import decode_clip, inspect
 from curate.codec.selection import top_k
-from curate.synthetic_video import make_clip
+from curate.media import open_video
+from curate.demo.synthetic_video import make_clip
 from shards.format import decode_npy, encode_npy
 
 
@@ -178,7 +179,7 @@ def main() -> None:
     ours = {}
     for name, path in clips.items():
         result = patchify(path, cfg)
-        with open_source(path) as c:
+        with open_video(path) as c:
             source = inspect(c, cfg.min_side)
         ids, native = result.clip.frame_ids, result.facts["signal"] == "codec_mvs"
         t_ours = cpu_seconds(lambda p=path: patchify(p, cfg), args.repeat, reduce=min)

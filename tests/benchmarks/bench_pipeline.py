@@ -54,7 +54,7 @@ def build_corpus(root: Path, clips: int, images: int) -> None:
     import skimage.data
     from PIL import Image
 
-    from curate.synthetic_video import make_clip
+    from curate.demo.synthetic_video import make_clip
 
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(parents=True, exist_ok=True)

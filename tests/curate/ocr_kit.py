@@ -8,7 +8,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from curate.demo_corpus import _font, _lines, _render, _zen_words
+from curate.demo.corpus import _font, _lines, _render, _zen_words
 
 
 def pages(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:

@@ -22,7 +22,7 @@ import pytest
 from curate.codec import PatchifyConfig, VideoError, encode, patchify, tokens
 from curate.stage import run_in_process
 from curate.stages.codec import CodecPatchify
-from curate.synthetic_video import make_clip
+from curate.demo.synthetic_video import make_clip
 from shards.format import MOSAIC_COLS, check_sample, decode_npy, encode_json
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from curate.codec import PatchifyConfig, VideoError, patchify
-from curate.codec.sampling import inspect, open_source, plan_clips
-from curate.synthetic_video import make_clip
+from curate.codec.sampling import inspect, plan_clips
+from curate.media import open_video
+from curate.demo.synthetic_video import make_clip
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def long_clip(tmp_path_factory):
 
 def test_clips_start_on_keyframes_and_never_share_a_gop(long_clip):
     path, _ = long_clip
-    with open_source(path) as c:
+    with open_video(path) as c:
         source = inspect(c, 32)
     assert source.frame_count == 100 and source.keyframes.tolist() == [0, 16, 32, 48, 64, 80, 96]
     assert source.gop == 16 and source.fps == 24

@@ -256,7 +256,7 @@ def test_reference_distance_recovers_how_far_back_the_reference_is():
 def test_rasterize_onto_a_coarser_grid_equals_sampling_the_full_raster(tmp_path):
     import av
 
-    from curate.synthetic_video import make_clip
+    from curate.demo.synthetic_video import make_clip
 
     path = tmp_path / "wide.mp4"
     make_clip(path, size=(320, 192), frames=6, pan=(2, 1))

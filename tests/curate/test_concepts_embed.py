@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from concepts_kit import NAME, TINY, frames_jpeg, jpeg, rows, save_tiny
 
-from curate.stage import build_stage, run_in_process
+from curate.stage import run_in_process
+from curate.stages import build_stage
 from manifests import ManifestError
 from shards import format as fmt
 

@@ -16,7 +16,8 @@ from curate.concepts.bank import load_bank
 from curate.concepts.cli import main as concepts_main
 from curate.concepts.kmeans import nearest
 from curate.config import load_run
-from curate.pipeline import read_ledger, run
+from curate.ledger import read_ledger
+from curate.pipeline import run
 from shards import labels as sidecar
 from shards.tools import verify
 

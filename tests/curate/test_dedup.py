@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from datasketch import MinHash, MinHashLSH
+from dedup_oracle import reference_groups
 from PIL import Image
 
 from curate.config import SourceConfig
 from curate.dedup import lsh
-from curate.dedup.grouping import DedupConfig, band_records, partition_edges, reference_groups, similarity
+from curate.dedup.grouping import DedupConfig, band_records, partition_edges, similarity
 from curate.dedup.keep import group_table, rank
 from curate.dedup.signatures import (
     box_weights,
@@ -29,7 +30,8 @@ from curate.dedup.signatures import (
     word_shingle_hash32,
 )
 from curate.sources import list_inputs
-from curate.stage import DROPPED, FAILED, LIVE, build_stage, new_rows, run_in_process, to_rows
+from curate.stage import DROPPED, FAILED, LIVE, new_rows, run_in_process, to_rows
+from curate.stages import build_stage
 from manifests import ManifestError
 
 PIPELINE = [
@@ -173,7 +175,8 @@ def test_a_pipeline_run_groups_on_ray_like_the_driver_reference_and_the_ledger_n
 ):
     """demo.toml + dedup_signatures, tiny_embed, dedup_group: two passes, the grouping on Ray."""
     from curate.config import load_run
-    from curate.pipeline import read_ledger, run
+    from curate.ledger import read_ledger
+    from curate.pipeline import run
 
     monkeypatch.setenv("DEMO_CORPUS", str(demo_corpus))
     out = tmp_path / "out"
@@ -319,9 +322,9 @@ def test_keep_rule_picks_one_member_per_group(rule, kept):
 
 
 def test_the_band_shuffle_gets_more_partitions_as_the_input_grows():
+    from curate.cluster import shuffle_partitions
     from curate.dedup.grouping import RECORDS_PER_PARTITION, DedupConfig, partitions_for, records_per_row
     from curate.dedup.lsh import minhash_params
-    from curate.ray_runner import shuffle_partitions
 
     text = DedupConfig(kinds=("minhash",), minhash_threshold=0.7)
     assert records_per_row(text) == minhash_params(0.7, 128)[0]

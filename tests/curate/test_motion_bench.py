@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from curate import motion_bench as mb
+from curate.demo import motion_bench as mb
 from curate.codec import PatchifyConfig, patchify
 
 SIZE, FRAMES = 128, 32

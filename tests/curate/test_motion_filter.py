@@ -3,7 +3,7 @@
 from curate.stage import new_rows, run_in_process
 from curate.stages.codec import CodecPatchify
 from curate.stages.filters import MotionFilter
-from curate.synthetic_video import make_clip
+from curate.demo.synthetic_video import make_clip
 
 
 def _rows(paths):

@@ -18,7 +18,8 @@ import webdataset as wds
 
 from curate.__main__ import main as curate_main
 from curate.config import load_run
-from curate.pipeline import read_ledger, run
+from curate.ledger import read_ledger
+from curate.pipeline import run
 from curate.sources import SourceError
 from curate.stage import GlobalStep, Stage
 from manifests import ManifestError

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from curate.pipeline import read_ledger
+from curate.ledger import read_ledger
 
 ARGS = ["--quiet"]  # the demo manifest's 16 inputs per partition: six partitions, so a run can die between them
 

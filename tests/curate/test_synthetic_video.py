@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from curate.synthetic_video import make_clip
+from curate.demo.synthetic_video import make_clip
 
 
 def _decode(path) -> tuple[np.ndarray, list[str], str]:

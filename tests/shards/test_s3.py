@@ -8,7 +8,8 @@ import pytest
 
 import manifests
 from curate.config import load_run
-from curate.pipeline import read_ledger, run
+from curate.ledger import read_ledger
+from curate.pipeline import run
 from shards import storage
 from shards.__main__ import main as shards_main
 from shards.index import ShardSetError, read_index

@@ -163,7 +163,7 @@ def build_ocr(out: Path, pages: int = 30, seed: int = 0) -> dict:
 
 
 def build_videos(out: Path, frames: int = 64, size: int = 256) -> dict:
-    from curate.synthetic_video import make_clip
+    from curate.demo.synthetic_video import make_clip
 
     out.mkdir(parents=True, exist_ok=True)
     facts = {}

@@ -343,7 +343,7 @@ def render(task: str, label: int, seed: int, *, size: int = 128, frames: int = 6
 
 def make_clip(path: str | Path, task: str, label: int, seed: int, *, size: int = 128, frames: int = 64) -> dict:
     """Render one clip and encode it to ``path`` (libx264, GOP 16, one thread); return its truth."""
-    from curate.synthetic_video import write_video
+    from curate.demo.synthetic_video import write_video
 
     video, truth = render(task, label, seed, size=size, frames=frames)
     write_video(path, video, codec="h264", fps=FPS, gop=GOP, threads=1)
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         "the same seed gives the same clips.",
         epilog="Writes OUT_DIR/{motion,static}/{train,test}/*.mp4, OUT_DIR/pretrain/*.mp4, OUT_DIR/labels.csv "
         "(task,split,name,label,class_name) and OUT_DIR/truth.json (per clip: pan, target centre and box per "
-        "frame, distractor centres, seed). See curate/motion_bench.py for the design.",
+        "frame, distractor centres, seed). See curate/demo/motion_bench.py for the design.",
     )
     parser.add_argument("out_dir", help="folder to write the benchmark into")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
