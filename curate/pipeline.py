@@ -24,8 +24,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import manifests
+from curate.cluster import init_ray, worker_env
 from curate.config import RunConfig
 from curate.ledger import account, read_ledger, stage_throughput
+from curate.ray_runner import map_stage, to_arrow
 from curate.sink import (
     keys_digest,
     pass_files,
@@ -119,8 +121,6 @@ def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
 def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, progress: bool) -> Stage:
     import ray
 
-    from curate.cluster import init_ray
-
     init_ray(cfg.ray)
     if progress:
         print(f"global step {step.name} over the rows of pass {k + 1}")
@@ -173,9 +173,6 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
     """
     import ray
     from ray.data import DataContext
-
-    from curate.cluster import init_ray, worker_env
-    from curate.ray_runner import map_stage, to_arrow
 
     init_ray(cfg.ray)
     expected = {d["partition"]: len(json.loads(d["items"])) for d in source if d["items"]}

@@ -1,5 +1,4 @@
 """Finish one partition: its shards (one per modality), its ledger part, then its completion marker.
-
 The marker is written last and records a hash of the partition's input keys, so a rerun skips
 exactly the partitions that finished with the same inputs and redoes the rest; everything a
 partition writes is deterministic, so redoing it yields the same bytes.
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from curate.ray_runner import to_arrow
 from curate.stage import FAILED, KEPT, LIVE, TIMING, to_rows
 from shards import format as fmt
 from shards import storage
@@ -71,8 +71,6 @@ def read_pass_marker(out: str, pass_index: int, partition: int) -> str | None:
 
 def write_pass(batch: dict, out: str, pass_index: int) -> dict:
     """Keep one partition's rows (payload included) for the next pass; the marker goes last."""
-    from curate.ray_runner import to_arrow
-
     rows = sorted(to_rows(batch), key=lambda r: r["key"])
     partition = rows[0]["partition"]
     columns = list(batch)

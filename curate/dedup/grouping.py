@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from curate.cluster import shuffle_partitions, worker_env
 from curate.dedup import lsh
 from curate.dedup.keep import rank
 from curate.dedup.signatures import unpack
@@ -241,7 +242,6 @@ def bucket_edges(records: pd.DataFrame, cfg: DedupConfig) -> pa.Table:
 
 def shuffle_by_bucket(records, partitions: int, verify=None, cfg: DedupConfig | None = None):
     """Hash-shuffle band records on ``bucket mod partitions`` and verify each partition's buckets."""
-    from curate.cluster import worker_env
 
     def with_shard(batch: pd.DataFrame) -> pd.DataFrame:
         return batch.assign(shard=(batch["bucket"].to_numpy().view(np.uint64) % np.uint64(partitions)).astype(np.int64))
@@ -265,8 +265,6 @@ def records_per_row(cfg: DedupConfig) -> int:
 def partitions_for(cfg: DedupConfig, rows: int = 0) -> int:
     """Hash partitions of a shuffle: as set; else two per cluster CPU, and enough that none holds more
     than RECORDS_PER_PARTITION records of ``rows`` rows (1M captions at 14 bands: 14 partitions, not 4)."""
-    from curate.cluster import shuffle_partitions
-
     if cfg.shuffle_partitions:
         return cfg.shuffle_partitions
     return max(shuffle_partitions(), -(-rows * records_per_row(cfg) // RECORDS_PER_PARTITION))
@@ -278,7 +276,5 @@ def ray_edges(ds, cfg: DedupConfig, rows: int = 0):
     ``rows``: the input's row count where the caller knows it without a pass (it sizes the shuffle);
     counting here would cost a pass over the data, outside the S3 settings ``worker_env`` forwards.
     """
-    from curate.cluster import worker_env
-
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)

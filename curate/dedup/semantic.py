@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
+from curate.cluster import worker_env
 from curate.dedup import lsh
 from curate.dedup.grouping import (
     EDGE,
@@ -116,8 +117,6 @@ def cluster_edges(records: pd.DataFrame, cfg: DedupConfig, block: int = 1024) ->
 
 def ray_semantic_edges(ds, cfg: DedupConfig):
     """Sample -> k-means on the driver -> assign and pairwise on Ray. Returns the edge dataset."""
-    from curate.cluster import worker_env
-
     vectors = ds.map_batches(vector_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     vectors = vectors.materialize()
     total = vectors.count()
