@@ -18,7 +18,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from shards import format as fmt  # noqa: E402
 from shards import storage  # noqa: E402
@@ -111,20 +110,18 @@ def _video(out: str, examples: int = 4) -> str:
 
 def _overlay(fields: dict, meta: dict) -> str:
     """Stored whole frames dimmed, with the patches kept at those frames lit from the mosaic."""
-    codec, ids = meta["codec"], meta["frames"]["ids"]
-    patch = codec["patch"]
-    frames = np.asarray(Image.open(io.BytesIO(fields["frames.jpg"])).convert("RGB"))
-    frames = frames.reshape(len(ids), -1, *frames.shape[1:])
-    pos = fmt.decode_npy(fields["pos.npy"]).astype(int)
-    mosaic = np.asarray(Image.open(io.BytesIO(fields["patches.jpg"])).convert("RGB"))
-    cols = codec.get("mosaic_cols", fmt.MOSAIC_COLS)
+    from shards import fields as decode
+
+    patch = meta["codec"]["patch"]
+    frames, ids = decode.frames(fields["frames.jpg"], meta)
+    pos = decode.positions(fields["pos.npy"]).astype(int)
+    patches = decode.mosaic(fields["patches.jpg"], len(pos), patch)
     tiles = []
-    for j, t in enumerate(ids):
-        tile = (frames[j] * 0.3).astype(np.uint8)
+    for frame, t in zip(frames, ids, strict=True):
+        tile = (frame * 0.3).astype(np.uint8)
         for n in np.nonzero(pos[:, 0] == t)[0]:
-            r, c = divmod(int(n), cols)
             h, w = pos[n, 1] * patch, pos[n, 2] * patch
-            tile[h : h + patch, w : w + patch] = mosaic[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch]
+            tile[h : h + patch, w : w + patch] = patches[n]
         tiles.append(tile)
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.4))
     for ax, tile, t in zip(np.atleast_1d(axes), tiles, ids, strict=True):
@@ -157,11 +154,13 @@ def _duplicates(ledger, limit: int = 20) -> str:
 
 
 def _concepts(out: str) -> str:
+    from shards import fields as decode
+
     top1 = Counter()
     for modality in fmt.MODALITIES:
         for _, fields, _ in _samples(out, modality):
             if "cls.npy" in fields:
-                labels = fmt.decode_npy(fields["cls.npy"])
+                labels = decode.labels(fields["cls.npy"])
                 if labels.size:
                     top1[(modality, int(labels[0]))] += 1
     if not top1:

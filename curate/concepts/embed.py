@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -22,7 +21,7 @@ from PIL import Image
 
 from curate.concepts.config import EmbedConfig
 from curate.concepts.kmeans import resolve_device, resolve_precision
-from shards import storage
+from shards import fields, storage
 
 RANDOM_SEED = 0
 
@@ -109,16 +108,12 @@ def frame_ids(available: int, wanted: int) -> list[int]:
 
 
 def split_frames(data: bytes, meta: dict, key: str) -> list[Image.Image]:
-    """``frames_jpg`` (whole frames stacked vertically) -> one picture per frame."""
-    ids = (meta.get("frames") or {}).get("ids")
-    if not ids:
-        raise ValueError(f"{key}: meta.frames.ids is missing, so frames_jpg cannot be split into frames")
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = img.size
-    if h % len(ids):
-        raise ValueError(f"{key}: frames_jpg height {h} is not a multiple of its {len(ids)} frames")
-    fh = h // len(ids)
-    return [img.crop((0, i * fh, w, (i + 1) * fh)) for i in range(len(ids))]
+    """``frames_jpg`` (whole frames stacked vertically) -> one picture per frame, split by ``shards.fields``."""
+    try:
+        frames, _ = fields.frames(data, meta)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    return [Image.fromarray(frame) for frame in frames]
 
 
 def load_encoder(cfg: EmbedConfig) -> Encoder:
