@@ -1,8 +1,8 @@
 """Opening source media, one way for every caller: video containers through PyAV, still images
 through Pillow. Errors name the input and say what is wrong, so a stage can fail that row alone.
 
-Image payloads already inside a run (the curated ``jpg`` column) are decoded with
-:func:`decode_rgb`; shard fields are decoded by ``shards.fields`` on the reading side.
+Payloads already inside a run (the curated ``jpg`` column) are shard fields: ``shards.fields``
+decodes those, for curation and training alike.
 """
 
 from __future__ import annotations
@@ -52,8 +52,3 @@ def decode_image(data: bytes, uri: str, max_pixels: int = MAX_PIXELS) -> tuple[I
         raise ValueError(f"{uri}: not a readable image ({exc})") from None
     img = ImageOps.exif_transpose(img)
     return img.convert("RGB"), fmt
-
-
-def decode_rgb(data: bytes) -> Image.Image:
-    """A curated payload (the run's own ``jpg``) as an RGB picture."""
-    return Image.open(io.BytesIO(bytes(data))).convert("RGB")

@@ -15,9 +15,9 @@ from collections import Counter
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image
 
 from curate.ledger import format_summary, read_ledger
+from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
 from shards.index import find_sets, read_index, shard_uris
@@ -114,20 +114,16 @@ def _video(out: str, examples: int = 4) -> str:
 
 def _overlay(fields: dict, meta: dict) -> str:
     """Stored whole frames dimmed, with the patches kept at those frames lit from the mosaic."""
-    codec, ids = meta["codec"], meta["frames"]["ids"]
-    patch = codec["patch"]
-    frames = np.asarray(Image.open(io.BytesIO(fields["frames.jpg"])).convert("RGB"))
-    frames = frames.reshape(len(ids), -1, *frames.shape[1:])
-    pos = fmt.decode_npy(fields["pos.npy"]).astype(int)
-    mosaic = np.asarray(Image.open(io.BytesIO(fields["patches.jpg"])).convert("RGB"))
-    cols = codec.get("mosaic_cols", fmt.MOSAIC_COLS)
+    patch = meta["codec"]["patch"]
+    frames, ids = shard_fields.frames(fields["frames.jpg"], meta)
+    pos = shard_fields.positions(fields["pos.npy"]).astype(int)
+    patches = shard_fields.mosaic(fields["patches.jpg"], len(pos), patch)
     tiles = []
-    for j, t in enumerate(ids):
-        tile = (frames[j] * 0.3).astype(np.uint8)
+    for frame, t in zip(frames, ids, strict=True):
+        tile = (frame * 0.3).astype(np.uint8)
         for n in np.nonzero(pos[:, 0] == t)[0]:
-            r, c = divmod(int(n), cols)
             h, w = pos[n, 1] * patch, pos[n, 2] * patch
-            tile[h : h + patch, w : w + patch] = mosaic[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch]
+            tile[h : h + patch, w : w + patch] = patches[n]
         tiles.append(tile)
     fig, axes = _subplots(1, len(tiles), figsize=(2.2 * len(tiles), 2.4))
     for ax, tile, t in zip(np.atleast_1d(axes), tiles, ids, strict=True):
@@ -164,7 +160,7 @@ def _concepts(out: str) -> str:
     for modality in fmt.MODALITIES:
         for _, fields, _ in _samples(out, modality):
             if "cls.npy" in fields:
-                labels = fmt.decode_npy(fields["cls.npy"])
+                labels = shard_fields.labels(fields["cls.npy"])
                 if labels.size:
                     top1[(modality, int(labels[0]))] += 1
     if not top1:

@@ -16,6 +16,8 @@ One sample per key; each field is one tar member ``{key}.{field}``:
 ``words.npy``  int32 OCR word ids, 0 to 100 of them (empty: no readable text, never padded)
 ``crop.jpg``   OCR: the text-dense region at the training resolution
 ========== ==============================================================================
+
+Each field's reader (decode and check) is in ``shards.fields``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(data: bytes) -> np.ndarray:
+    """The inverse of ``encode_npy`` (a writable array); shard readers use ``shards.fields``, which also checks."""
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
@@ -81,14 +84,11 @@ def check_sample(sample: dict[str, bytes]) -> dict:
     missing = [f for f in REQUIRED[modality] if f not in sample]
     if missing:
         raise ValueError(f"{modality} sample lacks required field(s) {missing}")
+    from shards import fields  # it imports this module's constants
+
     if "pos.npy" in sample:
-        pos = decode_npy(sample["pos.npy"])
-        if pos.dtype != np.int16 or pos.ndim != 2 or pos.shape[1] != 3:
-            raise ValueError(f"pos.npy must be int16 (K, 3), got {pos.dtype} {pos.shape}")
-    if "cls.npy" in sample and decode_npy(sample["cls.npy"]).dtype != np.int32:
-        raise ValueError("cls.npy must be int32")
-    if "words.npy" in sample:
-        words = decode_npy(sample["words.npy"])
-        if words.dtype != np.int32 or words.ndim != 1 or len(words) > MAX_WORDS:
-            raise ValueError(f"words.npy must be int32 (n <= {MAX_WORDS},), got {words.dtype} {words.shape}")
+        fields.positions(sample["pos.npy"])
+    for name in fields.LABEL_FIELDS:
+        if f"{name}.npy" in sample:
+            fields.labels(sample[f"{name}.npy"], name)
     return meta

@@ -39,11 +39,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
+from shards import fields, storage, tarmembers
 from shards import format as fmt
-from shards import storage, tarmembers
 from shards.index import ShardSetError, read_index
 from shards.labels import read_labels_meta, shard_labels
-from shards.transforms import DEFAULT_TRANSFORMS, npy
+from shards.transforms import DEFAULT_TRANSFORMS
 
 log = logging.getLogger(__name__)
 TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError)
@@ -349,11 +349,11 @@ class ShardStream(IterableDataset):
             )
 
     def _finish(self, m: str, raw: dict, index: int) -> dict:
-        fields = {k: v for k, v in raw.items() if k != "__url__"}
-        meta = json.loads(fields["json"])  # the contract's checks that training needs; verify does the rest
+        sample = {k: v for k, v in raw.items() if k != "__url__"}
+        meta = json.loads(sample["json"])  # the contract's checks that training needs; verify does the rest
         if meta.get("modality") != m:
             raise ValueError(f"json.modality {meta.get('modality')!r} inside the {m} set")
-        missing = [f for f in fmt.REQUIRED[m] if f not in fields]
+        missing = [f for f in fmt.REQUIRED[m] if f not in sample]
         if missing:
             raise ValueError(f"{m} sample lacks required field(s) {missing}")
         out = {"__key__": raw["__key__"], "__url__": raw["__url__"], "modality": m}
@@ -363,11 +363,8 @@ class ShardStream(IterableDataset):
                 raise KeyError(f"no label in the sidecar set of bank {self.labels!r}")
             out["cls"] = torch.from_numpy(table[raw["__key__"]].astype(np.int64))
         elif "cls.npy" in raw:
-            cls = npy(raw["cls.npy"])
-            if cls.dtype != np.int32:
-                raise ValueError(f"cls.npy must be int32, got {cls.dtype}")
-            out["cls"] = torch.from_numpy(cls.astype(np.int64))
-        out.update(self.transforms[m]({**fields, "meta": meta, "__index__": index}))
+            out["cls"] = torch.from_numpy(fields.labels(raw["cls.npy"]).astype(np.int64))
+        out.update(self.transforms[m]({**sample, "meta": meta, "__index__": index}))
         return out
 
 

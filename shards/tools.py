@@ -85,7 +85,8 @@ def preview_image(report: dict, out: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
+
+    from shards.fields import image
 
     rows = [s for s in report["sets"] if s["preview"]]
     cols = max(len(s["preview"]) for s in rows)
@@ -97,7 +98,7 @@ def preview_image(report: dict, out: str) -> None:
             data = sample["data"]
             pixels = data.get("jpg") or data.get("png") or data.get("frames.jpg") or data.get("patches.jpg")
             if pixels:
-                axes[r, c].imshow(Image.open(io.BytesIO(pixels)).convert("RGB"))
+                axes[r, c].imshow(image(pixels))
             text = data.get("txt", b"").decode("utf-8", "replace")[:40]
             axes[r, c].set_title(f"{s['modality']} {sample['key']}\n{text}", fontsize=7)
     fig.tight_layout()

@@ -12,7 +12,6 @@ state, so the switch is exact too. Surface: ``Stream(...)``, ``next(stream)`` ->
 from __future__ import annotations
 
 import functools
-import io
 import json
 import sys
 import zlib
@@ -22,14 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shards import storage
-from shards.format import decode_npy
+from shards import fields, storage
 from shards.index import ShardSetError, find_sets, read_index
 from shards.reader import ShardStream
 from train.config import DataConfig
 from train.packing import Packed, codec_tokens, normalise, pack, patchify
-
-CODEC_PATCH = 16
 
 
 @dataclass
@@ -69,7 +65,7 @@ def image_size_at(cfg: DataConfig, step: int) -> int:
 
 
 def _rgb(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return Image.fromarray(fields.image(data))
 
 
 def _square(img: Image.Image, size: int) -> torch.Tensor:
@@ -85,24 +81,16 @@ def _square(img: Image.Image, size: int) -> torch.Tensor:
 
 def frame_images(sample: dict, meta: dict, count: int, size: int) -> tuple[list[torch.Tensor], list[float]]:
     """Up to ``count`` of the stored whole frames, evenly spaced, squared to ``size``; their clip times."""
-    img = _rgb(sample["frames.jpg"])
-    ids = list(meta.get("frames", {}).get("ids", []))
-    n = len(ids) or max(1, img.height // img.width)
-    ids = ids or list(range(n))
-    fh = img.height // n
-    keep = np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
-    frames = [_square(img.crop((0, i * fh, img.width, (i + 1) * fh)), size) for i in keep]
-    return frames, [float(ids[i]) for i in keep]
+    stored, ids = fields.frames(sample["frames.jpg"], meta)
+    keep = np.unique(np.linspace(0, len(ids) - 1, min(len(ids), count)).round().astype(int))
+    return [_square(Image.fromarray(stored[i]), size) for i in keep], [float(ids[i]) for i in keep]
 
 
 def codec_input(sample: dict, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A video sample's codec tokens (mosaic + positions) -> (patches, (t, h, w) positions)."""
-    pos = torch.from_numpy(decode_npy(sample["pos.npy"]).astype(np.float32))
-    mosaic = np.asarray(_rgb(sample["patches.jpg"]))
-    p = CODEC_PATCH
-    rows, cols = mosaic.shape[0] // p, mosaic.shape[1] // p  # MOSAIC_COLS per row by contract
-    grid = mosaic.reshape(rows, p, cols, p, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, p, p)
-    return codec_tokens(normalise(torch.from_numpy(grid[: pos.shape[0]].copy())), pos, patch)
+    pos = fields.positions(sample["pos.npy"])
+    patches = np.ascontiguousarray(fields.mosaic(sample["patches.jpg"], len(pos)).transpose(0, 3, 1, 2))
+    return codec_tokens(normalise(torch.from_numpy(patches)), torch.from_numpy(pos.astype(np.float32)), patch)
 
 
 def frames_input(frames: list[torch.Tensor], times: list[float], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +126,10 @@ def sample_labels(sample: dict, num_classes: dict[str, int], field: str = "cls")
             else "training needs labelled shards (or a sidecar label set)"
         )
         raise ValueError(f"{_where(sample)}no {field}.npy labels; {need}")
-    labels = decode_npy(sample[f"{field}.npy"]).astype(np.int64).reshape(-1)
+    try:
+        labels = fields.labels(sample[f"{field}.npy"], field).astype(np.int64)
+    except ValueError as exc:
+        raise ValueError(f"{_where(sample)}{exc}") from None
     if (labels.size == 0 and field == "cls") or (
         labels.size and (labels.min() < 0 or labels.max() >= num_classes[modality])
     ):

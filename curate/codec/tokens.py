@@ -1,4 +1,4 @@
-"""Codec tokens as shard bytes: the patch mosaic JPEG, whole frames, and readers for both.
+"""Codec tokens as shard bytes: the patch mosaic JPEG and whole frames (``shards.fields`` reads both back).
 
 Patches are cut from the decoded Y/U/V planes, remapped to JPEG's full-range BT.601 YCbCr and
 written as a 4:2:0 JPEG, so no RGB round trip runs and each 16x16 patch is exactly one JPEG
@@ -38,13 +38,6 @@ def mosaic(patches: np.ndarray, cols: int = MOSAIC_COLS) -> np.ndarray:
     return grid.reshape(rows, cols, p, p, 3).transpose(0, 2, 1, 3, 4).reshape(rows * p, cols * p, 3)
 
 
-def unmosaic(image: np.ndarray, k: int, patch: int, cols: int = MOSAIC_COLS) -> np.ndarray:
-    """Inverse of :func:`mosaic`: (rows*p, cols*p, C) -> (K, p, p, C)."""
-    rows = image.shape[0] // patch
-    cells = image.reshape(rows, patch, cols, patch, -1).transpose(0, 2, 1, 3, 4).reshape(rows * cols, patch, patch, -1)
-    return cells[:k]
-
-
 _BT601 = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _BT709 = np.array([[0.2126, 0.7152, 0.0722], [-0.114572, -0.385428, 0.5], [0.5, -0.454153, -0.045847]])
 
@@ -67,11 +60,6 @@ def encode_jpeg(ycbcr: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
     return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) RGB uint8."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def frames_ycbcr(y: np.ndarray, u: np.ndarray, v: np.ndarray, ids: np.ndarray) -> np.ndarray:

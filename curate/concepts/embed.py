@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -24,9 +23,8 @@ from PIL import Image
 from curate.concepts.bank import unusable_rows
 from curate.concepts.config import EmbedConfig
 from curate.concepts.kmeans import resolve_device, resolve_precision
-from curate.media import decode_rgb
+from shards import fields, storage
 from shards import format as fmt
-from shards import storage
 
 RANDOM_SEED = 0
 
@@ -113,16 +111,12 @@ def frame_ids(available: int, wanted: int) -> list[int]:
 
 
 def split_frames(data: bytes, meta: dict, key: str) -> list[Image.Image]:
-    """``frames_jpg`` (whole frames stacked vertically) -> one picture per frame."""
-    ids = (meta.get("frames") or {}).get("ids")
-    if not ids:
-        raise ValueError(f"{key}: meta.frames.ids is missing, so frames_jpg cannot be split into frames")
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = img.size
-    if h % len(ids):
-        raise ValueError(f"{key}: frames_jpg height {h} is not a multiple of its {len(ids)} frames")
-    fh = h // len(ids)
-    return [img.crop((0, i * fh, w, (i + 1) * fh)) for i in range(len(ids))]
+    """``frames_jpg`` (whole frames stacked vertically) -> one picture per frame, split by ``shards.fields``."""
+    try:
+        frames, _ = fields.frames(data, meta)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    return [Image.fromarray(frame) for frame in frames]
 
 
 def load_encoder(cfg: EmbedConfig) -> Encoder:
@@ -196,7 +190,7 @@ def embed_rows(encoder: Encoder, rows: list[dict], dtype: str) -> list[dict]:
             raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
     with one_thread_on_cpu():
         if stills:
-            _put(encoder, stills, encoder.images([decode_rgb(r["jpg"]) for r in stills]), dtype)
+            _put(encoder, stills, encoder.images([Image.fromarray(fields.image(r["jpg"])) for r in stills]), dtype)
         if videos:
             frames = [split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]
             _put(encoder, videos, encoder.videos(frames), dtype)

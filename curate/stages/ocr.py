@@ -14,19 +14,19 @@ from typing import Literal
 
 import numpy as np
 
-from curate.media import decode_image, decode_rgb
+from curate.media import decode_image
 from curate.ocr import crops
 from curate.ocr.engines import load_engine
 from curate.ocr.text import tokenize
 from curate.ocr.vocab import build_vocab, label, lines_of, read_vocab, write_vocab
 from curate.stage import Filter, GlobalStep, Stage
-from shards import storage
+from shards import fields, storage
 from shards.format import encode_npy
 
 
 def _picture(row: dict, source: str) -> np.ndarray:
     if source == "jpg" and row.get("jpg") is not None:
-        return np.asarray(decode_rgb(row["jpg"]))
+        return fields.image(row["jpg"])
     return np.asarray(decode_image(storage.read_bytes(row["uri"]), row["uri"])[0])
 
 

@@ -44,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from curate.codec import PatchifyConfig, encode, patchify, tokens
 from curate.codec.sampling import decode_clip, inspect
 from curate.codec.selection import top_k
-from curate.media import open_video
 from curate.demo.synthetic_video import make_clip
+from curate.media import open_video
+from shards import fields
 from shards.format import decode_npy, encode_npy
 
 
@@ -143,7 +144,7 @@ def _encodings(result, path: str):
         return frames[t[:, None, None], rows, cols]
 
     def unmosaic(b: bytes) -> np.ndarray:
-        return tokens.unmosaic(tokens.decode_jpeg(b), len(pos), 16)
+        return fields.mosaic(b, len(pos))
 
     return [
         ("mosaic JPEG q90 4:2:0 (chosen)", jpeg("4:2:0"), unmosaic, rgb),

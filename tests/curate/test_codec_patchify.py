@@ -19,10 +19,11 @@ import av
 import numpy as np
 import pytest
 
-from curate.codec import PatchifyConfig, VideoError, encode, patchify, tokens
+from curate.codec import PatchifyConfig, VideoError, encode, patchify
+from curate.demo.synthetic_video import make_clip
 from curate.stage import run_in_process
 from curate.stages.codec import CodecPatchify
-from curate.demo.synthetic_video import make_clip
+from shards import fields as shard_fields
 from shards.format import MOSAIC_COLS, check_sample, decode_npy, encode_json
 
 
@@ -156,19 +157,18 @@ def test_encoded_fields_follow_the_shard_contract(clips):
     fields = encode(result)
     pos = decode_npy(fields["pos_npy"])
     assert pos.dtype == np.int16 and np.array_equal(pos, result.positions)
-    mosaic = tokens.decode_jpeg(fields["patches_jpg"])
+    mosaic = shard_fields.image(fields["patches_jpg"])
     assert mosaic.shape == (2048 // MOSAIC_COLS * 16, MOSAIC_COLS * 16, 3)
     # the mosaic holds the pixels at those positions (compare with PyAV's own RGB decode)
     with av.open(path) as c:
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
-    cells = tokens.unmosaic(mosaic, len(pos), 16).astype(np.int16)
+    cells = shard_fields.mosaic(fields["patches_jpg"], len(pos)).astype(np.int16)
     t, h, w = pos[:, 0], pos[:, 1], pos[:, 2]
     truth = np.stack([rgb[a, b * 16 : b * 16 + 16, c * 16 : c * 16 + 16] for a, b, c in zip(t, h, w, strict=True)])
     assert np.abs(cells - truth).mean() < 10  # JPEG q90 on noisy texture; a wrong patch differs by ~60
-    frames = tokens.decode_jpeg(fields["frames_jpg"])
-    ids = fields["frames"]["ids"]
-    assert frames.shape == (256 * len(ids), 256, 3) and ids == [0, 21, 42, 63]
-    assert np.abs(frames[256:512].astype(np.int16) - rgb[21]).mean() < 6
+    frames, ids = shard_fields.frames(fields["frames_jpg"], fields)
+    assert [f.shape for f in frames] == [(256, 256, 3)] * 4 and ids == [0, 21, 42, 63]
+    assert np.abs(frames[1].astype(np.int16) - rgb[21]).mean() < 6
     meta = {"modality": "video", **{k: fields[k] for k in ("codec", "frames")}}
     check_sample({"json": encode_json(meta), "patches.jpg": fields["patches_jpg"], "pos.npy": fields["pos_npy"]})
 
@@ -268,5 +268,5 @@ def test_stage_runs_in_process(clips, tmp_path):
     pos = decode_npy(good["pos_npy"])
     assert pos.shape == (1024, 3) and good["meta"]["codec"]["k"] == 1024
     assert good["meta"]["codec"]["signal"] == "codec_mvs" and good["meta"]["frames"]["ids"] == [0, 21, 42, 63]
-    assert tokens.decode_jpeg(good["frames_jpg"]).shape == (1024, 256, 3)
+    assert shard_fields.image(good["frames_jpg"]).shape == (1024, 256, 3)
     assert io.BytesIO(good["patches_jpg"]).read(2) == b"\xff\xd8"

@@ -10,8 +10,8 @@ import pytest
 
 from curate.codec import PatchifyConfig, VideoError, patchify
 from curate.codec.sampling import inspect, plan_clips
-from curate.media import open_video
 from curate.demo.synthetic_video import make_clip
+from curate.media import open_video
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from curate.codec import residual, saliency, selection, signals, tokens
+from shards import fields
 
 
 def test_chunk_positions_are_whole_frames_on_the_64_grid():
@@ -227,7 +228,7 @@ def test_mosaic_patches_do_not_bleed():
     patches = np.broadcast_to(colours[:, None, None, :], (70, 16, 16, 3)).copy()  # flat YCbCr patches
     image = tokens.mosaic(patches)
     assert image.shape == (3 * 16, 32 * 16, 3)
-    back = tokens.unmosaic(tokens.decode_jpeg(tokens.encode_jpeg(image, 95)), 70, 16).astype(np.int16)
+    back = fields.mosaic(tokens.encode_jpeg(image, 95), 70).astype(np.int16)
     error = np.abs(back - tokens.to_rgb(colours[:, None, :]).astype(np.int16)[:, :, None, :])
     # each patch is coded as its own MCU: exact inside; only libjpeg's "fancy" chroma upsampling
     # at decode time blends the outermost pixel with the neighbour's chroma (random colours here)

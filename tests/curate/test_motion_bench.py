@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from curate.demo import motion_bench as mb
 from curate.codec import PatchifyConfig, patchify
+from curate.demo import motion_bench as mb
 
 SIZE, FRAMES = 128, 32
 SMALL = {"seed": 3, "size": SIZE, "frames": FRAMES, "train": 8, "test": 4, "pretrain": 4}

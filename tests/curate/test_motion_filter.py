@@ -1,9 +1,9 @@
 """motion_filter: still clips dropped, moving clips kept, thresholds named in the ledger reason."""
 
+from curate.demo.synthetic_video import make_clip
 from curate.stage import new_rows, run_in_process
 from curate.stages.codec import CodecPatchify
 from curate.stages.filters import MotionFilter
-from curate.demo.synthetic_video import make_clip
 
 
 def _rows(paths):
