@@ -81,16 +81,14 @@ def inspect(root: str, samples: int = 3) -> dict:
 
 def preview_image(report: dict, out: str) -> None:
     """Save the previewed samples of an ``inspect`` report as one PNG: pixels, video mosaics, OCR text."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: no pyplot, no global backend
 
     from shards.fields import image
 
     rows = [s for s in report["sets"] if s["preview"]]
     cols = max(len(s["preview"]) for s in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 3 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(3 * cols, 3 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for r, s in enumerate(rows):
@@ -103,7 +101,6 @@ def preview_image(report: dict, out: str) -> None:
             axes[r, c].set_title(f"{s['modality']} {sample['key']}\n{text}", fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
 
 
 def stats(root: str) -> dict:
