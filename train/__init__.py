@@ -2,5 +2,8 @@
 
 Modules: ``config`` (manifest schema), ``rope``, ``packing``, ``model``, ``loss``, ``optim``,
 ``parallelize`` (the one distribution seam), ``data`` (resumable shard stream), ``checkpoint``,
-``loop``, ``release``. Nothing here imports ray.
+``loop`` (build, step, log), ``release`` (``native``, ``hf``, ``onnx``, ``processing``; one CLI).
+``experimental`` (``probe``, ``codec_vs_frames``) is fenced: nothing above imports it. The trainer
+reads its data through ``shards`` and ``manifests`` only; its one import of ``curate`` is
+``release.processing`` using ``curate.codec`` for raw video files. Nothing here imports ray.
 """

@@ -3,7 +3,7 @@
 import json
 
 import manifests
-from train.experiment import ExperimentConfig, run
+from train.experimental.codec_vs_frames import ExperimentConfig, run
 
 
 def test_one_command_gives_equal_budget_table_and_plot_and_reruns_from_its_outputs(tmp_path, ray_cluster, demo_corpus):

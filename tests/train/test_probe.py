@@ -12,8 +12,8 @@ from trainkit import base_config, image_sample, video_sample, write_shards
 import manifests
 from shards.format import encode_json
 from train.config import RunConfig
+from train.experimental.probe import AttentiveProbe, fit_probe, main, read_dataset, seed_interval, tokens_of, wilson
 from train.loop import train
-from train.probe import AttentiveProbe, fit_probe, main, read_dataset, seed_interval, tokens_of, wilson
 
 
 def test_wilson_interval_matches_known_values():

@@ -38,7 +38,7 @@ def refuse(*a, **k):
     raise OSError("network access during an offline load")
 socket.socket.connect = socket.socket.connect_ex = socket.create_connection = socket.getaddrinfo = refuse
 import numpy as np, torch
-import train.hf
+import train.release.hf
 from transformers import AutoModel, AutoProcessor
 release, image, clip, out = sys.argv[1:5]
 model = AutoModel.from_pretrained(release).eval()
@@ -94,7 +94,7 @@ def test_release_folder_and_card(release):
         p.name for p in out.iterdir()
     }
     card = (out / "README.md").read_text()
-    assert "import train.hf" in card and "AutoModel.from_pretrained" in card and "load_release" not in card
+    assert "import train.release.hf" in card and "AutoModel.from_pretrained" in card and "load_release" not in card
 
 
 def test_offline_transformers_load_equals_the_checkpoint_encoder(release, tmp_path):
@@ -156,7 +156,7 @@ def _raw_samples(shards):
 def test_processor_reproduces_the_training_stream_bit_for_bit(release, mode):
     from transformers import AutoProcessor
 
-    import train.hf  # noqa: F401  (registers the processor)
+    import train.release.hf  # noqa: F401  (registers the processor)
 
     processor = AutoProcessor.from_pretrained(release["out"])
     assert (processor.image_size, processor.video_size, processor.patch) == (48, 32, 16)
@@ -188,7 +188,7 @@ def test_processor_turns_a_video_file_into_the_curated_codec_tokens(release, tmp
     from curate.stages.codec import CodecPatchify
     from curate.synthetic_video import make_clip
     from shards.format import encode_json, encode_npy
-    from train.hf_processing import OvforgeImageProcessor
+    from train.release.processing import OvforgeImageProcessor
 
     clip = tmp_path / "clip.mp4"
     make_clip(clip, size=(80, 64), frames=20, seed=2, pan=(1.0, 0.0))
@@ -204,7 +204,7 @@ def test_processor_turns_a_video_file_into_the_curated_codec_tokens(release, tmp
 
 
 def test_processor_rejects_codec_mode_without_a_video_file(release):
-    from train.hf_processing import OvforgeImageProcessor
+    from train.release.processing import OvforgeImageProcessor
 
     processor = OvforgeImageProcessor.from_pretrained(release["out"])
     with pytest.raises(ValueError, match="codec tokens need the video file"):
@@ -216,7 +216,7 @@ def test_processor_rejects_codec_mode_without_a_video_file(release):
 def test_half_precision_load_runs_under_autocast_like_training(release):
     from transformers import AutoModel
 
-    import train.hf  # noqa: F401
+    import train.release.hf  # noqa: F401
 
     g = torch.Generator().manual_seed(0)
     inputs = {

@@ -14,9 +14,9 @@ import manifests
 from shards.format import encode_json
 from train.config import RunConfig
 from train.loop import train
-from train.onnx_export import FILE, run_onnx
 from train.packing import pack, patchify
 from train.release import load_release
+from train.release.onnx import FILE, run_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def _inputs(processor):
 
 
 def test_onnx_runtime_equals_the_encoder_on_images_frames_and_codec_tokens(release):
-    from train.hf_processing import OvforgeImageProcessor
+    from train.release.processing import OvforgeImageProcessor
 
     encoder = load_release(release).eval()
     processor = OvforgeImageProcessor.from_pretrained(release)

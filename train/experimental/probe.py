@@ -1,4 +1,4 @@
-"""``python -m train.probe RUN_OR_RELEASE DATASET``: attentive probing of a frozen encoder.
+"""``python -m train.experimental.probe RUN_OR_RELEASE DATASET``: attentive probing of a frozen encoder.
 
 The reference protocol (onevision-encoder.md section 7.1): the encoder is frozen and every token
 it outputs is kept; a probe of one cross-attention pooling block (a learned query over the
@@ -352,7 +352,7 @@ def run_probe(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m train.probe",
+        prog="python -m train.experimental.probe",
         description="Attentive probe of a frozen encoder: top-1 with 95 %% intervals (see the module docstring).",
     )
     parser.add_argument(

@@ -1,26 +1,35 @@
-"""``python -m train.experiment MANIFEST``: codec-selected tokens against uniform frames, one command.
+"""``python -m train.experimental.codec_vs_frames MANIFEST``: codec tokens against uniform frames, one command.
 
-1. generate the motion-sensitive benchmark (``curate.motion_bench``: path-shape task + static
-   control, train/test splits) and its unlabelled pretraining clips;
+1. generate the motion-sensitive benchmark (``python -m curate motion-bench``: path-shape task +
+   static control, train/test splits) and its unlabelled pretraining clips;
 2. curate the labelled clips through the pipeline once per token budget (codec tokens at the
    budget, 16 whole frames kept), and the pretraining corpus (demo photos + pretraining clips,
    with an image concept bank);
 3. pretrain a small encoder: stage 1 on images, then stage 2 on images + codec-token videos whose
    concept labels come from k-means over the *stage-1 encoder's* own video embeddings; and, for
    comparison, a stage 2 whose bank came from a *randomly initialised* encoder's embeddings;
-4. probe (``train.probe``) codec tokens against uniform whole frames at equal token budgets, for
-   several seeds, and the two banks against each other; write ``results.json``, ``table.md`` and
-   ``plot.png``.
+4. probe (``train.experimental.probe``) codec tokens against uniform whole frames at equal token
+   budgets, for several seeds, and the two banks against each other; write ``results.json``,
+   ``table.md`` and ``plot.png``.
 
 Every step writes into ``OUT_DIR/NAME`` and is skipped when its output is already there, so a
 killed run, rerun, goes on where it stopped (``--fresh`` starts over).
+
+Curation runs through curate's command line in child processes (``python -m curate demo-corpus``,
+``motion-bench``, ``run MANIFEST``, whose ``summary.json`` is read back), so the experiment depends
+on curate's CLI and the shard contract, not on its modules. The one import of ``curate`` left is
+``curate.concepts.kmeans`` (a spherical k-means over a few hundred clip embeddings, for the stage-2
+video bank): curate has no command for k-means over arrays, and this module, fenced in
+``train.experimental``, may use that public function where the trainer core may not.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +40,7 @@ import numpy as np
 import manifests
 from manifests.loader import to_dict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("motion", "static")
 MODES = ("codec", "frames")
 
@@ -101,12 +110,33 @@ def budget_dir(work: Path, budget: float) -> Path:
 # ------------------------------------------------------------------------------------ curation
 
 
-def _curate(manifest: Path) -> dict:
-    from curate.config import load_run
-    from curate.pipeline import run
+def _curate_cli(*args: str) -> list[str]:
+    """``python -m curate ARGS`` with this interpreter; joins this process's Ray cluster when it has one."""
+    cmd = [sys.executable, "-m", "curate", *args]
+    ray = sys.modules.get("ray")
+    if args[0] == "run" and ray is not None and ray.is_initialized():
+        cmd.append(f"--address={ray.get_runtime_context().gcs_address}")
+    return cmd
 
-    cfg, stages = load_run(str(manifest))
-    return run(cfg, stages, progress=True)
+
+def _curate_env() -> dict[str, str]:
+    """The child imports curate from this source tree, wherever it is started from."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""))
+
+
+def _call_curate(*args: str, **popen) -> None:
+    """``python -m curate ARGS`` to its end; a failure stops the experiment."""
+    subprocess.run(_curate_cli(*args), env=_curate_env(), check=True, **popen)
+
+
+def _curate(*runs: tuple[Path, Path]) -> list[dict]:
+    """``python -m curate run`` for each (manifest, output folder), side by side; their ``summary.json``."""
+    children = [subprocess.Popen(_curate_cli("run", str(manifest)), env=_curate_env()) for manifest, _ in runs]
+    failed = [str(manifest) for (manifest, _), child in zip(runs, children, strict=True) if child.wait()]
+    if failed:
+        raise RuntimeError(f"python -m curate run failed for {', '.join(failed)}")
+    return [json.loads((out / "summary.json").read_text()) for _, out in runs]
 
 
 def _source(modality: str, uri: Path) -> str:
@@ -137,14 +167,10 @@ def curate_benchmark(cfg: ExperimentConfig, work: Path) -> None:
     if not todo:
         return
     log(f"curating the benchmark at budgets {', '.join(f'{b * 100:g} %' for b, _, _ in todo)}")
-    if cfg.executor == "local" and len(todo) > 1:  # independent runs: one process each (Ray shares its own cluster)
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
-            summaries = list(pool.map(_curate, [m for _, m, _ in todo]))
-    else:
-        summaries = [_curate(m) for _, m, _ in todo]
+    if cfg.executor == "local":  # independent runs: one process each, side by side
+        summaries = _curate(*[(m, out) for _, m, out in todo])
+    else:  # one after the other (each Ray run spreads over the cluster itself)
+        summaries = [_curate((m, out))[0] for _, m, out in todo]
     for (_, _, out), summary in zip(todo, summaries, strict=True):
         if summary["failed"]:
             log(f"warning: {summary['failed']} clip(s) failed curation; see {out}/ledger")
@@ -158,10 +184,8 @@ def curate_pretraining(cfg: ExperimentConfig, work: Path) -> Path:
         return out
     demo = Path(cfg.demo_corpus)
     if not (demo / "truth.json").is_file():
-        from curate.demo_corpus import build
-
         log(f"building the demo corpus in {demo}")
-        build(str(demo))
+        _call_curate("demo-corpus", str(demo), stdout=subprocess.DEVNULL)
     log("curating the pretraining corpus")
     manifest = work / "manifests" / "pretrain.toml"
     manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +203,7 @@ def curate_pretraining(cfg: ExperimentConfig, work: Path) -> Path:
         f'[[stages]]\nname = "concepts"\nmodalities = ["image"]\nk = {cfg.pretrain.image_classes}\n'
         f'top_k = {cfg.pretrain.top_k}\nbank_name = "pretrain-image"\n'
     )
-    _curate(manifest)
+    _curate((manifest, out))
     return out
 
 
@@ -230,7 +254,9 @@ def _train(manifest: Path) -> Path:
 
 
 def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: int, seed: int, device: str) -> Path:
-    """Label the pretraining clips by k-means over ``encoder``'s embeddings of their codec tokens."""
+    """Label the pretraining clips by k-means over ``encoder``'s embeddings of their codec tokens.
+
+    ``curate.concepts.kmeans`` is this experiment's one import of curate (see the module docstring)."""
     import torch
 
     from curate.concepts.kmeans import kmeans, nearest
@@ -318,7 +344,7 @@ def _device(cfg: ExperimentConfig) -> str:
 
 def probe_all(cfg: ExperimentConfig, work: Path, runs: dict[str, Path]) -> list[dict]:
     """Every (encoder, task, mode, budget) cell, features once per cell, probes per seed."""
-    from train.probe import PixelReference, extract, probe_features, read_dataset
+    from train.experimental.probe import PixelReference, extract, probe_features, read_dataset
     from train.release import load_encoder
 
     cache = work / "probe-results.jsonl"
@@ -485,19 +511,11 @@ def run(cfg: ExperimentConfig, fresh: bool = False) -> dict:
     (work / "experiment.toml").write_text(manifests.resolved_toml(cfg))
     t0 = time.perf_counter()
     if not (work / "bench" / "labels.csv").is_file():
-        from curate.motion_bench import build
-
         b = cfg.bench
         log(f"generating the benchmark ({b.train}+{b.test} clips per task, {b.pretrain} pretraining clips)")
-        build(
-            str(work / "bench"),
-            seed=b.seed,
-            size=b.size,
-            frames=b.frames,
-            train=b.train,
-            test=b.test,
-            pretrain=b.pretrain,
-        )
+        sizes = {"seed": b.seed, "size": b.size, "frames": b.frames, "train": b.train, "test": b.test}
+        flags = [f"--{k}={v}" for k, v in {**sizes, "pretrain": b.pretrain}.items()]
+        _call_curate("motion-bench", str(work / "bench"), *flags, "--quiet", stdout=subprocess.DEVNULL)
     curate_benchmark(cfg, work)
     corpus = curate_pretraining(cfg, work)
     runs = pretrain(cfg, work, corpus)
@@ -515,8 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print(
-            "\nusage: python -m train.experiment MANIFEST [--fresh] [--key=value ...]"
-            "\n  e.g. python -m train.experiment manifests/experiments/codec_vs_frames.toml"
+            "\nusage: python -m train.experimental.codec_vs_frames MANIFEST [--fresh] [--key=value ...]"
+            "\n  e.g. python -m train.experimental.codec_vs_frames manifests/experiments/codec_vs_frames.toml"
         )
         return 0 if argv else 2
     fresh = "--fresh" in argv

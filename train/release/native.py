@@ -1,17 +1,15 @@
-"""``python -m train.release CHECKPOINT OUT_DIR [--format native|hf|onnx]``: a self-contained encoder release.
+"""The native release: ``model.safetensors``, ``config.json``, a model card and the run's manifest.
 
-Writes ``model.safetensors`` (encoder only; the concept heads are training machinery),
-``config.json`` (architecture and preprocessing), and a model card ``README.md`` listing the
-data manifests, concept-bank versions and final metrics. ``load_release(OUT_DIR)`` rebuilds
-the encoder in any process; its embeddings equal the checkpoint's bit for bit. ``--format hf``
-(``train.hf``) and ``--format onnx`` (``train.onnx_export``) build on the native release.
+Writes the encoder only (the concept heads are training machinery), its architecture and
+preprocessing, and a card listing the data manifests, concept-bank versions and final metrics.
+``load_release(OUT_DIR)`` rebuilds the encoder in any process; its embeddings equal the
+checkpoint's bit for bit. This module needs neither transformers nor ONNX: the ``hf`` and ``onnx``
+formats build on it, never the other way, and ``python -m train.release`` (``__main__``) picks one.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -147,29 +145,3 @@ def load_release(folder: str | Path, device: str | torch.device = "cpu") -> Enco
     encoder = Encoder(ModelConfig(flavour=config["flavour"], patch=config["patch"], rope_theta=config["rope_theta"]))
     encoder.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=True)
     return encoder.to(device)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.release", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("out_dir")
-    parser.add_argument(
-        "--format",
-        choices=("native", "hf", "onnx"),
-        default="native",
-        help="hf: transformers AutoModel/AutoProcessor folder; onnx: adds encoder.onnx",
-    )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.format == "hf":
-        from train.hf import export_hf as write
-    elif args.format == "onnx":
-        from train.onnx_export import export_onnx_release as write
-    else:
-        write = export
-    out = write(args.checkpoint, args.out_dir)
-    print(f"[release] wrote {args.format} release: {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,7 @@ from torch import nn
 
 from train.model import Encoder
 from train.packing import Packed
+from train.release.native import export, load_release
 
 FILE = "encoder.onnx"
 
@@ -113,7 +114,7 @@ outputs `last_hidden_state` (N, {dim}) and `pooler_output` (1, {dim}).
 
 ```python
 import onnxruntime as ort
-from train.hf_processing import OvforgeImageProcessor
+from train.release.processing import OvforgeImageProcessor
 
 processor = OvforgeImageProcessor.from_pretrained("{out}")  # the trainer's preprocessing
 inputs = processor(images=[image], return_tensors="np")
@@ -127,8 +128,7 @@ The folder is also a native release (`train.release.load_release`).
 
 def export_onnx_release(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """A native release plus ``encoder.onnx`` and the processor's settings in the same folder."""
-    from train.hf_processing import finish_release
-    from train.release import export, load_release
+    from train.release.processing import finish_release  # transformers: only for the release, not for run_onnx
 
     out = export(checkpoint, out_dir)
     encoder = load_release(out)

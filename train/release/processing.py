@@ -5,6 +5,9 @@ goes through ``curate.codec`` exactly as the ``codec_patchify`` stage does) and 
 ``train.data.sample_tokens`` itself, so inference inputs equal training inputs bit for bit and follow
 any change to the training data path. Samples are returned padded to the longest one:
 ``pixel_values`` (B, L, 3*p*p), ``positions`` (B, L, 3) int64 (t, h, w), ``attention_mask`` (B, L).
+
+The lazy ``curate.codec`` import is the trainer core's one import of ``curate``, by design: a raw
+video file at inference never went through curation, so the shard contract cannot carry it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""transformers integration: ``import train.hf`` registers the ovforge encoder with the Auto classes.
+"""transformers integration: ``import train.release.hf`` registers the ovforge encoder with the Auto classes.
 
 After the import, ``AutoModel.from_pretrained(folder)`` and ``AutoProcessor.from_pretrained(folder)``
 load a ``--format hf`` release offline. The model wraps ``train.model.Encoder`` (one
@@ -17,9 +17,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, PretrainedCo
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from train.config import FLAVOURS, ModelConfig
-from train.hf_processing import OvforgeImageProcessor, finish_release
 from train.model import Encoder
 from train.packing import pack
+from train.release.native import export, load_release
+from train.release.processing import OvforgeImageProcessor, finish_release
 from train.rope import Rope3D
 
 MODEL_TYPE = "ovforge"
@@ -110,7 +111,7 @@ HF_LOADING = """## Loading (transformers)
 
 ```python
 import torch
-import train.hf  # registers the ovforge classes with transformers' Auto classes (no remote code)
+import train.release.hf  # registers the ovforge classes with transformers' Auto classes (no remote code)
 from transformers import AutoModel, AutoProcessor
 
 model = AutoModel.from_pretrained("{out}").eval()
@@ -130,8 +131,6 @@ settings are those of the training run's last step (`preprocessor_config.json`).
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """A native release, then transformers' config and weights (overwriting the native ones) and the processor."""
-    from train.release import export, load_release
-
     out = export(checkpoint, out_dir)
     encoder = load_release(out)
     model = OvforgeModel(OvforgeConfig(**{k: getattr(encoder.cfg, k) for k in ("flavour", "patch", "rope_theta")}))
