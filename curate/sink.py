@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from curate.ray_runner import to_arrow
 from curate.stage import FAILED, KEPT, LIVE, TIMING, to_rows
+from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
 from shards.writer import write_shard
@@ -139,5 +140,5 @@ def _sample(row: dict, set_name: str, version: str) -> dict:
         value = row.get(column)
         if value is not None:
             sample[field] = bytes(value) if not isinstance(value, np.ndarray) else value.tobytes()
-    fmt.check_sample(sample)
+    shard_fields.check_sample(sample)
     return sample

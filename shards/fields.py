@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 
 import numpy as np
 from PIL import Image
 
+from shards import format as fmt
 from shards.format import MAX_WORDS, MOSAIC_COLS
 
 PATCH = 16  # the codec patch: one 4:2:0 JPEG MCU, so mosaic tiles never bleed into each other
@@ -107,3 +109,23 @@ def labels(data: bytes, field: str = "cls") -> np.ndarray:
 def words(data: bytes) -> np.ndarray:
     """``words.npy`` -> int32 (n,) OCR word ids, 0 to ``MAX_WORDS`` (none: no readable text, never padded)."""
     return labels(data, "words")
+
+
+def check_sample(sample: dict[str, bytes]) -> dict:
+    """Validate one sample's fields against the contract (through the same decoders); return its json."""
+    unknown = set(sample) - set(fmt.FIELDS) - {"__key__"}
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; the contract has {list(fmt.FIELDS)}")
+    meta = json.loads(sample["json"])
+    modality = meta.get("modality")
+    if modality not in fmt.MODALITIES:
+        raise ValueError(f"json.modality {modality!r} is not one of {fmt.MODALITIES}")
+    missing = [f for f in fmt.REQUIRED[modality] if f not in sample]
+    if missing:
+        raise ValueError(f"{modality} sample lacks required field(s) {missing}")
+    if "pos.npy" in sample:
+        positions(sample["pos.npy"])
+    for name in LABEL_FIELDS:
+        if f"{name}.npy" in sample:
+            labels(sample[f"{name}.npy"], name)
+    return meta

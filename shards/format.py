@@ -70,25 +70,3 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 def encode_json(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def check_sample(sample: dict[str, bytes]) -> dict:
-    """Validate one sample's fields against the contract; return its decoded json."""
-    unknown = set(sample) - set(FIELDS) - {"__key__"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; the contract has {list(FIELDS)}")
-    meta = json.loads(sample["json"])
-    modality = meta.get("modality")
-    if modality not in MODALITIES:
-        raise ValueError(f"json.modality {modality!r} is not one of {MODALITIES}")
-    missing = [f for f in REQUIRED[modality] if f not in sample]
-    if missing:
-        raise ValueError(f"{modality} sample lacks required field(s) {missing}")
-    from shards import fields  # it imports this module's constants
-
-    if "pos.npy" in sample:
-        fields.positions(sample["pos.npy"])
-    for name in fields.LABEL_FIELDS:
-        if f"{name}.npy" in sample:
-            fields.labels(sample[f"{name}.npy"], name)
-    return meta

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 from webdataset import tariterators
 
-from shards import format as fmt
+from shards import fields as shard_fields
 from shards import storage
 from shards.index import ShardSetError, find_sets, read_index, shard_uris
 
@@ -83,8 +83,6 @@ def preview_image(report: dict, out: str) -> None:
     """Save the previewed samples of an ``inspect`` report as one PNG: pixels, video mosaics, OCR text."""
     from matplotlib.figure import Figure  # a figure of its own: no pyplot, no global backend
 
-    from shards.fields import image
-
     rows = [s for s in report["sets"] if s["preview"]]
     cols = max(len(s["preview"]) for s in rows)
     fig = Figure(figsize=(3 * cols, 3 * len(rows)))
@@ -96,7 +94,7 @@ def preview_image(report: dict, out: str) -> None:
             data = sample["data"]
             pixels = data.get("jpg") or data.get("png") or data.get("frames.jpg") or data.get("patches.jpg")
             if pixels:
-                axes[r, c].imshow(image(pixels))
+                axes[r, c].imshow(shard_fields.image(pixels))
             text = data.get("txt", b"").decode("utf-8", "replace")[:40]
             axes[r, c].set_title(f"{s['modality']} {sample['key']}\n{text}", fontsize=7)
     fig.tight_layout()
@@ -150,7 +148,7 @@ def verify(root: str) -> dict:
                 for key, fields in iter_tar(data, uri):
                     n += 1
                     try:
-                        fmt.check_sample(fields)
+                        shard_fields.check_sample(fields)
                     except (ValueError, KeyError) as exc:
                         problems.append(f"{uri}: sample {key}: {exc}")
             except ShardSetError as exc:

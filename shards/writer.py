@@ -14,6 +14,7 @@ import tempfile
 
 import webdataset as wds
 
+from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
 
@@ -30,7 +31,7 @@ def write_shard(samples: list[dict[str, bytes]], uri: str) -> dict:
             )  # int: no PAX header
             for sample in samples:
                 fmt.check_key(sample["__key__"])
-                fmt.check_sample(sample)
+                shard_fields.check_sample(sample)
                 writer.write(sample)
             writer.close()
         with open(tmp, "rb") as f:

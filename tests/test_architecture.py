@@ -8,7 +8,8 @@
 - inside ``curate`` the layers point one way: the stage base imports no stage, the cluster
   settings import nothing of curate, domain code (codec, dedup, ocr, concepts) imports no stage,
   Ray adapter or pipeline module;
-- fenced code (``curate.demo``, ``train.experimental``) is never imported by the core.
+- fenced code (``curate.demo``, ``train.experimental``) is never imported by the core;
+- release formats build on the native one, never the other way.
 
 How it fails, shown by planting a cycle: add ``from curate.stages import STAGES`` inside any
 function of ``curate/stage.py`` and ``test_no_import_cycle`` fails with
@@ -184,6 +185,16 @@ def test_fenced_code_is_not_imported_by_the_core():
         if _within(b, fence) and not _within(a, fence) and not _excepted(a, b)
     ]
     assert not bad, "the core imports fenced code:\n" + "\n".join(bad)
+
+
+def test_release_formats_build_on_the_native_one():
+    """hf and ONNX releases build on the native format; only the release CLI reaches all three, so
+    ``import train.release`` never loads transformers or ONNX."""
+    graph = import_graph()
+    formats = {"train.release.hf", "train.release.onnx", "train.release.__main__"}
+    for name in ("train.release", "train.release.native", "train.release.processing"):
+        assert not graph[name] & formats, f"{name} imports {sorted(graph[name] & formats)}"
+    assert "train.release.processing" not in graph["train.release.native"]
 
 
 def test_the_checker_finds_a_planted_cycle(tmp_path):

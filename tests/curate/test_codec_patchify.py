@@ -24,7 +24,8 @@ from curate.demo.synthetic_video import make_clip
 from curate.stage import run_in_process
 from curate.stages.codec import CodecPatchify
 from shards import fields as shard_fields
-from shards.format import MOSAIC_COLS, check_sample, decode_npy, encode_json
+from shards.fields import check_sample
+from shards.format import MOSAIC_COLS, decode_npy, encode_json
 
 
 def _truth(mask: np.ndarray, patch: int = 16) -> tuple[np.ndarray, np.ndarray]:

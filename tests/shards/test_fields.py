@@ -128,17 +128,17 @@ def test_labels_follow_the_contract():
 
 def test_check_sample_uses_the_same_checks():
     sample = {"json": fmt.encode_json({"modality": "image"}), "jpg": _jpeg(np.zeros((8, 8, 3), np.uint8))}
-    fmt.check_sample({**sample, "cls.npy": fmt.encode_npy(np.array([1, 2], np.int32))})
+    fields.check_sample({**sample, "cls.npy": fmt.encode_npy(np.array([1, 2], np.int32))})
     with pytest.raises(ValueError, match=r"cls.npy must be int32 \(n,\), got int32 \(1, 2\)"):
-        fmt.check_sample({**sample, "cls.npy": fmt.encode_npy(np.array([[1, 2]], np.int32))})
+        fields.check_sample({**sample, "cls.npy": fmt.encode_npy(np.array([[1, 2]], np.int32))})
     with pytest.raises(ValueError, match="words.npy holds 101"):
-        fmt.check_sample({**sample, "words.npy": fmt.encode_npy(np.zeros(101, np.int32))})
+        fields.check_sample({**sample, "words.npy": fmt.encode_npy(np.zeros(101, np.int32))})
 
 
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """One clip through the codec stage's own functions: the video fields a curated shard holds."""
-    from curate.synthetic_video import make_clip
+    from curate.demo.synthetic_video import make_clip
 
     from curate.codec import PatchifyConfig, encode, patchify
 
@@ -156,7 +156,7 @@ def test_a_curated_sample_decodes_through_the_trainer_as_before(curated):
     from train.data import _square, codec_input, frame_images
     from train.packing import codec_tokens, normalise
 
-    fmt.check_sample({k: v for k, v in curated.items() if k != "meta"})
+    fields.check_sample({k: v for k, v in curated.items() if k != "meta"})
     pos = np.load(io.BytesIO(curated["pos.npy"]))
     grid = np.asarray(Image.open(io.BytesIO(curated["patches.jpg"])).convert("RGB"))
     rows, cols = grid.shape[0] // 16, grid.shape[1] // 16

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from shards import fields as shard_fields
 from shards import format as fmt
 from shards.__main__ import main as shards_main
 from shards.index import ShardSetError, read_index
@@ -38,11 +39,13 @@ def test_contract_rejects_bad_samples():
     with pytest.raises(ValueError, match="must match"):
         fmt.check_key("a.b")
     with pytest.raises(ValueError, match="lacks required field"):
-        fmt.check_sample(_sample("k", modality="ocr", jpg=b"x"))
+        shard_fields.check_sample(_sample("k", modality="ocr", jpg=b"x"))
     with pytest.raises(ValueError, match="unknown field"):
-        fmt.check_sample(_sample("k", jpg=b"x", bmp=b"x"))
+        shard_fields.check_sample(_sample("k", jpg=b"x", bmp=b"x"))
     with pytest.raises(ValueError, match=r"int16 \(K, 3\)"):
-        fmt.check_sample(_sample("k", modality="video", **{"pos.npy": fmt.encode_npy(np.zeros((4, 2), np.int16))}))
+        shard_fields.check_sample(
+            _sample("k", modality="video", **{"pos.npy": fmt.encode_npy(np.zeros((4, 2), np.int16))})
+        )
     with pytest.raises(ValueError, match="look like v1"):
         fmt.shard_name("x", "1", 0)
     assert fmt.parse_shard_name("a_b-c-v2-000017.tar") == {"set": "a_b-c", "version": "v2", "index": 17}

@@ -98,7 +98,7 @@ def test_release_folder_and_card(release):
 
 
 def test_offline_transformers_load_equals_the_checkpoint_encoder(release, tmp_path):
-    from curate.synthetic_video import make_clip
+    from curate.demo.synthetic_video import make_clip
 
     image = tmp_path / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
@@ -184,9 +184,10 @@ def test_processor_reproduces_the_training_stream_bit_for_bit(release, mode):
 
 
 def test_processor_turns_a_video_file_into_the_curated_codec_tokens(release, tmp_path):
+    from curate.demo.synthetic_video import make_clip
+
     from curate.sink import FIELD_OF_COLUMN
     from curate.stages.codec import CodecPatchify
-    from curate.synthetic_video import make_clip
     from shards.format import encode_json, encode_npy
     from train.release.processing import OvforgeImageProcessor
 
