@@ -140,6 +140,27 @@ def sample_labels(sample: dict, num_classes: dict[str, int], field: str = "cls")
     return labels
 
 
+VIDEO_MODES = ("codec", "frames", "collage", "spatial")
+
+
+def video_tokens(sample: dict, meta: dict, mode: str, frames: int, size: int, patch: int):
+    """A video sample's (patches, positions) in one input mode, for training and probing alike.
+
+    ``codec``: the stored codec tokens; ``frames``: up to ``frames`` whole frames, evenly spaced, each
+    at its own t; ``collage``: those frames stacked into one picture; ``spatial``: the middle one.
+    """
+    if mode == "codec":
+        return codec_input(sample, patch)
+    images, times = frame_images(sample, meta, frames, size)
+    if mode == "frames":
+        return frames_input(images, times, patch)
+    if mode == "collage":
+        return patchify(normalise(torch.cat(images, dim=1)), patch)
+    if mode == "spatial":
+        return frames_input([images[len(images) // 2]], [0.0], patch)
+    raise ValueError(f"video mode {mode!r}: choose from {VIDEO_MODES}")
+
+
 def sample_tokens(
     sample: dict, cfg: DataConfig, patch: int, size: int, mode_rng: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +174,7 @@ def sample_tokens(
         mode = 0
     if "patches.jpg" not in sample or "pos.npy" not in sample:
         mode = max(mode, 1)
-    if mode == 0:
-        return codec_input(sample, patch)
-    frames, ts = frame_images(sample, meta, cfg.max_frames, cfg.video_size)
-    if mode == 1:
-        return frames_input(frames, ts, patch)
-    return patchify(normalise(torch.cat(frames, dim=1)), patch)
+    return video_tokens(sample, meta, VIDEO_MODES[mode], cfg.max_frames, cfg.video_size, patch)
 
 
 def decode(

@@ -260,9 +260,9 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
     import torch
 
     from curate.concepts.kmeans import kmeans, nearest
-    from shards.format import encode_npy, shard_name
+    from shards.format import encode_npy
+    from shards.publish import ShardSetWriter
     from shards.reader import iter_samples
-    from shards.writer import write_index, write_shard
     from train.data import codec_input
     from train.packing import pack
 
@@ -282,14 +282,11 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
     result = kmeans(x, classes, iters=25, seed=seed, init="kmeans++", spherical=True, device="cpu")
     labels = nearest(x, result.centroids, k=top_k, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
-    infos = []
-    for j in range(0, len(samples), 32):
-        part = []
-        for s, lab in zip(samples[j : j + 32], labels[j : j + 32], strict=True):
-            clean = {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
-            part.append(dict(clean, **{"cls.npy": encode_npy(lab.astype(np.int32))}))
-        infos.append(write_shard(part, str(out / shard_name("video_bank", "v1", j // 32))))
-    write_index(str(out), "video_bank", "v1", infos, {"modality": "video"})
+    writer = ShardSetWriter(str(out), "video_bank", "v1", max_samples=32, extra={"modality": "video"}, overwrite=True)
+    for s, lab in zip(samples, labels, strict=True):
+        clean = {k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"}
+        writer.write(dict(clean, **{"cls.npy": encode_npy(lab.astype(np.int32))}))
+    writer.close()
     counts = np.bincount(labels[:, 0], minlength=classes)
     (out / "bank.json").write_text(
         json.dumps(

@@ -32,7 +32,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shards.reader import iter_samples
+from train.data import image_input, video_tokens
 from train.packing import pack
+from train.release import load_encoder
 
 MODES = ("codec", "frames", "spatial")
 
@@ -73,8 +76,6 @@ def read_labels(path: str | Path, task: str | None = None) -> dict[str, tuple[st
 
 def read_dataset(folder: str | Path, labels: str | Path | None = None, task: str | None = None) -> list[Item]:
     """Every shard sample under ``folder`` whose source file has a label."""
-    from shards.reader import iter_samples
-
     folder = Path(folder)
     table = read_labels(labels or folder / "labels.csv", task)
     tars = sorted(folder.rglob("*.tar"))
@@ -99,22 +100,15 @@ def read_dataset(folder: str | Path, labels: str | Path | None = None, task: str
 
 def tokens_of(sample: dict, mode: str, frames: int, size: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample -> (patches, positions) in the given input mode."""
-    from train.data import codec_input, frame_images, frames_input, image_input
-
     meta = json.loads(sample["json"])
     if "jpg" in sample:  # images and OCR pages: the whole image in every mode
         return image_input(sample["jpg"], size, patch)
-    if mode == "codec":
-        if "pos.npy" not in sample:
-            raise ValueError(f"sample {sample.get('__key__')}: no codec tokens (was it curated by codec_patchify?)")
-        return codec_input(sample, patch)
+    if mode == "codec" and "pos.npy" not in sample:
+        raise ValueError(f"sample {sample.get('__key__')}: no codec tokens (was it curated by codec_patchify?)")
     stored = len(meta.get("frames", {}).get("ids", [])) or 1
     if mode == "frames" and frames > stored:
         raise ValueError(f"sample {sample.get('__key__')}: {frames} frames asked, {stored} stored (keep_frames)")
-    if mode == "spatial":
-        imgs, _ = frame_images(sample, meta, stored, size)
-        return frames_input([imgs[len(imgs) // 2]], [0.0], patch)
-    return frames_input(*frame_images(sample, meta, frames, size), patch)  # evenly spaced, as the trainer samples
+    return video_tokens(sample, meta, mode, stored if mode == "spatial" else frames, size, patch)
 
 
 @torch.no_grad()
@@ -332,8 +326,6 @@ def run_probe(
     **fit,
 ) -> dict:
     """Load, read, extract once, probe per seed."""
-    from train.release import load_encoder
-
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     encoder = PixelReference() if encoder_path == "pixels" else load_encoder(encoder_path)
     items = read_dataset(dataset, labels, task)
