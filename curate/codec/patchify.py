@@ -40,8 +40,13 @@ class PatchifyConfig:
     motion_floor: float = 0.5  # px/frame: per-frame normalisation never divides by less
     residual_floor: float = 8.0  # grey levels (reference: 1); keeps a still frame's coding noise below 1
     min_texture: float = 3.0  # grey levels of mean gradient below which a cell's vector is ignored
-    static_motion: float = 0.5  # clip is static (fallback) if motion p95 < this (px/frame) ...
-    static_residual: float = 3.0  # ... and residual p95 < this (grey levels)
+    # a clip is static (uniform-frames fallback) when fewer than ``static_frames`` of its frames hold a
+    # connected region of ``static_region`` cells (4x4 px at the grid) whose camera-compensated motion
+    # exceeds ``static_motion`` px/frame and whose residual exceeds ``static_residual`` grey levels
+    static_motion: float = 0.5
+    static_residual: float = 3.0
+    static_region: int = 6
+    static_frames: float = 0.1
     hevc_policy: Literal["reencode", "difference", "refuse"] = "reencode"
     reencode_gop: int = 16  # the paper's GOP; no B-frames, one reference
     reencode_preset: str = "superfast"
@@ -134,7 +139,8 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     k = selection.budget_k(cfg.budget, candidates)
     motion_p95 = float(saliency.percentile(motion[has][None], 95)[0]) if has.any() else 0.0
     res_p95 = float(saliency.percentile(res[clip.has_prev].reshape(1, -1), 95)[0]) if clip.has_prev.any() else 0.0
-    static = motion_p95 < cfg.static_motion and res_p95 < cfg.static_residual
+    moving = saliency.moving_share(motion, has, res, cfg.static_motion, cfg.static_residual, cfg.static_region)
+    static = moving < cfg.static_frames
     if static:
         positions = selection.uniform_frames(scores, k, valid)
     else:
@@ -165,6 +171,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         "selection": "static_fallback" if static else "top_k",
         "saliency": {
             "motion_p95_px": round(motion_p95, 4),
+            "moving_frames": round(moving, 4),
             "residual_p95": round(res_p95, 4),
             "score_p50": round(float(saliency.percentile(scores.reshape(1, -1), 50)[0]), 4),
             "score_p95": round(float(saliency.percentile(scores.reshape(1, -1), 95)[0]), 4),
