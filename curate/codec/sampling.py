@@ -1,7 +1,8 @@
 """Clip sampling: find GOP boundaries by demuxing, then decode one clip at the codec grid.
 
 Clips start on a keyframe so decoding never needs a frame outside the clip. Frames are scaled
-once by swscale to 4:2:0 at the target grid (not at all when the source is already that size):
+once by swscale to 8-bit 4:2:0 at the target grid (not at all when the source already is that):
+any pixel format FFmpeg decodes (10-bit, 4:2:2, 4:4:4, RGB, grey) is converted on the way.
 the Y plane feeds the residual, and Y/U/V are what a 4:2:0 JPEG stores, so only the kept
 patches' samples are remapped to JPEG range (``tokens.jpeg_ycbcr``), never whole frames to RGB.
 """
@@ -12,10 +13,11 @@ import dataclasses
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from curate.media import VideoError, open_video
 
-SUPPORTED_PIX_FMTS = ("yuv420p", "yuvj420p")
+NATIVE_PIX_FMTS = ("yuv420p", "yuvj420p")  # read as decoded; everything else through swscale
 
 
 @dataclasses.dataclass
@@ -66,11 +68,9 @@ def inspect(container, min_side: int) -> Source:
     stream = container.streams.video[0]
     ctx = stream.codec_context
     pix_fmt = ctx.format.name if ctx.format else "unknown"
-    if pix_fmt not in SUPPORTED_PIX_FMTS:
-        raise VideoError(f"pixel format {pix_fmt} unsupported (8-bit 4:2:0 only; 10-bit and 4:4:4 are refused)")
     w, h = ctx.width, ctx.height
-    if w % 2 or h % 2 or min(w, h) < min_side:
-        raise VideoError(f"frame size {w}x{h} refused: need even sides of at least {min_side} px")
+    if min(w, h) < min_side:
+        raise VideoError(f"frame size {w}x{h} refused: need sides of at least {min_side} px")
     pts, keys, untimed = [], [], 0
     try:
         for packet in container.demux(stream):
@@ -192,9 +192,7 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
                 raise VideoError(f"rotation metadata ({frame.rotation} deg) refused; rotate the source first")
             k, kp = wanted.get(frame.pts), before.get(frame.pts)
             if k is not None or kp is not None:
-                scaled = frame
-                if (frame.width, frame.height) != (cw, ch):
-                    scaled = frame.reformat(cw, ch, interpolation="AREA", threads=1)  # colours stay as coded
+                scaled, full, is_709 = _to_grid(frame, cw, ch)
                 fy, fu, fv = (_plane(p, r) for p, r in zip(scaled.planes, (ch, ch // 2, ch // 2), strict=True))
                 if k is not None:
                     y[k, top : top + ch, left : left + cw] = fy[:, :cw]
@@ -202,8 +200,7 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
                     v[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fv[:, : cw // 2]
                     got[k] = True
                     kinds[k] = av.video.frame.PictureType(frame.pict_type).name
-                    full_range = frame.color_range == 2 or frame.format.name == "yuvj420p"
-                    bt709 = frame.colorspace == 1
+                    full_range, bt709 = full, is_709
                     if want_vectors:
                         sd = frame.side_data.get("MOTION_VECTORS")
                         vectors[k] = None if sd is None else sd.to_ndarray()
@@ -237,6 +234,41 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
         full_range,
         bt709,
     )
+
+
+_REFORMATTER = VideoReformatter()  # keeps its swscale context between frames of one size and format
+
+
+def _to_grid(frame, width: int, height: int) -> tuple:
+    """The frame as 8-bit 4:2:0 at ``width`` x ``height``, and whether its samples are (full range, BT.709).
+
+    YUV sources keep their range and matrix (swscale is told the range on both sides, so it does not
+    convert it; JPEG-range ``yuvj*`` stays ``yuvj420p``). RGB, grey and palette sources become
+    full-range BT.601, JPEG's own convention, so the tokens need no remapping.
+    """
+    name = frame.format.name
+    if not name.startswith("yuv"):
+        out = _REFORMATTER.reformat(
+            frame,
+            width,
+            height,
+            "yuvj420p",
+            dst_colorspace="ITU601",
+            interpolation="AREA",
+            src_color_range="JPEG",
+            dst_color_range="JPEG",
+            threads=1,
+        )
+        return out, True, False
+    full, bt709 = frame.color_range == 2 or name.startswith("yuvj"), frame.colorspace == 1
+    target = "yuvj420p" if name.startswith("yuvj") else "yuv420p"
+    if (frame.width, frame.height) == (width, height) and name == target:
+        return frame, full, bt709
+    side = "JPEG" if full else "MPEG"
+    out = _REFORMATTER.reformat(
+        frame, width, height, target, interpolation="AREA", src_color_range=side, dst_color_range=side, threads=1
+    )
+    return out, full, bt709
 
 
 def _plane(plane, rows: int) -> np.ndarray:
