@@ -80,7 +80,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     with open_video(data) as container:
         source = inspect(container, cfg.min_side)
         stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
-        clips = plan_clips(source, cfg.frames, stride)
+        clips = plan_clips(source, cfg.frames, stride, cfg.fps)
         if cfg.clip >= len(clips):
             raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)")
         native = source.codec in signals.MV_CODECS
@@ -155,6 +155,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         "width": source.width,
         "height": source.height,
         "stride": stride,
+        "sampling": "index" if cfg.fps is None and source.regular else "time",
         "frame_ids": clip.frame_ids.tolist(),
         "pict_types": "".join(p[0] for p in clip.pict_types),
         "signal": path,

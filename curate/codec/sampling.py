@@ -31,6 +31,8 @@ class Source:
     pix_fmt: str
     pts: np.ndarray  # display-ordered presentation timestamps, one per frame
     keyframes: np.ndarray  # display indices of keyframes (GOP starts)
+    time_base: float = 0.0  # seconds per pts unit
+    regular: bool = True  # constant frame rate and no missing frames: frames can be taken by index
 
     @property
     def frame_count(self) -> int:
@@ -91,34 +93,63 @@ def inspect(container, min_side: int) -> Source:
     if len(keyframes) == 0 or keyframes[0] != 0:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
     steps = np.diff(pts_sorted)
-    if len(steps) > 2:
+    regular = True
+    if len(steps) > 2:  # variable rate (phones) or sparse (skipped frames): sampled by time, not index
         med = np.median(steps)
         multiple = steps / med if med > 0 else steps
-        if med <= 0 or np.mean(np.abs(multiple - np.rint(multiple)) > 0.1) > 0.05:
-            raise VideoError("variable frame rate (timestamps irregular); convert to constant fps first")
-        gaps = np.flatnonzero(np.rint(multiple) >= 2)  # missing frames (a truncated tail drops B-frames)
-        if len(gaps):
-            pts_sorted = pts_sorted[: gaps[0] + 1]
-            keyframes = keyframes[keyframes <= gaps[0]]
+        regular = bool(med > 0 and np.mean(np.abs(multiple - np.rint(multiple)) > 0.1) <= 0.05)
+        regular = regular and not (np.rint(multiple) >= 2).any()
     rate = stream.average_rate or stream.guessed_rate
-    return Source(ctx.name, w, h, float(rate) if rate else 0.0, pix_fmt, pts_sorted, keyframes)
+    time_base = float(stream.time_base) if stream.time_base else 0.0
+    return Source(ctx.name, w, h, float(rate) if rate else 0.0, pix_fmt, pts_sorted, keyframes, time_base, regular)
 
 
-def plan_clips(source: Source, frames: int, stride: int) -> list[np.ndarray]:
-    """Split the video into clips of ``frames`` display indices at ``stride``, each from a keyframe.
+def plan_clips(source: Source, frames: int, stride: int, fps: float | None = None) -> list[np.ndarray]:
+    """Split the video into clips of up to ``frames`` display indices, each starting on a keyframe.
 
-    The next clip starts at the first keyframe after the previous clip's last frame, so no GOP
-    is shared or cut; a tail shorter than one clip becomes a short final clip.
+    Regular sources without a target ``fps`` take every ``stride``-th frame by index. Otherwise
+    frames are taken by presentation time on a grid of ``1 / fps`` seconds (``stride`` source frame
+    intervals without ``fps``), the nearest frame to each grid time, never the same frame twice: a
+    variable-rate phone recording gets evenly timed frames and a file with skipped frames gets the
+    frames it has. The next clip starts at the first keyframe after the previous clip's last frame,
+    so no GOP is shared or cut; a tail shorter than one clip becomes a short final clip.
     """
-    clips, start, n = [], 0, source.frame_count
+    n = source.frame_count
+    timed = fps is not None or not source.regular
+    sequence = _time_grid(source, 1 / fps if fps else stride / _rate(source)) if timed else None
+    clips, start = [], 0
     while start < n:
-        ids = np.arange(start, min(n, start + frames * stride), stride)
+        if sequence is None:
+            ids = np.arange(start, min(n, start + frames * stride), stride)
+        else:
+            ids = sequence[sequence >= start][:frames]
+            if not len(ids):
+                break
         clips.append(ids)
         later = source.keyframes[source.keyframes > ids[-1]]
         if len(later) == 0:
             break
         start = int(later[0])
     return clips
+
+
+def _rate(source: Source) -> float:
+    """Frames per second: the container's, else the median timestamp step's."""
+    if source.fps:
+        return source.fps
+    steps = np.diff(source.pts)
+    return 1 / (float(np.median(steps)) * source.time_base) if len(steps) and source.time_base else 24.0
+
+
+def _time_grid(source: Source, step: float) -> np.ndarray:
+    """Display indices of the frames nearest to ``0, step, 2 step, ...`` seconds, repeats dropped."""
+    t = (source.pts - source.pts[0]) * (source.time_base or 1 / _rate(source))
+    if len(t) == 1:
+        return np.zeros(1, np.int64)
+    grid = np.arange(0.0, t[-1] + step / 2, step)
+    after = np.clip(np.searchsorted(t, grid), 1, len(t) - 1)
+    nearest = np.where(grid - t[after - 1] <= t[after] - grid, after - 1, after)
+    return np.unique(nearest)
 
 
 def decode_clip(

@@ -15,8 +15,9 @@ def probe(data: bytes, uri: str) -> dict:
     """Codec, size, fps, duration, pixel format and rotation of the first video stream.
 
     Decodes the first frame, so a file whose header parses but whose stream does not fails here,
-    and demuxes (without decoding) every packet, so a truncated file shows as fewer packets present
-    than its index declares.
+    and demuxes (without decoding) every packet: ``frames_present`` counts them and ``end_time`` is
+    where the last one ends, so a file whose packets stop early is told from one that merely skips
+    frames (sparse timestamps: old AVIs, screen recordings), whose packets run to the end.
     """
     with open_video(data, uri) as container:
         if not container.streams.video:
@@ -46,17 +47,41 @@ def probe(data: bytes, uri: str) -> dict:
         except (StopIteration, av.FFmpegError) as exc:
             raise ValueError(f"{uri}: no decodable frame ({exc or 'empty stream'})") from None
         facts["rotation"] = int(getattr(first, "rotation", 0) or 0)
-    with open_video(data, uri) as container:
-        try:
-            present = sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
-        except av.FFmpegError:
-            present = 0
-    facts["frames_present"] = present
+    present, end = _demux_extent(data, uri)
+    facts["frames_present"], facts["end_time"] = present, round(end, 3)
     if not facts["width"] or not facts["height"]:
         raise ValueError(f"{uri}: video stream has no frame size")
     if not facts["duration"] and facts["fps"] and facts["frames"]:
         facts["duration"] = facts["frames"] / facts["fps"]
     return facts
+
+
+def _demux_extent(data: bytes, uri: str) -> tuple[int, float]:
+    """(packets holding data, end of the last one in seconds), without decoding; stops at a corrupt packet."""
+    present, end = 0, 0.0
+    with open_video(data, uri) as container:
+        stream = container.streams.video[0]
+        base = float(stream.time_base) if stream.time_base else 0.0
+        start = stream.start_time or 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    present += 1
+                    if packet.pts is not None and base:
+                        end = max(end, (packet.pts - start + (packet.duration or 0)) * base)
+        except av.FFmpegError:
+            pass
+    return present, end
+
+
+def truncated(facts: dict) -> bool:
+    """Fewer packets than declared *and* they stop short of the declared duration (by over 5 %)."""
+    declared, present, duration = facts["frames"], facts["frames_present"], facts["duration"]
+    if not declared or present >= declared:
+        return False
+    if duration and facts.get("end_time"):
+        return facts["end_time"] < 0.95 * duration
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +96,10 @@ class VideoProbe(Stage):
     def process_row(self, row: dict) -> dict:
         data = storage.read_bytes(row["uri"])
         facts = probe(data, row["uri"])
-        declared, present = facts["frames"], facts["frames_present"]
-        if declared and present < declared and not self.allow_truncated:
-            raise ValueError(f"{row['uri']}: truncated, {present} of {declared} frames present")
+        if truncated(facts) and not self.allow_truncated:
+            raise ValueError(
+                f"{row['uri']}: truncated, {facts['frames_present']} of {facts['frames']} frames present, "
+                f"ending at {facts['end_time']:g} of {facts['duration']:g} s"
+            )
         row["meta"].update(facts, source_blake3=storage.digest(data))
         return row

@@ -230,14 +230,6 @@ def test_tiny_frames(tmp_path):
         patchify(str(path))
 
 
-def test_variable_frame_rate(tmp_path):
-    vfr = tmp_path / "vfr.mkv"
-    jitter = [0, 40, 80, 150, 190, 245, 285, 330, 400, 440, 470, 530]  # ms: a phone camera's clock
-    _write_video(vfr, frames=12, pts=jitter, options={"bf": "0"})
-    with pytest.raises(VideoError, match="variable frame rate"):
-        patchify(str(vfr))
-
-
 def test_hevc_policy_refuse(clips):
     with pytest.raises(VideoError, match="hevc_policy"):
         patchify(clips["pan_hevc"][0], PatchifyConfig(hevc_policy="refuse"))
