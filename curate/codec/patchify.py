@@ -154,6 +154,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         "fps": source.fps,
         "width": source.width,
         "height": source.height,
+        "rotation": 90 * clip.turns,
         "stride": stride,
         "sampling": "index" if cfg.fps is None and source.regular else "time",
         "frame_ids": clip.frame_ids.tolist(),

@@ -60,6 +60,7 @@ class Clip:
     truncated: bool
     full_range: bool  # JPEG-range samples (else 16-235 video range)
     bt709: bool  # BT.709 matrix (else BT.601)
+    turns: int = 0  # counter-clockwise quarter turns applied from rotation metadata
 
 
 def inspect(container, min_side: int) -> Source:
@@ -188,12 +189,7 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
         stream.thread_type = "AUTO"
     if want_vectors:
         stream.codec_context.options = {"flags2": "+export_mvs"}
-    scale = min(size / source.width, size / source.height)
-    if fit == "pad":
-        cw, ch = max(2, round(source.width * scale / 2) * 2), max(2, round(source.height * scale / 2) * 2)
-    else:
-        cw, ch = size, size
-    top, left = (size - ch) // 2, (size - cw) // 2
+    turns = None  # quarter turns to display orientation, from the first frame's rotation metadata
     wanted = {int(source.pts[i]): k for k, i in enumerate(ids)}
     taken = set(ids.tolist())
     before = {int(source.pts[i - 1]): k for k, i in enumerate(ids) if i > 0 and i - 1 not in taken}
@@ -219,20 +215,20 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
             seek = False
             if frame.pts is None or frame.pts < first:
                 continue
-            if getattr(frame, "rotation", 0):
-                raise VideoError(f"rotation metadata ({frame.rotation} deg) refused; rotate the source first")
+            if turns is None:
+                turns = _quarter_turns(frame)
+                top, left, ch, cw = _content(source, size, fit, turns)
             k, kp = wanted.get(frame.pts), before.get(frame.pts)
             if k is not None or kp is not None:
-                scaled, full, is_709 = _to_grid(frame, cw, ch)
-                fy, fu, fv = (_plane(p, r) for p, r in zip(scaled.planes, (ch, ch // 2, ch // 2), strict=True))
+                fy, fu, fv, full, is_709 = _display_planes(frame, cw, ch, turns)
                 if k is not None:
-                    y[k, top : top + ch, left : left + cw] = fy[:, :cw]
-                    u[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fu[:, : cw // 2]
-                    v[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fv[:, : cw // 2]
+                    y[k, top : top + ch, left : left + cw] = fy
+                    u[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fu
+                    v[k, top // 2 : (top + ch) // 2, left // 2 : (left + cw) // 2] = fv
                     got[k] = True
                     kinds[k] = av.video.frame.PictureType(frame.pict_type).name
                     full_range, bt709 = full, is_709
-                    if want_vectors:
+                    if want_vectors and not turns:  # a rotated picture's vectors are in coded orientation
                         sd = frame.side_data.get("MOTION_VECTORS")
                         vectors[k] = None if sd is None else sd.to_ndarray()
                     if last_y is not None:
@@ -242,11 +238,13 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
                         last_y = y[k]
                 if kp is not None:
                     last_y = np.zeros((size, size), np.uint8)
-                    last_y[top : top + ch, left : left + cw] = fy[:, :cw]
+                    last_y[top : top + ch, left : left + cw] = fy
             if frame.pts >= last_pts:
                 break
     except av.FFmpegError:  # corrupt or cut stream: keep what decoded
         truncated = True
+    if turns is None:  # nothing decoded
+        top, left, ch, cw = _content(source, size, fit, 0)
     # only the decoded prefix is usable: a gap would break the clip's frame-to-frame signals
     stop = n if got.all() else int(np.argmin(got))
     truncated = truncated or stop < n
@@ -264,7 +262,39 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
         truncated,
         full_range,
         bt709,
+        turns or 0,
     )
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that rotation metadata asks for (phones record upright video so)."""
+    degrees = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    if degrees % 90:
+        raise VideoError(f"rotation metadata of {degrees} deg is not a quarter turn")
+    return degrees // 90
+
+
+def _content(source: Source, size: int, fit: str, turns: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the picture on the ``size`` grid, in display orientation."""
+    width, height = (source.height, source.width) if turns % 2 else (source.width, source.height)
+    if fit == "pad":
+        scale = min(size / width, size / height)
+        cw, ch = max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    else:
+        cw, ch = size, size
+    return (size - ch) // 2, (size - cw) // 2, ch, cw
+
+
+def _display_planes(frame, cw: int, ch: int, turns: int) -> tuple:
+    """Y, U, V at ``cw`` x ``ch`` in display orientation, and (full range, BT.709) of their samples."""
+    w, h = (ch, cw) if turns % 2 else (cw, ch)  # scaled in coded orientation, then turned
+    scaled, full, bt709 = _to_grid(frame, w, h)
+    planes = [
+        _plane(p, r)[:, :c] for p, r, c in zip(scaled.planes, (h, h // 2, h // 2), (w, w // 2, w // 2), strict=True)
+    ]
+    if turns:
+        planes = [np.rot90(p, turns) for p in planes]
+    return (*planes, full, bt709)
 
 
 _REFORMATTER = VideoReformatter()  # keeps its swscale context between frames of one size and format
