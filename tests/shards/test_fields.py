@@ -138,9 +138,8 @@ def test_check_sample_uses_the_same_checks():
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """One clip through the codec stage's own functions: the video fields a curated shard holds."""
-    from curate.demo.synthetic_video import make_clip
-
     from curate.codec import PatchifyConfig, encode, patchify
+    from curate.demo.synthetic_video import make_clip
 
     clip = tmp_path_factory.mktemp("clip") / "clip.mp4"
     make_clip(clip, size=(80, 64), frames=20, seed=2, pan=(1.0, 0.0))

@@ -185,7 +185,6 @@ def test_processor_reproduces_the_training_stream_bit_for_bit(release, mode):
 
 def test_processor_turns_a_video_file_into_the_curated_codec_tokens(release, tmp_path):
     from curate.demo.synthetic_video import make_clip
-
     from curate.sink import FIELD_OF_COLUMN
     from curate.stages.codec import CodecPatchify
     from shards.format import encode_json, encode_npy
