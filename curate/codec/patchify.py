@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-from curate.codec import residual, saliency, selection, signals, tokens
+from curate.codec import cuts, residual, saliency, selection, signals, tokens
 from curate.codec.sampling import Clip, decode_clip, inspect, plan_clips
 from curate.media import VideoError, open_video
 from shards.format import encode_npy
@@ -56,6 +56,7 @@ class PatchifyConfig:
     jpeg_quality: int = 90
     analysis_scale: Literal[1, 2] = 2  # residual and texture at half resolution: 4x less work, same cells
     threads: int = 1  # decoder threads (0 = FFmpeg's choice); a pipeline task owns one core
+    split_shots: bool = True  # keep one shot of a clip that crosses a hard cut (see codec.cuts)
 
     def __post_init__(self):
         if self.size % self.patch or self.patch % (2 * signals.CELL):
@@ -87,6 +88,15 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         if not native and cfg.hevc_policy == "refuse":
             raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
         clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
+    changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
+    cut_ids = clip.frame_ids[changes].tolist()
+    if len(changes):  # a clip never straddles a hard cut: keep one shot of it
+        clip = _shot(clip, *cuts.first_shot(changes, len(clip.frame_ids), cfg.min_frames))
+        if len(clip.frame_ids) < cfg.min_frames:
+            raise VideoError(
+                f"no shot of {cfg.min_frames} frames in the clip (hard cuts at frames {cut_ids}; "
+                f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots"
+            )
     if len(clip.frame_ids) < cfg.min_frames:
         raise VideoError(
             f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt"
@@ -162,6 +172,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         "signal": path,
         "reference_distances": distances,
         "truncated": clip.truncated,
+        "cuts": cut_ids,
         "grid": [len(scores), grid, grid],
         "patch": cfg.patch,
         "size": cfg.size,
@@ -182,6 +193,24 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         },
     }
     return Patchified(positions, scores, clip, facts)
+
+
+def _shot(clip: Clip, start: int, stop: int) -> Clip:
+    """Frames [start, stop) of a decoded clip; its first frame has no predecessor in the shot."""
+    part = slice(start, stop)
+    has_prev, prev_y = clip.has_prev[part].copy(), clip.prev_y[part].copy()
+    has_prev[0], prev_y[0] = False, clip.y[start]
+    return dataclasses.replace(
+        clip,
+        y=clip.y[part],
+        u=clip.u[part],
+        v=clip.v[part],
+        prev_y=prev_y,
+        has_prev=has_prev,
+        vectors=clip.vectors[part],
+        pict_types=clip.pict_types[part],
+        frame_ids=clip.frame_ids[part],
+    )
 
 
 @njit(cache=True, nogil=True)
