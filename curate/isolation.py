@@ -32,7 +32,8 @@ def _process_in_child(stage, row: dict) -> dict:
         faulthandler.disable()  # a crash is reported as the row's failure, not as a dump in the log
         stage.setup()
         _READY[key] = stage
-    return _READY[key].process_batch([row])[0]
+    stage = _READY[key]
+    return stage.process_row(row) if stage.fans_out else stage.process_batch([row])[0]
 
 
 class IsolatedRunner:

@@ -24,39 +24,54 @@ def read_ledger(out: str) -> pd.DataFrame:
 
 
 def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (by key), and summarise the run."""
+    """Check inputs = kept + dropped + failed (by key), likewise for the samples split inputs became
+    (a video's clips), and that the shards hold exactly the kept samples; summarise the run."""
     expected = {it["key"] for it in items}
-    ledger = ledger[ledger["key"].isin(expected)]
-    seen = ledger["key"].tolist()
+    parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
+    derived = parent.notna() & (parent != "")
+    inputs = ledger[~derived & ledger["key"].isin(expected)]
+    seen = inputs["key"].tolist()
     missing = expected - set(seen)
     if missing or len(seen) != len(set(seen)):
         dupes = len(seen) - len(set(seen))
         raise AccountingError(f"ledger lost {len(missing)} inputs (e.g. {sorted(missing)[:3]}) and repeats {dupes}")
-    counts = ledger["status"].value_counts().to_dict()
-    reasons = {
-        status: ledger[ledger["status"] == status]["reason"].value_counts().sort_index().to_dict()
-        for status in ("dropped", "failed")
-    }
-    kept_by_modality = ledger[ledger["status"] == "kept"]["modality"].value_counts().sort_index().to_dict()
-    warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
+    samples = ledger[derived & parent.isin(expected)]
+    if samples["key"].duplicated().any() or samples["key"].isin(expected).any():
+        raise AccountingError("samples of split inputs repeat a key, or reuse an input's key")
+    split = inputs["meta"].map(lambda m: bool(m) and '"samples"' in m and "samples" in json.loads(m))
+    kept_samples = int((samples["status"] == "kept").sum() + ((inputs["status"] == "kept") & ~split).sum())
     shard_samples = sum(ix["samples"] for ix in indexes.values())
-    if shard_samples != counts.get("kept", 0):
-        raise AccountingError(f"shards hold {shard_samples} samples but the ledger keeps {counts.get('kept', 0)}")
-    return {
+    if shard_samples != kept_samples:
+        raise AccountingError(f"shards hold {shard_samples} samples but the ledger keeps {kept_samples}")
+    counts = inputs["status"].value_counts().to_dict()
+    warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
+    summary = {
         "inputs": len(items),
         "kept": counts.get("kept", 0),
         "dropped": counts.get("dropped", 0),
         "failed": counts.get("failed", 0),
-        "kept_by_modality": kept_by_modality,
-        "dropped_by_reason": reasons["dropped"],
-        "failed_by_reason": reasons["failed"],
+        "kept_by_modality": inputs[inputs["status"] == "kept"]["modality"].value_counts().sort_index().to_dict(),
+        "dropped_by_reason": _reasons(inputs, "dropped"),
+        "failed_by_reason": _reasons(inputs, "failed"),
         "files_passed_over": skipped,
         "warnings": dict(sorted(warnings.items())),
         "shards": sum(len(ix["shards"]) for ix in indexes.values()),
+        "shard_samples": shard_samples,
         "shard_bytes": sum(ix["bytes"] for ix in indexes.values()),
         "seconds": round(seconds, 1),
         "format_version": fmt.FORMAT_VERSION,
     }
+    if len(samples):
+        by_status = samples["status"].value_counts().to_dict()
+        summary["split_inputs"] = int(split.sum())
+        summary["samples_of_split_inputs"] = {s: by_status.get(s, 0) for s in ("kept", "dropped", "failed")}
+        summary["samples_dropped_by_reason"] = _reasons(samples, "dropped")
+        summary["samples_failed_by_reason"] = _reasons(samples, "failed")
+    return summary
+
+
+def _reasons(rows: pd.DataFrame, status: str) -> dict:
+    return rows[rows["status"] == status]["reason"].value_counts().sort_index().to_dict()
 
 
 def stage_throughput(markers) -> dict:
@@ -81,6 +96,7 @@ def format_summary(summary: dict) -> str:
         *[f"  {r:<32}{n:>10}" for r, n in summary["dropped_by_reason"].items()],
         f"{'failed':<34}{summary['failed']:>10}",
         *[f"  {r:<32}{n:>10}" for r, n in summary["failed_by_reason"].items()],
+        *_sample_lines(summary),
         f"{'shards':<34}{summary['shards']:>10}",
         f"{'shard bytes':<34}{summary['shard_bytes']:>10,}",
         f"{'time (s)':<34}{summary['seconds']:>10}",
@@ -90,3 +106,14 @@ def format_summary(summary: dict) -> str:
     rule = "-" * 46
     notes = [f"WARNING ({n} samples): {w}" for w, n in summary.get("warnings", {}).items()]
     return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes])
+
+
+def _sample_lines(summary: dict) -> list[str]:
+    """Lines for the samples split inputs became (a video's clips), where there are any."""
+    if not summary.get("split_inputs"):
+        return []
+    counts = summary["samples_of_split_inputs"]
+    lines = [f"{'samples of ' + str(summary['split_inputs']) + ' split inputs':<34}{sum(counts.values()):>10}"]
+    lines += [f"  {status:<32}{n:>10}" for status, n in counts.items()]
+    reasons = {**summary["samples_dropped_by_reason"], **summary["samples_failed_by_reason"]}
+    return lines + [f"    {r:<30}{n:>10}" for r, n in reasons.items()]

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
 from curate.ray_runner import to_arrow
-from curate.stage import FAILED, KEPT, LIVE, TIMING, to_rows
+from curate.stage import DROPPED, FAILED, KEPT, LIVE, SPLIT, TIMING, to_rows
 from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
@@ -33,12 +33,41 @@ FIELD_OF_COLUMN = {
     "words_npy": "words.npy",
     "crop_jpg": "crop.jpg",
 }
-LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta"]
+LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent"]
 NOT_IN_SAMPLE = ("traceback", "text_uri", TIMING)
 
 
 def keys_digest(keys) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def input_keys(rows: list[dict]):
+    """The keys of a partition's inputs (not of the samples an input became): what markers compare."""
+    return (r["key"] for r in rows if not r.get("parent"))
+
+
+def settle_splits(rows: list[dict]) -> None:
+    """A split input ends as kept when any of its samples is, else dropped (some dropped) or failed."""
+    children = defaultdict(list)
+    for row in rows:
+        if row.get("parent"):
+            children[row["parent"]].append(row)
+    for row in rows:
+        if row["status"] != SPLIT:
+            continue
+        counts = Counter(child["status"] for child in children[row["key"]])
+        row["meta"]["samples"] = dict(sorted(counts.items()))
+        reasons = Counter(child["reason"] for child in children[row["key"]] if child["reason"])
+        if counts[KEPT]:
+            row.update(status=KEPT, reason=None, detail=None)
+        elif counts[DROPPED]:
+            row.update(status=DROPPED, reason="samples/none_kept", detail=_counted(reasons))
+        else:
+            row.update(status=FAILED, reason="samples/all_failed", detail=_counted(reasons) or "no sample")
+
+
+def _counted(reasons: Counter) -> str:
+    return ", ".join(f"{reason} x{n}" for reason, n in sorted(reasons.items()))
 
 
 def marker_uri(out: str, partition: int) -> str:
@@ -81,7 +110,7 @@ def write_pass(batch: dict, out: str, pass_index: int) -> dict:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(pass_uri(out, pass_index, partition, "parquet"), buf.getvalue())
-    digest = keys_digest(r["key"] for r in rows)
+    digest = keys_digest(input_keys(rows))
     storage.write_bytes(pass_uri(out, pass_index, partition, "done"), digest.encode())
     return {"partition": partition, "keys_sha256": digest}
 
@@ -110,6 +139,7 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
         if samples:
             info = write_shard(samples, storage.join(shard_folder(out, modality), name))
             shards.append({**info, "modality": modality, "partition": partition})
+    settle_splits(rows)  # after the shard writer: a sample the contract refuses is failed first
     stats = defaultdict(lambda: [0, 0.0])
     for row in rows:
         for stage, seconds in row["meta"].pop(TIMING, {}).items():
@@ -124,7 +154,7 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
     storage.write_bytes(storage.join(out, "ledger", f"part-{partition:06d}.parquet"), buf.getvalue())
     marker = {
         "partition": partition,
-        "keys_sha256": keys_digest(r["key"] for r in rows),
+        "keys_sha256": keys_digest(input_keys(rows)),
         "shards": shards,
         "stage_stats": {stage: {"rows": n, "seconds": round(sec, 6)} for stage, (n, sec) in sorted(stats.items())},
     }

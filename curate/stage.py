@@ -23,8 +23,9 @@ import numpy as np
 
 from curate.isolation import IsolatedRunner, StageTimeout
 
-BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta")
+BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta", "parent")
 LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
+SPLIT = "split"  # an input that became several samples (a video's clips); the sink settles it from them
 TIMING = "_seconds"  # meta key holding {stage: seconds} for one row
 
 
@@ -44,6 +45,8 @@ class Stage:
     name: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]] = ("image", "video", "ocr")
     outputs: ClassVar[tuple[str, ...]] = ()  # columns this stage adds (None for rows it does not touch)
+    # a fan-out stage's process_row returns a list: [row] to pass it on, or the samples it became
+    fans_out: ClassVar[bool] = False
     cpus: ClassVar[float] = 1.0
     gpus: ClassVar[float] = 0.0
     batch_size: ClassVar[int] = 16
@@ -161,6 +164,7 @@ def new_rows(items: list[dict]) -> dict[str, np.ndarray]:
             "reason": None,
             "detail": None,
             "meta": dict(it.get("meta") or {}),
+            "parent": None,
         }
         for it in items
     ]
@@ -168,31 +172,63 @@ def new_rows(items: list[dict]) -> dict[str, np.ndarray]:
 
 
 def apply_stage(stage: Stage, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Run ``stage`` over the live rows of its modalities; isolate failures row by row."""
+    """Run ``stage`` over the live rows of its modalities; isolate failures row by row.
+
+    The one place where an input may become several samples: a fan-out stage returns, per row,
+    either that row or its samples. The row then stays as a ``split`` record (the sink settles it
+    from its samples); each sample is a row of its own, with ``parent`` naming the input.
+    """
     rows = to_rows(batch)
-    columns = list(batch) + [c for c in stage.outputs if c not in batch]
+    columns = list(batch) + [c for c in (*stage.outputs, "parent") if c not in batch]
     todo = [i for i, r in enumerate(rows) if r["status"] == LIVE and r["modality"] in stage.modalities]
     started = time.perf_counter()
-    if todo and (stage.isolate or stage.retries):
-        for i in todo:
-            rows[i] = _settle(stage, _one(stage, rows[i]))
+    results: dict[int, dict | list[dict]] = {}
+    if todo and (stage.isolate or stage.retries or stage.fans_out):
+        results = {i: _one(stage, rows[i]) for i in todo}
     elif todo:
         try:
-            results = stage.process_batch([dict(rows[i]) for i in todo])
-            if len(results) != len(todo):
-                raise RuntimeError(f"{stage.name} returned {len(results)} rows for {len(todo)}")
+            out = stage.process_batch([dict(rows[i]) for i in todo])
+            if len(out) != len(todo):
+                raise RuntimeError(f"{stage.name} returned {len(out)} rows for {len(todo)}")
         except Exception:  # noqa: BLE001  - isolate the bad row(s) instead of failing the batch
-            results = [_one(stage, rows[i]) for i in todo]
-        for i, result in zip(todo, results, strict=True):
-            rows[i] = _settle(stage, result)
+            out = [_one(stage, rows[i]) for i in todo]
+        results = dict(zip(todo, out, strict=True))
     share = (time.perf_counter() - started) / max(1, len(todo))
     for i in todo:  # per-stage seconds, for the run's throughput stats (never in shards or the ledger)
         rows[i]["meta"].setdefault(TIMING, {})[stage.name] = share
-    for row in rows:
+    settled = []
+    for i, row in enumerate(rows):
+        result = results.get(i, row)
+        settled += _fan_out(stage, row, result) if isinstance(result, list) else [_settle(stage, result)]
+    for row in settled:
         if row["status"] != LIVE:
             for c in stage.outputs:  # dropped/failed rows carry no payload downstream
                 row[c] = None
-    return to_batch(rows, columns)
+    return to_batch(settled, columns)
+
+
+def _fan_out(stage: Stage, row: dict, samples: list[dict]) -> list[dict]:
+    """The input row, or its ``split`` record followed by its samples (keys unique, bookkeeping inherited).
+
+    A returned row with the input's key is the input itself: alone, it passes on; first of several,
+    it is the record (its ``meta`` says what the input gave) and the rest are the samples.
+    """
+    if samples and samples[0]["key"] == row["key"]:
+        if len(samples) == 1:
+            return [_settle(stage, {**row, **samples[0]})]
+        row, samples = {**row, **samples[0]}, samples[1:]
+    keys = [s["key"] for s in samples]
+    if len(set(keys)) != len(keys) or row["key"] in keys:
+        raise RuntimeError(f"{stage.name}: the samples of {row['key']} need unique keys of their own, got {keys}")
+    split = dict(row, status=SPLIT, reason=None, detail=None)
+    split["meta"] = dict(row["meta"], samples=len(samples))
+    inherited = {"uri": row["uri"], "modality": row["modality"], "partition": row["partition"], "parent": row["key"]}
+    children = []
+    for sample in samples:
+        child = {"status": LIVE, "reason": None, "detail": None, **sample, **inherited}
+        child["meta"] = {k: v for k, v in child.get("meta", {}).items() if k != TIMING}
+        children.append(_settle(stage, child))
+    return [split, *children]
 
 
 TRANSIENT = (ConnectionError, TimeoutError, InterruptedError)
@@ -204,6 +240,8 @@ def _one(stage: Stage, row: dict) -> dict:
         try:
             if stage.isolate:
                 return _runner(stage)(dict(row))
+            if stage.fans_out:
+                return stage.process_row(dict(row))
             return stage.process_batch([dict(row)])[0]
         except TRANSIENT as exc:
             if attempt < stage.retries and not isinstance(exc, StageTimeout):
@@ -221,6 +259,11 @@ def _runner(stage: Stage) -> IsolatedRunner:
         runner = IsolatedRunner(stage)
         stage.hold("_isolated_runner", runner)
     return runner
+
+
+def failed(stage: Stage, row: dict, exc: BaseException) -> dict:
+    """``row`` as failed by ``exc`` in ``stage``: for a fan-out stage's samples that fail alone."""
+    return _failed(stage, row, exc)
 
 
 def _failed(stage: Stage, row: dict, exc: BaseException) -> dict:

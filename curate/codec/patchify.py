@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from numba import njit
 
-from curate.codec import cuts, residual, saliency, selection, signals, tokens
+from curate.codec import cuts, residual, saliency, sampling, selection, signals, tokens
 from curate.codec.sampling import Clip, decode_clip, inspect, plan_clips
 from curate.media import VideoError, open_video
 from shards.format import encode_npy
@@ -56,7 +56,7 @@ class PatchifyConfig:
     jpeg_quality: int = 90
     analysis_scale: Literal[1, 2] = 2  # residual and texture at half resolution: 4x less work, same cells
     threads: int = 1  # decoder threads (0 = FFmpeg's choice); a pipeline task owns one core
-    split_shots: bool = True  # keep one shot of a clip that crosses a hard cut (see codec.cuts)
+    split_shots: bool = True  # a clip never crosses a hard cut: split at cuts (see codec.cuts)
 
     def __post_init__(self):
         if self.size % self.patch or self.patch % (2 * signals.CELL):
@@ -77,16 +77,12 @@ class Patchified:
 
 
 def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patchified:
-    """Select the salient patches of one clip of ``data`` (bytes or a local path)."""
+    """Select the salient patches of one clip of ``data`` (bytes or a local path): clip ``cfg.clip``,
+    or its first shot of ``min_frames`` where it crosses a hard cut."""
     with open_video(data) as container:
-        source = inspect(container, cfg.min_side)
-        stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
-        clips = plan_clips(source, cfg.frames, stride, cfg.fps)
+        source, native, stride, clips = _plan(container, cfg)
         if cfg.clip >= len(clips):
             raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)")
-        native = source.codec in signals.MV_CODECS
-        if not native and cfg.hevc_policy == "refuse":
-            raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
         clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
     changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
     cut_ids = clip.frame_ids[changes].tolist()
@@ -97,6 +93,71 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
                 f"no shot of {cfg.min_frames} frames in the clip (hard cuts at frames {cut_ids}; "
                 f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots"
             )
+    return _select(clip, source, cfg, native, stride, cut_ids)
+
+
+def patchify_all(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_clips: int = 0, not_taken=None):
+    """Every clip of ``data``: yields ``(clip number, Patchified or VideoError)``, one per shot of at
+    least ``min_frames`` frames (a clip never straddles a hard cut), at most ``max_clips`` (0: all),
+    one at a time (a long video never holds more than one decoded clip). Clips start on keyframes;
+    where a shot begins inside a clip on a keyframe (encoders put one at a cut), the next clip starts
+    there, so the shot is taken whole. ``not_taken`` (a dict) counts the clips left out and why:
+    ``short_shot`` (a shot under ``min_frames`` between cuts), ``short_tail`` (the video's last
+    frames), ``max_clips``.
+    """
+    not_taken = {} if not_taken is None else not_taken
+    not_taken.update(short_shot=0, short_tail=0, max_clips=0)
+    taken = 0
+    with open_video(data) as container:
+        source, native, stride, _ = _plan(container, cfg)
+        sequence = sampling.frame_sequence(source, stride, cfg.fps)
+        start = 0
+        while start is not None:
+            ids = sampling.clip_ids(source, start, cfg.frames, stride, sequence)
+            if not len(ids):
+                break
+            resume = sampling.next_keyframe(source, ids[-1] + 1)
+            try:
+                clip = decode_clip(data, source, ids, cfg.size, cfg.fit, native, cfg.threads, container)
+            except VideoError as exc:
+                taken += 1
+                yield taken - 1, exc
+                start = resume
+                continue
+            changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
+            cut_ids = clip.frame_ids[changes].tolist()
+            bounds = [0, *changes.tolist(), len(clip.frame_ids)]
+            restart = sampling.next_keyframe(source, cut_ids[-1]) if cut_ids else None
+            if restart is not None and restart <= ids[-1]:  # the last shot goes on: take it whole next time
+                bounds, resume = bounds[:-1], restart
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                if hi - lo < cfg.min_frames and not clip.truncated:
+                    not_taken["short_tail" if resume is None and hi == len(clip.frame_ids) else "short_shot"] += 1
+                elif max_clips and taken >= max_clips:
+                    not_taken["max_clips"] += 1
+                else:
+                    taken += 1
+                    part = _shot(clip, lo, hi) if (lo, hi) != (0, len(clip.frame_ids)) else clip
+                    try:
+                        yield taken - 1, _select(part, source, cfg, native, stride, cut_ids)
+                    except VideoError as exc:
+                        yield taken - 1, exc
+            start = resume
+
+
+def _plan(container, cfg: PatchifyConfig):
+    """(source facts, whether the decoder gives motion vectors, stride, planned clips)."""
+    source = inspect(container, cfg.min_side)
+    stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
+    clips = plan_clips(source, cfg.frames, stride, cfg.fps)
+    native = source.codec in signals.MV_CODECS
+    if not native and cfg.hevc_policy == "refuse":
+        raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
+    return source, native, stride, clips
+
+
+def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, cut_ids: list) -> Patchified:
+    """Saliency and the budget's patches of one decoded clip (within one shot)."""
     if len(clip.frame_ids) < cfg.min_frames:
         raise VideoError(
             f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt"
@@ -168,6 +229,8 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         "stride": stride,
         "sampling": "index" if cfg.fps is None and source.regular else "time",
         "frame_ids": clip.frame_ids.tolist(),
+        "start_time": _seconds(source, clip.frame_ids[0]),
+        "end_time": _seconds(source, clip.frame_ids[-1]),
         "pict_types": "".join(p[0] for p in clip.pict_types),
         "signal": path,
         "reference_distances": distances,
@@ -193,6 +256,12 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         },
     }
     return Patchified(positions, scores, clip, facts)
+
+
+def _seconds(source, frame: int) -> float:
+    """Presentation time of display frame ``frame`` from the first frame, in seconds."""
+    base = source.time_base or (1 / source.fps if source.fps else 0.0)
+    return round(float(source.pts[frame] - source.pts[0]) * base, 4)
 
 
 def _shot(clip: Clip, start: int, stop: int) -> Clip:

@@ -115,23 +115,34 @@ def plan_clips(source: Source, frames: int, stride: int, fps: float | None = Non
     frames it has. The next clip starts at the first keyframe after the previous clip's last frame,
     so no GOP is shared or cut; a tail shorter than one clip becomes a short final clip.
     """
-    n = source.frame_count
-    timed = fps is not None or not source.regular
-    sequence = _time_grid(source, 1 / fps if fps else stride / _rate(source)) if timed else None
+    sequence = frame_sequence(source, stride, fps)
     clips, start = [], 0
-    while start < n:
-        if sequence is None:
-            ids = np.arange(start, min(n, start + frames * stride), stride)
-        else:
-            ids = sequence[sequence >= start][:frames]
-            if not len(ids):
-                break
-        clips.append(ids)
-        later = source.keyframes[source.keyframes > ids[-1]]
-        if len(later) == 0:
+    while start is not None:
+        ids = clip_ids(source, start, frames, stride, sequence)
+        if not len(ids):
             break
-        start = int(later[0])
+        clips.append(ids)
+        start = next_keyframe(source, ids[-1] + 1)
     return clips
+
+
+def frame_sequence(source: Source, stride: int, fps: float | None) -> np.ndarray | None:
+    """The frames taken by time (see :func:`plan_clips`), or None where every ``stride``-th is taken."""
+    if fps is None and source.regular:
+        return None
+    return _time_grid(source, 1 / fps if fps else stride / _rate(source))
+
+
+def clip_ids(source: Source, start: int, frames: int, stride: int, sequence: np.ndarray | None) -> np.ndarray:
+    """Display indices of the clip that starts at frame ``start``."""
+    if sequence is None:
+        return np.arange(start, min(source.frame_count, start + frames * stride), stride)
+    return sequence[sequence >= start][:frames]
+
+
+def next_keyframe(source: Source, at_or_after: int) -> int | None:
+    later = source.keyframes[source.keyframes >= at_or_after]
+    return int(later[0]) if len(later) else None
 
 
 def _rate(source: Source) -> float:
@@ -184,11 +195,12 @@ def decode_clip(
 
 def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> Clip | None:
     stream = container.streams.video[0]
-    stream.thread_count = threads
-    if threads != 1:
-        stream.thread_type = "AUTO"
-    if want_vectors:
-        stream.codec_context.options = {"flags2": "+export_mvs"}
+    if not stream.codec_context.is_open:  # a later clip of the same container reuses the open decoder
+        stream.thread_count = threads
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        if want_vectors:
+            stream.codec_context.options = {"flags2": "+export_mvs"}
     turns = None  # quarter turns to display orientation, from the first frame's rotation metadata
     wanted = {int(source.pts[i]): k for k, i in enumerate(ids)}
     taken = set(ids.tolist())

