@@ -23,7 +23,7 @@ import pyarrow as pa
 from curate.cluster import shuffle_partitions, worker_env
 from curate.dedup import lsh
 from curate.dedup.keep import rank
-from curate.dedup.signatures import unpack
+from curate.dedup.signatures import thumb_bits, unpack, unpack_video
 
 KINDS = ("exact", "pixel", "perceptual", "video", "minhash", "semantic")
 # large_binary: a shuffle partition's signatures can pass 2 GiB, binary's 32-bit offsets cannot
@@ -62,8 +62,10 @@ class DedupConfig:
     (``lsh.candidate_probability``). Perceptual defaults (b=64, k=12): p=0.79 (27 of 128 bits off,
     the demo's worst crop) 0.98, p=0.75 (the threshold) 0.87, unrelated images (p~0.5) 1.6 %: fine
     to ~1e6 images per modality; beyond, raise ``perceptual_band_bits`` (16: 0.5 -> 0.05 %) and
-    accept that 5 % crops then often escape. Video (b=8, k=24 per sampled frame): a frame pair
-    16 bits apart meets with 0.85, and a clip pair has many frame pairs.
+    accept that 5 % crops then often escape. Video (b=8, k=24 of the 64-bit pHash of each sampled
+    frame's 16x16 thumbnail): a frame pair 6 bits apart (the 7 kB carphone's blur) meets with 0.54,
+    and a clip pair has many frame pairs; the verifier then aligns the clips in time
+    (:func:`video_distance`).
     """
 
     kinds: tuple[str, ...] = ("exact", "pixel", "perceptual", "video", "minhash")
@@ -71,8 +73,8 @@ class DedupConfig:
     perceptual_max_bits: int = 32  # of 128 (pHash 64 + dHash 64)
     perceptual_bands: int = 64
     perceptual_band_bits: int = 12
-    video_frame_max_bits: int = 16  # of 256 per frame
-    video_min_overlap: float = 0.5  # fraction of the shorter clip's frames with a match in the other
+    video_max_distance: float = 0.01  # median 1 - correlation of time-aligned thumbnails
+    video_min_overlap: float = 0.5  # fraction of the shorter clip's samples the alignment must cover
     video_bands: int = 8
     video_band_bits: int = 24
     minhash_threshold: float = 0.7  # Jaccard estimate; (b, r) from datasketch's optimum for it
@@ -127,8 +129,8 @@ def band_records(batch, cfg: DedupConfig) -> pa.Table:
             )
             emit(row, "perceptual", keys.ravel(), sig)
         if "video" in cfg.kinds and row.get("video_hashes"):
-            frames = unpack(bytes(row["video_hashes"]), 256)
-            keys = lsh.bit_bands(frames, cfg.video_bands, cfg.video_band_bits, f"v/{modality}", cfg.seed)
+            frames = thumb_bits(unpack_video(row["video_hashes"])[0])
+            keys = lsh.bit_bands(frames, cfg.video_bands, cfg.video_band_bits, f"vt16/{modality}", cfg.seed)
             emit(row, "video", keys.ravel(), bytes(row["video_hashes"]))
         if "minhash" in cfg.kinds and row.get("minhash"):
             sig = np.frombuffer(bytes(row["minhash"]), dtype="<u4")[None, :]
@@ -161,14 +163,46 @@ def similarity(kind: str, sigs: list[bytes], cfg: DedupConfig) -> tuple[np.ndarr
         jac = (values[:, None, :] == values[None, :, :]).mean(-1)
         return jac, jac >= cfg.minhash_threshold
     if kind == "video":
-        frames = [unpack(s, 256) for s in sigs]
+        clips = [unpack_video(s) for s in sigs]
         sim = np.eye(n)
         for i, j in itertools.combinations(range(n), 2):
-            dist = (frames[i][:, None, :] != frames[j][None, :, :]).sum(-1)
-            shorter = dist.min(axis=1) if len(frames[i]) <= len(frames[j]) else dist.min(axis=0)
-            sim[i, j] = sim[j, i] = float((shorter <= cfg.video_frame_max_bits).mean())
-        return sim, sim >= cfg.video_min_overlap
+            sim[i, j] = sim[j, i] = 1.0 - video_distance(clips[i], clips[j], cfg.video_min_overlap)
+        return sim, sim >= 1.0 - cfg.video_max_distance
     raise ValueError(f"no verifier for kind {kind!r}")
+
+
+def _unit(thumbs: np.ndarray) -> np.ndarray:
+    """Thumbnails as zero-mean unit vectors (a flat frame stays near zero: it correlates with nothing)."""
+    x = thumbs.reshape(len(thumbs), -1).astype(np.float64)
+    x -= x.mean(axis=1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 16.0)
+
+
+def video_distance(a, b, min_overlap: float = 0.5) -> float:
+    """Best time-aligned distance of two clips ``(thumbs, ticks, fps)``: the shorter slides along the
+    longer, and at each offset the median over its samples of ``1 - correlation`` with the sample of
+    the other nearest in time (one sample either side allowed, for jitter); offsets that cover less
+    than ``min_overlap`` of the shorter clip's samples do not count. So a clip cut out of a longer one
+    (containment), a copy at another frame rate (ticks are times on a ``1/fps`` grid) and a trim all
+    meet at their true offset, and clips sharing a background but not their motion do not.
+    """
+    (ta, xa), (tb, xb) = [(c[1] / c[2], _unit(c[0])) for c in (a, b)]
+    if ta[-1] - ta[0] > tb[-1] - tb[0]:
+        (ta, xa), (tb, xb) = (tb, xb), (ta, xa)
+    dist = 1.0 - xa @ xb.T  # (n, m)
+    step = float(np.median(np.diff(tb))) if len(tb) > 1 else 1.0
+    # candidate offsets: where each sample of the shorter clip finds its best match
+    offsets = np.unique(np.round((tb[dist.argmin(axis=1)] - ta) / (step / 2))) * (step / 2)
+    target = ta[None, :] + offsets[:, None]  # (k, n)
+    j = np.clip(np.searchsorted(tb, target), 1, len(tb) - 1) if len(tb) > 1 else np.zeros(target.shape, int)
+    j = np.where(np.abs(tb[j - 1] - target) < np.abs(tb[j] - target), j - 1, j) if len(tb) > 1 else j
+    inside = np.abs(tb[j] - target) <= step
+    rows = np.arange(len(ta))[None, :]
+    near = np.min([dist[rows, np.clip(j + d, 0, len(tb) - 1)] for d in (-1, 0, 1)], axis=0)
+    enough = inside.sum(axis=1) >= min_overlap * len(ta)
+    if not enough.any():
+        return 1.0
+    return float(min(1.0, np.nanmedian(np.where(inside[enough], near[enough], np.nan), axis=1).min()))
 
 
 def spanning_edges(records: pd.DataFrame, verified, kind: str) -> list[dict]:

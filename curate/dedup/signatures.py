@@ -203,7 +203,7 @@ _BOX_ROWS, _BOX_COLS = box_weights(8, 32), box_weights(9, 32)
 
 
 def phash_bits(pixels: np.ndarray, n: int) -> np.ndarray:
-    """pHash of ``(batch, 4n, 4n)`` grayscale arrays: the low ``n x n`` DCT block above its median."""
+    """pHash of ``(batch, 2n..4n, 2n..4n)`` grayscale arrays: the low ``n x n`` DCT block above its median."""
     low = dctn(pixels, type=2, axes=(1, 2))[:, :n, :n].reshape(len(pixels), -1)
     return low > np.median(low, axis=1, keepdims=True)
 
@@ -213,16 +213,28 @@ def pixel_digest(img: Image.Image) -> str:
     return hashlib.sha256(img.convert("RGB").resize((64, 64), Image.Resampling.BOX).tobytes()).hexdigest()
 
 
-def video_frame_bits(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 256, keyframes_only: bool = False):
-    """256-bit pHash (16x16 DCT block of a 64x64 frame) of frames sampled at ``fps``, and the duration.
+VIDEO_MAGIC = b"VT16"  # video signature layout: magic, fps (f32), n (u32), ticks (n x u32), thumbnails (n x 16 x 16 u8)
+THUMB = 16
 
-    The samples sit on the clip's own clock, so a re-encode lands on the same frames and a trim on
-    frames at most half a sampling step away; a clip longer than ``max_frames / fps`` seconds is
-    sampled more sparsely so the samples still span all of it. ``keyframes_only`` decodes intra
-    frames alone (the cheap, compressed-domain mode: decode cost / GOP length), which suits clips
-    with regular GOPs.
+
+def video_signature(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 256, keyframes_only: bool = False):
+    """16x16 gray thumbnails of frames on a ``1/fps`` grid of the clip's clock, their grid ticks, the
+    grid's fps and the duration.
+
+    Tick ``k`` takes the frame whose presentation time (from the first frame) is nearest ``k / fps``,
+    never one frame twice, so a re-encode, a copy at another frame rate and a clip cut out of a longer
+    one all land on the same content at the same tick spacing: the verifier aligns clips by tick
+    offset. A clip longer than ``max_frames / fps`` seconds gets a sparser grid so the samples still
+    span all of it. ``keyframes_only`` decodes intra frames alone (the cheap, compressed-domain mode).
+    Thumbnails are box means of a 64x64 gray frame: blur, block artefacts and downscaling barely move
+    them, and the verifier compares them by correlation (``grouping.video_distance``).
     """
-    grays, last = [], 0.0
+    ticks, grays, pending, last, t0 = [], [], None, 0.0, None
+
+    def settle():  # the pending tick's frame is final: keep its 64x64 gray (never hold full frames)
+        ticks.append(pending[0])
+        grays.append(pending[2].reformat(width=64, height=64, format="gray").to_ndarray())
+
     with open_video(data, uri) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -230,15 +242,23 @@ def video_frame_bits(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 
         fps = min(fps, max_frames / declared) if declared else fps
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
-        next_t = None
-        for frame in container.decode(stream):
-            t = float(frame.time) if frame.time is not None else len(grays) / fps
+        for n, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else n / fps
+            t0 = t if t0 is None else t0
             last = max(last, t)
-            if next_t is None or t + 1e-6 >= next_t or keyframes_only:
-                grays.append(frame.reformat(width=64, height=64, format="gray").to_ndarray())
-                next_t = t + 1.0 / fps
-            if len(grays) >= max_frames:
-                break
+            tick = round((t - t0) * fps)
+            error = abs((t - t0) * fps - tick)
+            if pending is not None and tick > pending[0]:
+                settle()
+                pending = None
+                if len(ticks) >= max_frames:
+                    break
+            if (pending is None and (not ticks or tick > ticks[-1])) or (
+                pending and tick == pending[0] and error < pending[1]
+            ):
+                pending = (tick, error, frame)
+        if pending is not None:
+            settle()
         rate = stream.average_rate
         if declared:  # the container's word, else the frames seen
             duration = declared
@@ -248,7 +268,29 @@ def video_frame_bits(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 
             duration = last + (1.0 / float(rate) if rate else 0.0)
     if not grays:
         raise ValueError(f"{uri}: no decodable frame for the video signature")
-    return phash_bits(np.stack(grays).astype(np.float64), 16), duration
+    big = np.stack(grays).astype(np.float64).reshape(len(grays), THUMB, 64 // THUMB, THUMB, 64 // THUMB)
+    return np.round(big.mean((2, 4))).astype(np.uint8), np.array(ticks, dtype=np.uint32), float(fps), duration
+
+
+def pack_video(thumbs: np.ndarray, ticks: np.ndarray, fps: float) -> bytes:
+    head = VIDEO_MAGIC + np.float32(fps).tobytes() + np.uint32(len(ticks)).tobytes()
+    return head + ticks.astype("<u4").tobytes() + thumbs.astype(np.uint8).tobytes()
+
+
+def unpack_video(data: bytes) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(thumbs (n, 16, 16) uint8, ticks (n,), fps)`` of a :func:`pack_video` signature."""
+    data = bytes(data)
+    if data[:4] != VIDEO_MAGIC:
+        raise ValueError("video_hashes of an older dedup_signatures (per-frame pHash): rerun dedup_signatures")
+    fps = float(np.frombuffer(data, "<f4", 1, 4)[0])
+    n = int(np.frombuffer(data, "<u4", 1, 8)[0])
+    ticks = np.frombuffer(data, "<u4", n, 12).astype(np.int64)
+    return np.frombuffer(data, np.uint8, n * THUMB * THUMB, 12 + 4 * n).reshape(n, THUMB, THUMB), ticks, fps
+
+
+def thumb_bits(thumbs: np.ndarray) -> np.ndarray:
+    """64-bit pHash of 16x16 thumbnails (the low 8x8 DCT block above its median): the band keys."""
+    return phash_bits(thumbs.astype(np.float64), 8)
 
 
 # ------------------------------------------------------------------------------------- packing

@@ -35,7 +35,8 @@ from shards import storage
 @dataclasses.dataclass(frozen=True)
 class DedupSignatures(Stage):
     """Compact signatures in ``meta["dedup"]`` (hex) and two bytes columns: ``minhash`` (uint32
-    little-endian x ``num_perm``) and ``video_hashes`` (32 bytes per sampled frame)."""
+    little-endian x ``num_perm``) and ``video_hashes`` (``signatures.pack_video``: a 16x16 gray
+    thumbnail and the grid tick of each frame sampled at ``video_fps``, 260 bytes a sample)."""
 
     name = "dedup_signatures"
     modalities = ("image", "video", "ocr")
@@ -47,7 +48,7 @@ class DedupSignatures(Stage):
     perceptual: bool = True  # pHash + dHash (128 bits)
     perceptual_modalities: tuple[str, ...] = ("image",)  # OCR pages look alike: compare their text instead
     minhash: bool = True  # OCR transcripts (``txt``) and captions (``meta[caption_field]``)
-    video: bool = True  # per-frame pHash sequence and duration
+    video: bool = True  # per-sample thumbnails on the clip's clock, and the duration
     shingle_words: int = 3
     minhash_hashing: Literal["sha1", "words"] = "sha1"  # sha1: datasketch's default hash; words: faster
     num_perm: int = 128
@@ -73,11 +74,11 @@ class DedupSignatures(Stage):
                     sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
                 data = data or storage.read_bytes(row["uri"])
-                bits, duration = sg.video_frame_bits(
+                thumbs, ticks, fps, duration = sg.video_signature(
                     data, row["uri"], self.video_fps, self.video_max_frames, self.video_keyframes_only
                 )
-                row["video_hashes"] = sg.pack(bits)
-                sigs.update(frames=len(bits), duration=round(duration, 3))
+                row["video_hashes"] = sg.pack_video(thumbs, ticks, fps)
+                sigs.update(frames=len(ticks), duration=round(duration, 3))
             elif row["modality"] != "video" and (self.pixel or self.perceptual):
                 picture = row.get("jpg") or data or storage.read_bytes(row["uri"])
                 img = Image.open(io.BytesIO(bytes(picture)))

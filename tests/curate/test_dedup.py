@@ -24,9 +24,9 @@ from curate.dedup.signatures import (
     box_weights,
     image_bits,
     minhash_batch,
-    pack,
+    pack_video,
     shingles,
-    video_frame_bits,
+    video_signature,
     word_shingle_hash32,
 )
 from curate.sources import list_inputs
@@ -217,9 +217,9 @@ def test_keyframes_only_video_signature_decodes_intra_frames_and_meets_a_reencod
         data = path.read_bytes()
         with av.open(str(path)) as container:
             keyframes = sum(1 for p in container.demux(video=0) if p.is_keyframe and p.size)
-        bits, duration = video_frame_bits(data, str(path), keyframes_only=True)
-        assert len(bits) == keyframes and duration == pytest.approx(64 / 24, abs=0.05)
-        sigs.append(pack(bits))
+        thumbs, ticks, fps, duration = video_signature(data, str(path), keyframes_only=True)
+        assert len(ticks) == keyframes and duration == pytest.approx(64 / 24, abs=0.05)
+        sigs.append(pack_video(thumbs, ticks, fps))
     _, ok = similarity("video", sigs, DedupConfig())
     assert ok[0, 1]
 
