@@ -120,6 +120,8 @@ def band_records(batch, cfg: DedupConfig) -> pa.Table:
         sigs, modality = row["meta"].get("dedup") or {}, row["modality"]
         for kind, field in (("exact", "blake3"), ("pixel", "pixel")):
             value = sigs.get(field) or (row["meta"].get("source_blake3") if kind == "exact" else None)
+            if value and kind == "exact" and row["meta"].get("clip") is not None:
+                value = f"{value}:clip{row['meta']['clip']}"  # clips of one file are not copies of each other
             if kind in cfg.kinds and value:
                 emit(row, kind, [lsh.digest_key(value, f"{kind}/{modality}")], value.encode())
         if "perceptual" in cfg.kinds and sigs.get("phash"):

