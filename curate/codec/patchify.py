@@ -76,7 +76,8 @@ class Patchified:
 
 
 def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patchified:
-    """Select the salient patches of one clip of ``data`` (bytes or a local path)."""
+    """Select the salient patches of one clip of ``data``: bytes, or a local path or ``s3://`` URI,
+    which is streamed (a seekable ranged reader on S3) and reopened where the clip needs it."""
     with open_video(data) as container:
         source = inspect(container, cfg.min_side)
         stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride

@@ -169,7 +169,8 @@ def decode_clip(
     picture on a black canvas (``content`` says where). Decoding stops at the first corrupt packet.
     An open ``container`` (e.g. the one :func:`inspect` demuxed) is sought back to the clip's
     keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
-    decoded from the start of a freshly opened stream instead.
+    decoded from the start of a freshly opened stream instead: ``data`` is what opens it again
+    (bytes, or a local path or ``s3://`` URI, streamed; see ``curate.media.open_video``).
     """
     if container is not None:
         try:

@@ -213,8 +213,12 @@ def pixel_digest(img: Image.Image) -> str:
     return hashlib.sha256(img.convert("RGB").resize((64, 64), Image.Resampling.BOX).tobytes()).hexdigest()
 
 
-def video_frame_bits(data: bytes, uri: str, fps: float = 8.0, max_frames: int = 256, keyframes_only: bool = False):
+def video_frame_bits(
+    data: bytes | str, uri: str, fps: float = 8.0, max_frames: int = 256, keyframes_only: bool = False
+):
     """256-bit pHash (16x16 DCT block of a 64x64 frame) of frames sampled at ``fps``, and the duration.
+
+    ``data``: the video's bytes, or a local path or ``s3://`` URI (streamed, see ``open_video``).
 
     The samples sit on the clip's own clock, so a re-encode lands on the same frames and a trim on
     frames at most half a sampling step away; a clip longer than ``max_frames / fps`` seconds is

@@ -6,7 +6,6 @@ import dataclasses
 
 from curate.codec.patchify import PatchifyConfig, encode, patchify
 from curate.stage import Stage
-from shards import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +25,7 @@ class CodecPatchify(Stage, PatchifyConfig):
     batch_size = 4
 
     def process_row(self, row: dict) -> dict:
-        data = storage.read_bytes(row["uri"])
+        data = row["uri"]  # a path or s3:// URI: decoded as a seekable stream, never read whole
         fields = encode(patchify(data, self), self)
         row.update(patches_jpg=fields["patches_jpg"], pos_npy=fields["pos_npy"], frames_jpg=fields["frames_jpg"])
         row["meta"] = dict(row["meta"], codec=fields["codec"], frames=fields["frames"])

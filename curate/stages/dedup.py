@@ -63,18 +63,15 @@ class DedupSignatures(Stage):
             sigs = row["meta"].setdefault("dedup", {})
             data = None
             if self.exact and not row["meta"].get("source_blake3"):
-                wants_bytes = (self.video and row["modality"] == "video") or (
-                    row["modality"] != "video" and (self.pixel or self.perceptual) and row.get("jpg") is None
-                )
-                if wants_bytes:  # read once, for the hash and the picture or clip
+                wants_bytes = row["modality"] != "video" and (self.pixel or self.perceptual) and row.get("jpg") is None
+                if wants_bytes:  # read once, for the hash and the picture (a video's digest streams)
                     data = storage.read_bytes(row["uri"])
                     sigs["blake3"] = storage.digest(data)
                 else:
                     sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
-                data = data or storage.read_bytes(row["uri"])
-                bits, duration = sg.video_frame_bits(
-                    data, row["uri"], self.video_fps, self.video_max_frames, self.video_keyframes_only
+                bits, duration = sg.video_frame_bits(  # streamed from the file or S3, never read whole
+                    row["uri"], row["uri"], self.video_fps, self.video_max_frames, self.video_keyframes_only
                 )
                 row["video_hashes"] = sg.pack(bits)
                 sigs.update(frames=len(bits), duration=round(duration, 3))
