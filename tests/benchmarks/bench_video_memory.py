@@ -10,7 +10,8 @@ the demuxer must seek to the end first). A fresh child process then runs ``video
 on the file and reports its peak RSS (``ru_maxrss``, resident pages of every kind, so a
 memory-mapped file would count too). ``whole`` emulates the code before streaming: the same
 stages, with every open served from the file read into bytes once (``storage.read_bytes``, as each
-of the three stages did before). ``--s3`` repeats the streamed run from a
+of the three stages did before; ``--whole probe``: video_probe alone, whose peak already holds the
+file). ``--s3`` repeats the streamed run from a
 local S3 server (moto, in this parent process) through the seekable ranged reader.
 """
 
@@ -49,13 +50,14 @@ peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 base = peak()
 if mode == "whole":  # the former reads: the whole file as bytes (shared by every open, as one stage held it)
     held = {}
-    storage.open_media = lambda u, *a: io.BytesIO(held.setdefault(u, storage.read_bytes(u)))
+    storage.open_media = lambda u, *a: io.BytesIO(held[u] if u in held else held.setdefault(u, storage.read_bytes(u)))
 start = time.perf_counter()
-stages = [VideoProbe(), CodecPatchify(), DedupSignatures()]
+stages = [VideoProbe(), CodecPatchify(), DedupSignatures()][: 1 if sys.argv[3] == "probe" else 3]
 row = to_rows(run_in_process(stages, new_rows([{"key": "k", "uri": uri, "modality": "video", "partition": 0}])))[0]
 assert row["status"] == "live", (row["reason"], row["detail"])
-facts = {"frames": row["meta"]["frames_present"], "k": row["meta"]["codec"]["k"],
-         "video_hashes": len(row["video_hashes"]) // 32, "blake3": row["meta"]["source_blake3"][:16]}
+facts = {"frames": row["meta"]["frames_present"], "blake3": row["meta"]["source_blake3"][:16]}
+if len(stages) == 3:
+    facts.update(k=row["meta"]["codec"]["k"], video_hashes=len(row["video_hashes"]) // 32)
 print(json.dumps({"base_mib": base, "peak_mib": peak(), "seconds": time.perf_counter() - start, **facts}))
 """
 
@@ -81,9 +83,11 @@ def make_film(path: Path, minutes: float, size: tuple[int, int], segment_s: int 
     return time.perf_counter() - start
 
 
-def child(mode: str, uri: str, env: dict | None = None) -> dict:
+def child(mode: str, uri: str, env: dict | None = None, stages: str = "all") -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **(env or {}))
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, uri], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, uri, stages], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     if out.returncode:
         raise SystemExit(f"{mode} child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,6 +99,8 @@ def main() -> None:
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--s3", action="store_true", help="also stream it from a local S3 server (moto)")
     parser.add_argument("--film", help="reuse this film instead of making one")
+    parser.add_argument("--no-stream", action="store_true", help="only the former run (and --s3)")
+    parser.add_argument("--whole", choices=["all", "probe"], default="all", help="stages of the former run")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -107,8 +113,8 @@ def main() -> None:
         print(machine())
         print(f"film: {desc}, {mib:,.0f} MiB, bit rate {film.stat().st_size * 8 / (args.minutes * 60) / 1e6:.1f} Mb/s")
         print(f"  (made in {made:.0f} s)" if made else "  (reused)")
-        rows = [("streamed from the local file", child("stream", str(film)))]
-        rows.append(("whole file read into bytes (former)", child("whole", str(film))))
+        rows = [] if args.no_stream else [("streamed from the local file", child("stream", str(film)))]
+        rows.append((f"whole file into bytes (former), {args.whole}", child("whole", str(film), stages=args.whole)))
         if args.s3:
             rows.append(("streamed from S3 (moto, loopback)", _s3_run(film)))
         print(f"{'run':38s} {'peak RSS MiB':>12s} {'/ file':>7s} {'after imports':>13s} {'added':>6s} {'s':>5s}  facts")
@@ -118,7 +124,8 @@ def main() -> None:
                 f"{name:38s} {r['peak_mib']:12,.0f} {r['peak_mib'] / mib:7.3f} {r['base_mib']:13,.0f} "
                 f"{r['peak_mib'] - r['base_mib']:6,.0f} {r['seconds']:5.0f}  {facts}"
             )
-        print(f"ratio streamed / whole-file peak: {rows[0][1]['peak_mib'] / rows[1][1]['peak_mib']:.3f}")
+        if not args.no_stream:
+            print(f"ratio streamed / whole-file peak: {rows[0][1]['peak_mib'] / rows[1][1]['peak_mib']:.3f}")
 
 
 def _s3_run(film: Path) -> dict:
