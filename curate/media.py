@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 import av
 from PIL import Image, ImageOps
+
+from shards import storage
 
 MAX_PIXELS = 20_000 * 20_000  # larger images are refused before decoding (decompression bombs)
 
@@ -20,13 +23,35 @@ class VideoError(ValueError):
     """A video that cannot be curated; the message says why (and what to do, where there is a fix)."""
 
 
-def open_video(source: bytes | str, uri: str = ""):
-    """A PyAV input container over ``source`` (bytes in memory, or a path / file-like object)."""
+@contextlib.contextmanager
+def open_video(source, uri: str = ""):
+    """A PyAV input container over ``source``, for a ``with`` block; never the whole file in memory
+    unless ``source`` already is bytes.
+
+    ``source``: a local path or ``s3://`` URI (opened through :func:`shards.storage.open_media`: FFmpeg
+    reads the file, or seeks in a ranged S3 stream, which is closed with the container), bytes (kept
+    for callers that hold them), or a seekable binary file object (the caller's to close).
+    """
+    owned = None
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    elif isinstance(source, str):
+        source = owned = storage.open_media(source)
+        if isinstance(owned, str):
+            owned = None
     try:
-        return av.open(io.BytesIO(source) if isinstance(source, bytes) else source, metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        prefix = f"{uri}: " if uri else ""
-        raise VideoError(f"{prefix}not a readable video container ({exc})") from None
+        try:
+            container = av.open(source, metadata_errors="ignore")
+        except av.FFmpegError as exc:
+            prefix = f"{uri}: " if uri else ""
+            raise VideoError(f"{prefix}not a readable video container ({exc})") from None
+        with container:
+            yield container
+    finally:
+        if owned is not None:
+            owned.close()
 
 
 @contextlib.contextmanager

@@ -156,13 +156,18 @@ def digest(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def file_digest(uri: str) -> str:
-    """:func:`digest` of an object without holding a copy of it.
+DIGEST_WINDOW = 16 << 20  # bytes of a local file mapped at once while hashing (a multiple of mmap's granularity)
 
-    A local file is hashed through a read-only memory map after asking the kernel to read the
-    whole file ahead (``POSIX_FADV_WILLNEED``, ``MADV_SEQUENTIAL``): from disk the hash then keeps
-    pace with a plain sequential read, where faulting the pages in one by one falls behind it. S3
-    streams through :func:`open_stream`, so a body that breaks mid-read resumes where it stopped.
+
+def file_digest(uri: str) -> str:
+    """:func:`digest` of an object, streamed: at most a window of it is held at any time.
+
+    A local file is hashed through read-only memory maps of :data:`DIGEST_WINDOW` bytes, one after
+    another, after asking the kernel to read the whole file ahead (``POSIX_FADV_WILLNEED``,
+    ``MADV_SEQUENTIAL``): from disk the hash then keeps pace with a plain sequential read, where
+    faulting the pages in one by one falls behind it; unmapping each window keeps a film's pages
+    out of the worker's resident set. S3 streams through :func:`open_stream`, so a body that breaks
+    mid-read resumes where it stopped.
     """
     hasher = blake3.blake3()
     if is_s3(uri):
@@ -172,14 +177,14 @@ def file_digest(uri: str) -> str:
         return hasher.hexdigest()
     with open(uri, "rb") as f:
         fd = f.fileno()
-        if os.fstat(fd).st_size == 0:  # an empty file cannot be mapped
-            return hasher.hexdigest()
-        if hasattr(os, "posix_fadvise"):
+        size = os.fstat(fd).st_size
+        if size and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
-            if hasattr(mmap, "MADV_SEQUENTIAL"):
-                view.madvise(mmap.MADV_SEQUENTIAL)
-            hasher.update(view)
+        for offset in range(0, size, DIGEST_WINDOW):  # an empty file has no window (it cannot be mapped)
+            with mmap.mmap(fd, min(DIGEST_WINDOW, size - offset), access=mmap.ACCESS_READ, offset=offset) as view:
+                if hasattr(mmap, "MADV_SEQUENTIAL"):
+                    view.madvise(mmap.MADV_SEQUENTIAL)
+                hasher.update(view)
     return hasher.hexdigest()
 
 
@@ -328,3 +333,83 @@ def open_stream(uri: str, start: int = 0, attempts: int = READ_ATTEMPTS):
     f = open(uri, "rb")  # noqa: SIM115 - the caller closes it
     f.seek(start)
     return f
+
+
+# --- media: decoders read a source where they seek, never all of it at once ---
+
+MEDIA_BLOCK = 8 << 20  # bytes per ranged GET of a seekable S3 stream
+MEDIA_BLOCKS = 3  # blocks kept (least recently used dropped): the header at the end, the data, one behind
+
+
+class _S3Seekable(io.RawIOBase):
+    """A seekable S3 object: reads are served from a few cached blocks, each one ranged GET (retried).
+
+    Demuxers seek (an mp4's index sits at its end, a clip starts at a keyframe) and then read on
+    sequentially, so whole aligned blocks are fetched ahead of the reads; no connection stays open
+    between reads, and at most ``blocks * block`` bytes of the object are held.
+    """
+
+    def __init__(self, uri: str, block: int = MEDIA_BLOCK, blocks: int = MEDIA_BLOCKS, attempts: int = READ_ATTEMPTS):
+        bucket, key = split_s3(uri)
+        head = retrying(uri, lambda: s3_client().head_object(Bucket=bucket, Key=key), attempts)
+        self.uri, self.size, self.block, self.blocks, self.attempts = (
+            uri,
+            head["ContentLength"],
+            block,
+            blocks,
+            attempts,
+        )
+        self.pos = 0
+        self.cache: dict[int, bytes] = {}  # block index -> bytes, in order of use (oldest first)
+        self.gets = 0  # ranged GETs issued (for tests and benchmarks)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"{self.uri}: seek to negative position {base + offset}")
+        self.pos = base + offset
+        return self.pos
+
+    def _block(self, index: int) -> bytes:
+        data = self.cache.pop(index, None)
+        if data is None:
+            start = index * self.block
+            data = read_range(self.uri, start, min(start + self.block, self.size), self.attempts)
+            self.gets += 1
+            while len(self.cache) >= self.blocks:
+                del self.cache[next(iter(self.cache))]
+        self.cache[index] = data
+        return data
+
+    def readinto(self, buffer) -> int:
+        if self.pos >= self.size:
+            return 0
+        index, within = divmod(self.pos, self.block)
+        data = self._block(index)
+        n = min(len(buffer), len(data) - within)
+        buffer[:n] = data[within : within + n]
+        self.pos += n
+        return n
+
+    def close(self):
+        self.cache.clear()
+        super().close()
+
+
+def open_media(uri: str, block: int = MEDIA_BLOCK, blocks: int = MEDIA_BLOCKS):
+    """A source a decoder can seek in without holding it: a local file's path as is (FFmpeg reads
+    it), an S3 object as a buffered seekable stream of ranged GETs (the caller closes it)."""
+    if is_s3(uri):
+        return io.BufferedReader(_S3Seekable(uri, block, blocks), buffer_size=1 << 16)
+    if not Path(uri).is_file():
+        raise FileNotFoundError(f"{uri}: no such file")
+    return str(uri)

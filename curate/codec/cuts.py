@@ -20,6 +20,8 @@ WINDOW = 15  # frames each side for the local median
 
 def change_scores(y: np.ndarray) -> np.ndarray:
     """(T,) score of each frame against the one before it (0 for the first); ``y`` is (T, H, W) uint8 luma."""
+    if len(y) < 2:
+        return np.zeros(len(y), np.float32)
     step = max(1, min(y.shape[1:]) // 64)  # about 64 x 64 samples a frame: enough for a histogram
     small = y[:, ::step, ::step]
     hist = np.stack([np.bincount((f >> 2).ravel(), minlength=64) for f in small]).astype(np.float32)

@@ -77,8 +77,9 @@ class Patchified:
 
 
 def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patchified:
-    """Select the salient patches of one clip of ``data`` (bytes or a local path): clip ``cfg.clip``,
-    or its first shot of ``min_frames`` where it crosses a hard cut."""
+    """Select the salient patches of one clip of ``data`` (bytes, or a local path or ``s3://`` URI,
+    streamed and reopened where the clip needs it): clip ``cfg.clip``, or its first shot of
+    ``min_frames`` where it crosses a hard cut."""
     with open_video(data) as container:
         source, native, stride, clips = _plan(container, cfg)
         if cfg.clip >= len(clips):
@@ -117,6 +118,10 @@ def patchify_all(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_
             if not len(ids):
                 break
             resume = sampling.next_keyframe(source, ids[-1] + 1)
+            if max_clips and taken >= max_clips:  # the rest are not decoded at all
+                not_taken["max_clips"] += 1
+                start = resume
+                continue
             try:
                 clip = decode_clip(data, source, ids, cfg.size, cfg.fit, native, cfg.threads, container)
             except VideoError as exc:

@@ -180,15 +180,16 @@ def decode_clip(
     picture on a black canvas (``content`` says where). Decoding stops at the first corrupt packet.
     An open ``container`` (e.g. the one :func:`inspect` demuxed) is sought back to the clip's
     keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
-    decoded from the start of a freshly opened stream instead.
+    decoded from the start of a freshly opened stream instead: ``data`` is what opens it again
+    (bytes, or a local path or ``s3://`` URI, streamed; see ``curate.media.open_video``).
     """
     if container is not None:
         try:
             clip = _decode(container, source, ids, size, fit, want_vectors, threads, seek=True)
         except av.FFmpegError:
             clip = None
-        if clip is not None:
-            return clip
+        if clip is not None and len(clip.frame_ids) == len(ids):
+            return clip  # else the seek landed wrong (MPEG-TS near its end) or a packet broke: try from the start
     with open_video(data) as fresh:
         return _decode(fresh, source, ids, size, fit, want_vectors, threads, seek=False)
 

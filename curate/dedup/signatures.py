@@ -218,7 +218,7 @@ THUMB = 16
 
 
 def video_signature(
-    data: bytes,
+    data: bytes | str,
     uri: str,
     fps: float = 8.0,
     max_frames: int = 256,
@@ -227,7 +227,7 @@ def video_signature(
     end: float | None = None,
 ):
     """16x16 gray thumbnails of frames on a ``1/fps`` grid of the clip's clock, their grid ticks, the
-    grid's fps and the duration.
+    grid's fps and the duration. ``data``: the video's bytes, or a local path or ``s3://`` URI (streamed).
 
     Tick ``k`` takes the frame whose presentation time (from the first frame) is nearest ``k / fps``,
     never one frame twice, so a re-encode, a copy at another frame rate and a clip cut out of a longer

@@ -7,7 +7,6 @@ import dataclasses
 from curate.codec.patchify import PatchifyConfig, encode, patchify_all
 from curate.media import VideoError
 from curate.stage import Stage, failed
-from shards import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +32,7 @@ class CodecPatchify(Stage, PatchifyConfig):
     max_clips: int = 0
 
     def process_row(self, row: dict) -> list[dict]:
-        data = storage.read_bytes(row["uri"])
+        data = row["uri"]  # a path or s3:// URI: decoded as a seekable stream, never read whole
         not_taken: dict = {}
         samples = [self._sample(row, n, result) for n, result in patchify_all(data, self, self.max_clips, not_taken)]
         summary = {"taken": len(samples), "not_taken": {k: v for k, v in not_taken.items() if v}}

@@ -64,20 +64,17 @@ class DedupSignatures(Stage):
             sigs = row["meta"].setdefault("dedup", {})
             data = None
             if self.exact and not row["meta"].get("source_blake3"):
-                wants_bytes = (self.video and row["modality"] == "video") or (
-                    row["modality"] != "video" and (self.pixel or self.perceptual) and row.get("jpg") is None
-                )
-                if wants_bytes:  # read once, for the hash and the picture or clip
+                wants_bytes = row["modality"] != "video" and (self.pixel or self.perceptual) and row.get("jpg") is None
+                if wants_bytes:  # read once, for the hash and the picture (a video's digest streams)
                     data = storage.read_bytes(row["uri"])
                     sigs["blake3"] = storage.digest(data)
                 else:
                     sigs["blake3"] = storage.file_digest(row["uri"])
             if row["modality"] == "video" and self.video:
-                data = data or storage.read_bytes(row["uri"])
                 codec = row["meta"].get("codec")  # codec_patchify's facts (video_probe's is the codec's name)
                 codec = codec if isinstance(codec, dict) else {}  # a clip of a longer video signs its own range
-                thumbs, ticks, fps, duration = sg.video_signature(
-                    data,
+                thumbs, ticks, fps, duration = sg.video_signature(  # streamed from the file or S3
+                    row["uri"],
                     row["uri"],
                     self.video_fps,
                     self.video_max_frames,

@@ -11,8 +11,10 @@ from curate.stage import Stage
 from shards import storage
 
 
-def probe(data: bytes, uri: str) -> dict:
+def probe(data: bytes | str, uri: str) -> dict:
     """Codec, size, fps, duration, pixel format and rotation of the first video stream.
+
+    ``data``: the file's bytes, or a local path or ``s3://`` URI, read where the demuxer seeks.
 
     Decodes the first frame, so a file whose header parses but whose stream does not fails here,
     and demuxes (without decoding) every packet: ``frames_present`` counts them and ``end_time`` is
@@ -56,7 +58,7 @@ def probe(data: bytes, uri: str) -> dict:
     return facts
 
 
-def _demux_extent(data: bytes, uri: str) -> tuple[int, float]:
+def _demux_extent(data: bytes | str, uri: str) -> tuple[int, float]:
     """(packets holding data, end of the last one in seconds), without decoding; stops at a corrupt packet."""
     present, end = 0, 0.0
     with open_video(data, uri) as container:
@@ -94,12 +96,11 @@ class VideoProbe(Stage):
     allow_truncated: bool = False
 
     def process_row(self, row: dict) -> dict:
-        data = storage.read_bytes(row["uri"])
-        facts = probe(data, row["uri"])
+        facts = probe(row["uri"], row["uri"])  # streamed from the file or S3, never read whole
         if truncated(facts) and not self.allow_truncated:
             raise ValueError(
                 f"{row['uri']}: truncated, {facts['frames_present']} of {facts['frames']} frames present, "
                 f"ending at {facts['end_time']:g} of {facts['duration']:g} s"
             )
-        row["meta"].update(facts, source_blake3=storage.digest(data))
+        row["meta"].update(facts, source_blake3=storage.file_digest(row["uri"]))
         return row

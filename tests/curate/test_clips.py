@@ -48,7 +48,7 @@ def test_a_video_gives_one_clip_per_shot_and_says_what_it_left():
         assert clip["patches_jpg"] and clip["pos_npy"] and clip["frames_jpg"]
     assert parent["patches_jpg"] is None  # the record carries no payload
     limited = to_rows(run_in_process([CodecPatchify(frames=32, max_clips=2)], new_rows(items)))
-    assert len(limited) == 3 and limited[0]["meta"]["clips"]["not_taken"] == {"max_clips": 3, "short_tail": 1}
+    assert len(limited) == 3 and limited[0]["meta"]["clips"]["not_taken"] == {"max_clips": 4}  # not even decoded
 
 
 @pytest.fixture(scope="module")
