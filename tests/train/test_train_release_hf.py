@@ -192,7 +192,7 @@ def test_processor_turns_a_video_file_into_the_curated_codec_tokens(release, tmp
 
     clip = tmp_path / "clip.mp4"
     make_clip(clip, size=(80, 64), frames=20, seed=2, pan=(1.0, 0.0))
-    row = CodecPatchify(**CODEC).process_row({"uri": str(clip), "meta": {"modality": "video"}})
+    (row,) = CodecPatchify(**CODEC).process_row({"key": "clip", "uri": str(clip), "meta": {"modality": "video"}})
     sample = {FIELD_OF_COLUMN[c]: row[c] for c in ("patches_jpg", "pos_npy", "frames_jpg")}
     sample["json"], sample["cls.npy"] = encode_json(row["meta"]), encode_npy(np.array([3], np.int32))
     (patches, pos), _, _ = decode(sample, DataConfig(video_size=32), 16, 48, 0.0, {"video": 12})
