@@ -22,7 +22,7 @@ from pathlib import Path
 from common import machine
 
 RUN = """
-import json, os, resource, sys, threading, time
+import json, os, sys, threading, time
 from curate.config import load_run
 from curate.pipeline import run
 peak = {"workers": 0}
@@ -43,7 +43,8 @@ cfg, stages = load_run(sys.argv[1], json.loads(sys.argv[2]))
 t = time.perf_counter()
 summary = run(cfg, stages, progress=False, report=False)
 summary["wall"] = time.perf_counter() - t
-summary["driver_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so this child would report its parent's peak
+summary["driver_peak_mib"] = int(next(x.split()[1] for x in open("/proc/self/status") if x.startswith("VmHWM"))) / 1024
 summary["worker_peak_mib"] = peak["workers"] / 2**20
 print("RESULT " + json.dumps(summary))
 """

@@ -7,8 +7,8 @@ moving object, x264 CRF 23, GOP 48) and stream-copied end to end into one long m
 of it; the mp4 index goes at the end of the file, as a muxer writes it without ``+faststart``, so
 the demuxer must seek to the end first). A fresh child process then runs ``video_probe``,
 ``codec_patchify`` and ``dedup_signatures`` (default settings: every frame decoded, 256 sampled)
-on the file and reports its peak RSS (``ru_maxrss``, resident pages of every kind, so a
-memory-mapped file would count too). ``whole`` emulates the code before streaming: the same
+on the file and reports its peak RSS (``VmHWM``, resident pages of every kind, so a
+memory-mapped file would count too; not ``ru_maxrss``, which Linux carries over ``exec`` from the parent). ``whole`` emulates the code before streaming: the same
 stages, with every open served from the file read into bytes once (``storage.read_bytes``, as each
 of the three stages did before; ``--whole probe``: video_probe alone, whose peak already holds the
 file). ``--s3`` repeats the streamed run from a
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from curate.demo.synthetic_video import make_clip
 
 CHILD = r"""
-import io, json, resource, sys, time
+import io, json, sys, time
 from curate.stage import new_rows, run_in_process, to_rows
 from curate.stages.codec import CodecPatchify
 from curate.stages.dedup import DedupSignatures
@@ -46,18 +46,20 @@ from curate.stages.video import VideoProbe
 from shards import storage
 
 mode, uri = sys.argv[1], sys.argv[2]
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report its parent's peak
+peak = lambda: int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))) / 1024
 base = peak()
 if mode == "whole":  # the former reads: the whole file as bytes (shared by every open, as one stage held it)
     held = {}
     storage.open_media = lambda u, *a: io.BytesIO(held[u] if u in held else held.setdefault(u, storage.read_bytes(u)))
 start = time.perf_counter()
 stages = [VideoProbe(), CodecPatchify(max_clips=2), DedupSignatures()][: 1 if sys.argv[3] == "probe" else 3]
-row = to_rows(run_in_process(stages, new_rows([{"key": "k", "uri": uri, "modality": "video", "partition": 0}])))[0]
-assert row["status"] == "live", (row["reason"], row["detail"])
+rows = to_rows(run_in_process(stages, new_rows([{"key": "k", "uri": uri, "modality": "video", "partition": 0}])))
+row, live = rows[0], [r for r in rows if r["status"] == "live"]  # the video's row (split into clips) and its clips
+assert live, (row["reason"], row["detail"])
 facts = {"frames": row["meta"]["frames_present"], "blake3": row["meta"]["source_blake3"][:16]}
 if len(stages) == 3:
-    facts.update(k=row["meta"]["codec"]["k"], video_hashes=len(row["video_hashes"]) // 32)
+    facts.update(clips=len(live), k=live[0]["meta"]["codec"]["k"], video_hashes=len(live[0]["video_hashes"]) // 32)
 print(json.dumps({"base_mib": base, "peak_mib": peak(), "seconds": time.perf_counter() - start, **facts}))
 """
 

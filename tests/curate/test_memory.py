@@ -10,12 +10,14 @@ import numpy as np
 from PIL import Image
 
 SCRIPT = """
-import json, resource, sys
+import json, sys
 from curate.config import load_run
 from curate.pipeline import run
 cfg, stages = load_run(sys.argv[1])
 summary = run(cfg, stages, progress=False, report=False)
-print(json.dumps({"kept": summary["kept"], "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak
+peak_kib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
+print(json.dumps({"kept": summary["kept"], "peak_mib": peak_kib / 1024}))
 """
 
 

@@ -210,3 +210,17 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_rows_come_out_the_same(ray_
     local = run_in_process([KillOnce()], new_rows(items), batch_size=2)  # the marker exists: nobody dies
     assert list(remote["status"]) == list(local["status"]) == ["live"] * 6
     assert list(remote["payload"]) == list(local["payload"]) == [u.encode()[::-1] for u in uris]
+
+
+def test_every_registered_stage_resolves_and_a_video_worker_loads_no_torch():
+    """The registry names each stage's module; importing the video stages leaves torch (the concepts
+    stage's) unloaded, so a video worker's memory is the video's, not a model library's."""
+    import subprocess
+    import sys
+
+    from curate.stages import STAGES, stage_class
+
+    assert all(stage_class(name).name == name for name in STAGES)
+    probe = "import sys, curate.stages.codec, curate.stages.video, curate.stages.dedup; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -168,12 +168,12 @@ def test_a_file_digest_streams_in_windows(tmp_path, monkeypatch):
 
 
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 from curate.stage import new_rows, run_in_process, to_rows
 from curate.stages.codec import CodecPatchify
 from curate.stages.dedup import DedupSignatures
 from curate.stages.video import VideoProbe
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = lambda: int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))) * 1024  # not ru_maxrss: Linux keeps it across exec (the parent's peak)
 stages = [VideoProbe(), CodecPatchify(max_clips=2), DedupSignatures()]  # two clips: the read, not every clip
 rows = lambda uri: new_rows([{"key": "v", "uri": uri, "modality": "video", "partition": 0}])
 run_in_process(stages, rows(sys.argv[2]))  # warm-up on a short clip: libraries, codecs, allocator pools
@@ -185,7 +185,7 @@ print(json.dumps({"base": base, "peak": peak(), "status": row["status"], "detail
 
 def test_the_stages_hold_far_less_than_a_large_file(tmp_path):
     """A 200 MB film: the stages' peak resident memory grows by under half its size over a warm-up on a
-    short clip (reading it whole would add all of it); ``ru_maxrss`` counts every resident page,
+    short clip (reading it whole would add all of it); ``VmHWM`` counts every resident page,
     mapped file pages included."""
     segment = tmp_path / "segment.mp4"
     make_clip(segment, size=(320, 256), frames=48, gop=24, crf=0, seed=5)  # lossless: ~1 MB a second

@@ -1,0 +1,128 @@
+"""Clips of a long video: codec_patchify over every clip against plain PyAV decode of the same frames.
+
+    .venv/bin/python tests/benchmarks/bench_clips.py [--minutes 3] [--size 1280x720] [--repeat 2]
+
+The film: ``--shots`` distinct 10-second H.264 shots (``curate.demo.synthetic_video``: textured
+photos, panning, moving sprites, x264 CRF 23, GOP 48, each shot its own seed) stream-copied in turn
+until ``--minutes`` are reached, so it has a hard cut (on a keyframe) every 10 s, as edited footage
+does. Figures (issue 25, V3):
+
+* clips per core-second of ``codec_patchify`` with its defaults (64-frame clips, every clip, shots
+  split at cuts, 12.5 % budget, shard bytes encoded), one decoder thread;
+* its CPU time over plain PyAV decode (one thread) of the frames the clips cover, measured in the same
+  run (goal V3 <= 1.3);
+* how many clips the film gave and why the rest were not taken.
+
+CPU seconds of this process (``time.process_time``), every codec and BLAS on one thread.
+"""
+
+# ruff: noqa: E402  (thread limits must be set before numpy is imported)
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse
+import json
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from common import cpu_seconds, machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from curate.demo.synthetic_video import make_clip
+from curate.stages.codec import CodecPatchify
+
+
+def make_film(path: Path, minutes: float, size: tuple[int, int], shots: int, fps: int = 24) -> int:
+    """Render ``shots`` 10-s shots and stream-copy them in turn to ``minutes``; returns the film's frames."""
+    files = [path.with_name(f"shot{n}.mp4") for n in range(shots)]
+    for n, seg in enumerate(files):
+        make_clip(seg, size=size, frames=10 * fps, fps=fps, pan=(2 + n, 1), gop=2 * fps, seed=11 + n, objects=2)
+    segments = []
+    for seg in files:
+        with av.open(str(seg)) as src:
+            s = src.streams.video[0]
+            packets = [(p.pts, p.dts, p.duration, p.is_keyframe, bytes(p)) for p in src.demux(s) if p.size]
+            segments.append((packets, s.duration or packets[-1][0] + packets[0][2], s.time_base or Fraction(1, fps)))
+    total, offset = 0, 0
+    with av.open(str(files[0])) as first, av.open(str(path), "w", format="mp4") as out:
+        o = out.add_stream_from_template(first.streams.video[0])
+        for i in range(round(minutes * 6)):
+            packets, span, time_base = segments[i % shots]
+            for pts, dts, duration, key, data in packets:
+                packet = av.Packet(data)
+                packet.pts, packet.dts, packet.duration = pts + offset, dts + offset, duration
+                packet.is_keyframe, packet.time_base, packet.stream = key, time_base, o
+                out.mux(packet)
+            offset += span
+            total += len(packets)
+    for seg in files:
+        seg.unlink()
+    return total
+
+
+def plain_decode(path: str, spans=None) -> int:
+    """Frames decoded on one thread: the whole film, or ``spans`` ((start s, frames), one per clip),
+    each reached by a seek to its keyframe as the stage does: what any reader of those frames pays."""
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        if spans is None:
+            return sum(1 for _ in c.decode(s))
+        n = 0
+        for start, count in spans:
+            c.seek(round(start / s.time_base), stream=s)
+            got = 0
+            for frame in c.decode(s):
+                if frame.time is not None and frame.time < start - 1e-6:
+                    continue
+                got += 1
+                if got == count:
+                    break
+            n += got
+        return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--shots", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    stage = CodecPatchify()
+    with tempfile.TemporaryDirectory() as tmp:
+        film = Path(tmp, "film.mp4")
+        frames = make_film(film, args.minutes, size, args.shots)
+        rows: list = []
+
+        def ours():
+            rows[:] = stage.process_row({"key": "film", "uri": str(film), "meta": {"modality": "video"}})
+
+        t_ours = cpu_seconds(ours, args.repeat, reduce=min)
+        clips = [r for r in rows if r.get("status") == "live"]
+        spans = [(r["meta"]["codec"]["start_time"], len(r["meta"]["codec"]["frame_ids"])) for r in clips]
+        covered = plain_decode(str(film), spans)
+        t_plain = cpu_seconds(lambda: plain_decode(str(film), spans), args.repeat, reduce=min)
+        t_whole = cpu_seconds(lambda: plain_decode(str(film)), args.repeat, reduce=min)
+    summary = rows[0]["meta"].get("clips", {})
+    print(machine())
+    print(f"film: {args.size} H.264, {args.minutes:g} min, {frames} frames, a cut every 10 s (GOP 48)")
+    print(f"clips: {len(clips)} taken ({covered} frames), not taken {summary.get('not_taken', {})}")
+    print(f"codec_patchify, every clip: {t_ours:.2f} core-s -> {len(clips) / t_ours:.2f} clips/core-s")
+    print(f"plain PyAV decode of the clips' frames: {t_plain:.2f} core-s (whole film: {t_whole:.2f})")
+    print(f"V3 ratio ours / plain decode of the same frames: {t_ours / t_plain:.2f} (goal <= 1.3)")
+    out = {"clips": len(clips), "frames": covered, "ours_s": t_ours, "plain_s": t_plain, "whole_s": t_whole}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
