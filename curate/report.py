@@ -14,6 +14,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from curate.ledger import format_summary, read_ledger
@@ -38,15 +39,23 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+def outcome_table(ledger) -> pd.DataFrame:
+    """Rows per (kind, status): inputs by modality, and the samples split inputs became (a video's
+    clips) on rows of their own, so a video counts once as an input and its clips apart."""
+    derived = ledger["parent"].fillna("").ne("") if "parent" in ledger else pd.Series(False, index=ledger.index)
+    kind = ledger["modality"].where(~derived, ledger["modality"] + " clips")
+    return ledger.groupby([kind.rename("kind"), "status"]).size().unstack(fill_value=0)
+
+
 def _outcomes(ledger) -> str:
-    table = ledger.groupby(["modality", "status"]).size().unstack(fill_value=0)
+    table = outcome_table(ledger)
     fig, ax = _subplots(figsize=(6, 2.6))
     left = np.zeros(len(table))
     for status in ("kept", "dropped", "failed"):
         if status in table:
             ax.barh(table.index, table[status], left=left, color=STATUS_COLOURS[status], label=status)
             left += table[status].to_numpy()
-    ax.set_xlabel("inputs")
+    ax.set_xlabel("inputs (clips of split videos on their own rows)")
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 

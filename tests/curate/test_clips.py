@@ -22,6 +22,7 @@ from curate.config import load_run
 from curate.dedup.grouping import DedupConfig
 from curate.ledger import read_ledger
 from curate.pipeline import run
+from curate.report import outcome_table
 from curate.stage import new_rows, run_in_process, to_rows
 from curate.stages.codec import CodecPatchify
 from curate.stages.dedup import DedupSignatures
@@ -89,6 +90,9 @@ def test_clips_are_samples_and_both_levels_are_accounted(corpus, tmp_path, execu
     assert bikes["status"] == "kept" and json.loads(bikes["meta"])["samples"] == {"kept": 5}
     assert cut["status"] == "failed" and "cut.mp4: not a readable video" in cut["detail"]  # its moov was at the end
     clips = ledger[ledger["parent"].notna()]
+    outcomes = outcome_table(ledger.reset_index())  # the report's chart: videos once, their clips apart
+    assert outcomes.loc["video"].to_dict() == {"kept": 2, "failed": 1}
+    assert outcomes.loc["video clips"].to_dict() == {"kept": 5, "failed": 0}
     assert sorted(clips.index) == [f"{bikes['key']}-c{n}" for n in range(5)] and set(clips["parent"]) == {bikes["key"]}
     tars = sorted((out / "shards/video").glob("*.tar"))
     keys = sorted(s["__key__"] for tar in tars for s in wds.WebDataset(str(tar), shardshuffle=False))
