@@ -77,6 +77,12 @@ class DedupConfig:
     video_min_overlap: float = 0.5  # fraction of the shorter clip's samples the alignment must cover
     video_bands: int = 8
     video_band_bits: int = 24
+    # a copy cropped by up to ``video_crops``' largest share a side, then scaled: its thumbnails match
+    # the original's centre (within video_crop_max_distance) and its motion matches too, which the demo's
+    # distinct clips sharing a background photo do not (RESULTS.md: video near-duplicates)
+    video_crops: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)
+    video_crop_max_distance: float = 0.06
+    video_max_motion_distance: float = 0.38  # median 1 - correlation of frame-to-frame thumbnail changes
     minhash_threshold: float = 0.7  # Jaccard estimate; (b, r) from datasketch's optimum for it
     semantic_column: str = "embedding"
     semantic_eps: float = 0.05  # pairs with cosine >= 1 - eps are duplicates
@@ -166,10 +172,12 @@ def similarity(kind: str, sigs: list[bytes], cfg: DedupConfig) -> tuple[np.ndarr
         return jac, jac >= cfg.minhash_threshold
     if kind == "video":
         clips = [unpack_video(s) for s in sigs]
-        sim = np.eye(n)
+        sim, ok = np.eye(n), np.eye(n, dtype=bool)
         for i, j in itertools.combinations(range(n), 2):
-            sim[i, j] = sim[j, i] = 1.0 - video_distance(clips[i], clips[j], cfg.video_min_overlap)
-        return sim, sim >= 1.0 - cfg.video_max_distance
+            d, same = video_match(clips[i], clips[j], cfg)
+            sim[i, j] = sim[j, i] = 1.0 - d
+            ok[i, j] = ok[j, i] = same
+        return sim, ok
     raise ValueError(f"no verifier for kind {kind!r}")
 
 
@@ -178,6 +186,42 @@ def _unit(thumbs: np.ndarray) -> np.ndarray:
     x = thumbs.reshape(len(thumbs), -1).astype(np.float64)
     x -= x.mean(axis=1, keepdims=True)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 16.0)
+
+
+def video_match(a, b, cfg: DedupConfig) -> tuple[float, bool]:
+    """Distance of two clips ``(thumbs, ticks, fps)`` and whether they are copies: time-aligned
+    thumbnails within ``video_max_distance``, or, for a copy cropped by a few percent (which moves a
+    16x16 thumbnail as far as the demo's distinct clips on one background are apart), one clip's
+    centre within ``video_crop_max_distance`` of the other and the same motion."""
+    d = video_distance(a, b, cfg.video_min_overlap)
+    if d <= cfg.video_max_distance or d > 4 * cfg.video_crop_max_distance:
+        return d, d <= cfg.video_max_distance
+    crop = min(
+        video_distance(*pair, cfg.video_min_overlap)
+        for c in cfg.video_crops
+        for pair in (((_centre(a[0], c), *a[1:]), b), (a, (_centre(b[0], c), *b[1:])))
+    )
+    if min(d, crop) > cfg.video_crop_max_distance:
+        return min(d, crop), False
+    motion = video_distance(*(_changes(c) for c in (a, b)), cfg.video_min_overlap)
+    return min(d, crop), motion <= cfg.video_max_motion_distance
+
+
+def _centre(thumbs: np.ndarray, crop: float) -> np.ndarray:
+    """The thumbnails' centre, ``crop`` of each side cut off, resampled to their size (bilinear)."""
+    n = thumbs.shape[1]
+    x = np.clip(crop * n + (np.arange(n) + 0.5) * (1 - 2 * crop) - 0.5, 0, n - 1)
+    lo = np.floor(x).astype(int)
+    hi, w = np.minimum(lo + 1, n - 1), x - lo
+    t = thumbs.astype(np.float64)
+    t = t[:, lo, :] * (1 - w)[None, :, None] + t[:, hi, :] * w[None, :, None]
+    return t[:, :, lo] * (1 - w) + t[:, :, hi] * w
+
+
+def _changes(clip):
+    """A clip's frame-to-frame thumbnail differences as a clip of their own (the motion it shows)."""
+    thumbs, ticks, fps = clip
+    return np.diff(thumbs.astype(np.float64), axis=0), ticks[1:], fps
 
 
 def video_distance(a, b, min_overlap: float = 0.5) -> float:
