@@ -56,7 +56,7 @@ def _outcomes(ledger) -> str:
             ax.barh(table.index, table[status], left=left, color=STATUS_COLOURS[status], label=status)
             left += table[status].to_numpy()
     ax.set_xlabel("inputs (clips of split videos on their own rows)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never over one
     return _png(fig)
 
 
@@ -146,9 +146,8 @@ def _duplicates(ledger, limit: int = 20) -> str:
     metas = [json.loads(m) for m in ledger["meta"]] if "meta" in ledger else []
     groups: dict = {}
     for key, status, meta in zip(ledger["key"], ledger["status"], metas, strict=True):
-        dedup = meta.get("dedup") or {}
-        if dedup.get("group") is not None:
-            groups.setdefault(dedup["group"], []).append((key, status, dedup.get("kind", "")))
+        if meta.get("dedup_group") is not None:  # dedup_apply tags every member, the dropped with their kind
+            groups.setdefault(meta["dedup_group"], []).append((key, status, meta.get("dup_kind", "")))
     groups = {g: m for g, m in groups.items() if len(m) > 1}
     if not groups:
         return "<p>No duplicate groups recorded in this run.</p>"

@@ -192,5 +192,5 @@ class DedupApply(Filter):
         row["meta"].update(dedup_group=member["group"], dedup_group_size=int(member["size"]))
         if not isinstance(member["dup_of"], str):
             return None
-        row["meta"]["dup_of"] = member["dup_of"]
+        row["meta"].update(dup_of=member["dup_of"], dup_kind=member["kind"])
         return f"duplicate: of {member['dup_of']} (group {member['group']}, {member['kind']})"

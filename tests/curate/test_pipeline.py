@@ -220,6 +220,12 @@ def test_report_is_self_contained_and_names_every_failure(ray_demo):
     ledger = read_ledger(str(out))
     for uri in ledger.loc[ledger.status != "kept", "uri"]:
         assert uri in page
+    metas = ledger["meta"].map(json.loads)
+    groups = metas.map(lambda m: m.get("dedup_group")).dropna()
+    duplicated = groups[groups.duplicated(keep=False)]
+    assert duplicated.nunique() >= 1 and f"<p>{duplicated.nunique()} groups; sizes:" in page
+    for key in ledger.loc[duplicated.index, "key"]:  # every member of every group, kept and dropped
+        assert key in page.split("<h2>Duplicate groups</h2>")[1]
     assert "codec_patchify" in summary["stages"] and summary["stages"]["codec_patchify"]["rows"] == 19
 
 
