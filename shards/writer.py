@@ -46,7 +46,12 @@ def write_shard(samples: list[dict[str, bytes]], uri: str) -> dict:
 
 
 def write_index(folder: str, set_name: str, version: str, shards: list[dict], extra: dict | None = None) -> dict:
-    """Publish ``index.json`` for a shard set; call only after every listed tar exists."""
+    """Publish ``index.json`` for a shard set; call only after every listed tar exists.
+
+    The index is also a wids dataset description (``wids_version``, ``shardlist`` of tar names
+    relative to the index, with their sample counts), so ``wids.ShardListDataset(".../index.json")``
+    opens a set without ovforge installed.
+    """
     shards = sorted(shards, key=lambda s: s["name"])
     index = {
         "format_version": fmt.FORMAT_VERSION,
@@ -56,6 +61,10 @@ def write_index(folder: str, set_name: str, version: str, shards: list[dict], ex
         "bytes": sum(s["bytes"] for s in shards),
         "shards": shards,
         **(extra or {}),
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": set_name,
+        "shardlist": [{"url": s["name"], "nsamples": s["samples"]} for s in shards],
     }
     storage.write_bytes(storage.join(folder, fmt.INDEX_NAME), fmt.encode_json(index) + b"\n")
     return index

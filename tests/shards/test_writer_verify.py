@@ -35,6 +35,17 @@ def test_writer_is_deterministic_and_index_lists_counts_and_checksums(tmp_path):
     assert not list((tmp_path / "a").glob(".*"))  # no temporary files left behind
 
 
+def test_the_index_opens_in_wids_without_ovforge(tmp_path):
+    """wids (no ovforge code involved) reads the set through its index.json: every sample, in order."""
+    import wids
+    from shardkit import write_set
+
+    keys = write_set(tmp_path, "image", shards=3, per_shard=4)
+    ds = wids.ShardListDataset(str(tmp_path / fmt.INDEX_NAME), cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == len(keys) == 12
+    assert [ds[i]["__key__"] for i in range(len(ds))] == keys
+
+
 def test_contract_rejects_bad_samples():
     with pytest.raises(ValueError, match="must match"):
         fmt.check_key("a.b")
