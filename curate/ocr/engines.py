@@ -64,12 +64,15 @@ class Line:
     conf: float
     box: tuple[int, int, int, int]
 
-    def compact(self) -> list:
-        return [self.text, round(float(self.conf), 3), list(self.box)]
+    def compact(self) -> dict:
+        """A record of fixed types (str, float, 4 ints): tools that infer a schema from the samples'
+        ``json`` (HF ``datasets``, Arrow) read it, which a mixed-type ``[text, conf, box]`` list is not."""
+        return {"text": self.text, "conf": round(float(self.conf), 3), "box": [int(v) for v in self.box]}
 
     @classmethod
     def from_compact(cls, item) -> Line:
-        text, conf, box = item
+        """From :meth:`compact`'s record, or the ``[text, conf, box]`` list of sets written before it."""
+        text, conf, box = (item["text"], item["conf"], item["box"]) if isinstance(item, dict) else item
         return cls(text, float(conf), tuple(int(v) for v in box))
 
 

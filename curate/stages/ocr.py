@@ -34,7 +34,7 @@ def _picture(row: dict, source: str) -> np.ndarray:
 class OcrRead(Stage):
     """Read text lines with boxes and confidences into ``meta["ocr"]``; one engine per actor.
 
-    ``meta["ocr"]["lines"]`` holds ``[text, conf, [x0, y0, x1, y1]]`` in reading order, in the
+    ``meta["ocr"]["lines"]`` holds ``{"text", "conf", "box": [x0, y0, x1, y1]}`` records in reading order, in the
     pixels of the picture read (``source``: the curated ``jpg``, or the source file at full
     size, ``meta["ocr"]["size"]``). The filter columns ``ocr_text_area``, ``ocr_mean_conf``
     (character-weighted) and ``ocr_words`` go to the top of ``meta``.
@@ -151,7 +151,7 @@ class OcrCrop(Stage):
         if not ocr or not ocr["lines"]:
             return row
         w, h = ocr["size"]
-        mask = crops.text_mask([box for _, _, box in ocr["lines"]], w, h)
+        mask = crops.text_mask([line.box for line in lines_of(row["meta"])], w, h)
         box, share, density = crops.dense_window(mask, self.size)
         if density < self.min_density:
             return row
