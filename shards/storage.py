@@ -24,7 +24,14 @@ S3_RETRIES = {"max_attempts": 5, "mode": "standard"}
 
 
 def is_s3(uri: str) -> bool:
-    return str(uri).startswith("s3://")
+    """Whether ``uri`` names S3; a malformed S3 URI (``s3:/b/k``, ``S3://b``, ``s3://``) is an error
+    here, before any code could take it for a local path and make a folder named ``s3:``."""
+    uri = str(uri)
+    if uri.startswith("s3://") and len(uri) > len("s3://") and not uri.startswith("s3:///"):
+        return True
+    if uri[:3].lower() == "s3:":
+        raise ValueError(f"{uri}: not an S3 URI; write s3://BUCKET/KEY")
+    return False
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -97,3 +97,20 @@ def test_an_s3_object_digest_is_the_digest_of_its_bytes(bucket):
     assert storage.file_digest(f"s3://{bucket}/d.bin") == storage.digest(data)
     storage.write_bytes(f"s3://{bucket}/empty.bin", b"")
     assert storage.file_digest(f"s3://{bucket}/empty.bin") == storage.digest(b"")
+
+
+@pytest.mark.parametrize("uri", ["s3:/bucket/out", "S3://bucket/out", "s3://", "s3:///out"])
+def test_a_malformed_s3_uri_is_an_error_never_a_local_folder(uri, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "in" / "a.jpg")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        f'name = "m"\nexecutor = "local"\n[output]\ndir = "{uri}"\n'
+        f'[[sources]]\nmodality = "image"\nuri = "{tmp_path / "in"}"\n[[stages]]\nname = "image_decode"\n'
+    )
+    with pytest.raises(ValueError, match="not an S3 URI|no bucket"):
+        run(*load_run(str(manifest)), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.toml"]  # no folder named "s3:" anywhere
