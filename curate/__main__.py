@@ -74,6 +74,7 @@ def _run(argv: list[str]) -> int:
     args, extra = parser.parse_known_args(argv)
 
     import manifests
+    from curate.cluster import ClusterError
     from curate.config import load_run
     from curate.ledger import format_summary
     from curate.pipeline import run
@@ -85,7 +86,7 @@ def _run(argv: list[str]) -> int:
             overrides["ray.address"] = args.address
         cfg, stages = load_run(args.manifest, overrides)
         summary = run(cfg, stages, force=args.force, progress=not args.quiet)
-    except (manifests.ManifestError, SourceError) as exc:
+    except (manifests.ManifestError, SourceError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -25,7 +25,8 @@ def _tars(out: Path) -> dict:
 
 @pytest.fixture()
 def two_nodes():
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's default: token authentication
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ovf-ray-")  # own session folder (short: Ray's socket paths have a length limit)
     # two CPUs per node: a demo pass holds up to two actor pools (ocr, embed) beside its task stages;
@@ -45,7 +46,7 @@ def two_nodes():
         procs.append(
             subprocess.Popen(
                 [RAY, "start", f"--address={address}", *common],
-                env=env,
+                env=dict(env, RAY_AUTH_MODE="token"),  # a joining node sends the token only in token mode
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -77,7 +78,9 @@ def _wait_for_nodes(address: str, env: dict, n: int, seconds: int = 120) -> None
         "    assert time.time() < deadline, 'nodes did not join'\n"
         "    time.sleep(0.5)\n"
     )
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=seconds + 60)
+    env = dict(env, RAY_AUTH_MODE="token")  # a bare ray.init(address) sends the token only in token mode
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=seconds + 60)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _wait_for(check, what: str, seconds: float = 90):
@@ -104,3 +107,13 @@ def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, dem
     assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
     assert "inputs = kept + dropped + failed: checked" in cluster.stdout
     assert _tars(tmp_path / "cluster") == _tars(demo_local) != {}
+    # a driver holding another token is refused with one line that says where the token comes from
+    wrong = subprocess.run(
+        [*base, f"--output.dir={tmp_path / 'refused'}", "--address", address],
+        env=dict(env, RAY_AUTH_TOKEN="0" * 64),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr[-3000:]
+    assert f"error: cluster {address} refused this driver's token" in wrong.stderr and "RAY_AUTH_TOKEN" in wrong.stderr
