@@ -76,7 +76,8 @@ def _run(argv: list[str]) -> int:
     import manifests
     from curate.config import load_run
     from curate.ledger import format_summary
-    from curate.pipeline import run
+    from curate.pipeline import RunStopped, run
+    from curate.run_folder import RunFolderError
     from curate.sources import SourceError
 
     try:
@@ -85,7 +86,7 @@ def _run(argv: list[str]) -> int:
             overrides["ray.address"] = args.address
         cfg, stages = load_run(args.manifest, overrides)
         summary = run(cfg, stages, force=args.force, progress=not args.quiet)
-    except (manifests.ManifestError, SourceError) as exc:
+    except (manifests.ManifestError, SourceError, RunFolderError, RunStopped) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
