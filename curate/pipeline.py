@@ -72,7 +72,6 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
         print(f"{len(items)} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
     if todo:
         segments, steps = split_passes(stages)
-        watch = _FailFast(cfg.stop_after_failing, stopped)
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             # a global step needs every partition's rows, so earlier passes cover all partitions
@@ -90,6 +89,7 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
                 if progress:
                     print(f"pass {k + 1}/{len(segments)}: {len(segment)} stages over {len(need)} partitions")
                 executor = _run_local if cfg.executor == "local" else _run_ray
+                watch = _FailFast(cfg.stop_after_failing, stopped)  # per pass: each sees the inputs once
                 done = executor(source, segment, cfg, None if last else k, progress, watch)
                 if last:
                     markers.update({m["partition"]: m for m in done})
