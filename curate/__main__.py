@@ -11,7 +11,8 @@ USAGE = """python -m curate COMMAND ...
 commands:
   run MANIFEST [--address ADDR] [--force] [--key=value ...]
                       curate the corpus a manifest describes into shards, ledger and summary;
-                      reruns skip finished partitions (--force redoes everything)
+                      reruns skip finished partitions (--force redoes everything, removing
+                      only what earlier runs wrote)
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
   motion-bench OUT_DIR [--seed N] [--size PX] [--frames N] [--train N] [--test N] [--pretrain N]
@@ -69,7 +70,11 @@ def _run(argv: list[str]) -> int:
     )
     parser.add_argument("manifest", help="TOML run manifest, e.g. manifests/demo.toml")
     parser.add_argument("--address", help="join this Ray cluster ('auto' = the one this machine belongs to)")
-    parser.add_argument("--force", action="store_true", help="redo every partition instead of resuming")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every partition instead of resuming; removes only what earlier runs wrote",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     args, extra = parser.parse_known_args(argv)
 

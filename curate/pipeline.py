@@ -7,6 +7,10 @@ marker, so resume works per pass), the step reads them through Ray and returns t
 heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
 input list: every input is kept, dropped or failed exactly once.
+
+Before any partition runs, the output folder is reconciled with the current inputs
+(``curate.run_folder``): partitions that no longer exist leave it. A run whose first inputs all
+fail stops early (``stop_after_failing``): that is a configuration problem, not a corpus property.
 """
 
 from __future__ import annotations

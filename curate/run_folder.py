@@ -49,7 +49,7 @@ def _files(out: str) -> list[tuple[str, str]]:
     return found
 
 
-def is_project_file(relative: str) -> bool:
+def _is_project_file(relative: str) -> bool:
     temporary = TEMPORARY.fullmatch(relative)
     if temporary:
         relative = temporary["dir"] + temporary["name"]
@@ -70,11 +70,13 @@ def clear(out: str, items: list[dict]) -> None:
             "folder, so it refuses: write the run somewhere else"
         )
     for uri, relative in _files(out):
-        if is_project_file(relative):
+        if _is_project_file(relative):
             storage.remove(uri)
     if not storage.is_s3(out):
-        for folder in PROJECT_FOLDERS:
-            for root, _, _ in sorted(os.walk(os.path.join(out, folder)), reverse=True):  # deepest first
+        for folder in (os.path.join(out, f) for f in PROJECT_FOLDERS):
+            if os.path.islink(folder):  # a linked folder is the user's: not entered, not emptied
+                continue
+            for root, _, _ in sorted(os.walk(folder), reverse=True):  # deepest first
                 if not os.listdir(root):
                     os.rmdir(root)
 

@@ -150,14 +150,14 @@ def test_force_removes_only_what_the_project_wrote(tmp_path):
     manifest = _manifest(tmp_path, out, {"image": corpus})
     _run(manifest)
     (out / "notes.txt").write_text("mine")
-    (out / "_work").mkdir()
-    (out / "_work" / "linked").symlink_to(outside)
+    (outside / "empty").mkdir()
+    (out / "_work").symlink_to(outside)  # a project folder linked elsewhere: neither entered nor emptied
     (out / "ledger" / "linked").symlink_to(outside)
     (out / "_partitions" / "000007.json").write_text("{}")  # a stale marker of ours
     summary = _run(manifest, force=True)
     assert summary["kept"] == 6
     assert (out / "notes.txt").read_text() == "mine" and len(list(inside.iterdir())) == 4
-    assert (outside / "part-000009.parquet").read_bytes() == b"not ours to delete"
+    assert (outside / "part-000009.parquet").read_bytes() == b"not ours to delete" and (outside / "empty").is_dir()
     assert not (out / "_partitions" / "000007.json").exists()
 
 
