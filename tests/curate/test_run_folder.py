@@ -23,6 +23,7 @@ from curate.__main__ import main as curate_main
 from curate.config import load_run
 from curate.ledger import read_ledger
 from curate.pipeline import RunStopped, run
+from shards import storage
 from shards.tools import verify
 
 BROKEN = b"this is not an image"
@@ -129,6 +130,26 @@ def test_a_shrunk_corpus_reconciles_shards_ledger_and_markers(tmp_path):
     ]
     assert verify(str(out / "shards"))["ok"]
     assert _run(_manifest(tmp_path, out, {"image": corpus}))["kept"] == 2  # and resumes from there
+
+
+def test_on_s3_a_shrunk_corpus_reconciles_and_force_keeps_other_objects(tmp_path, s3_server):
+    storage.s3_client().create_bucket(Bucket="relout")
+    out = "s3://relout/run"
+    corpus = _corpus(tmp_path / "c", 10)
+    _run(_manifest(tmp_path, out, {"image": corpus}))
+    storage.write_bytes(f"{out}/notes.txt", b"mine")
+    for i in range(6):
+        (corpus / f"im{i:03d}.png").unlink()
+    assert _run(_manifest(tmp_path, out, {"image": corpus}))["kept"] == 4
+    names = sorted(uri[len(out) + 1 :] for uri, _ in storage.list_files(out))
+    assert [n for n in names if n.startswith(("_partitions", "ledger", "shards"))] == [
+        "_partitions/000000.json",
+        "ledger/part-000000.parquet",
+        "shards/image/corpus_image-v1-000000.tar",
+        "shards/image/index.json",
+    ]
+    assert _run(_manifest(tmp_path, out, {"image": corpus}), force=True)["kept"] == 4
+    assert storage.read_bytes(f"{out}/notes.txt") == b"mine"
 
 
 # --- 3. --force removes what the project wrote, nothing else ----------------------------------------
