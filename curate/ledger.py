@@ -31,8 +31,8 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
     inputs = ledger[~derived & ledger["key"].isin(expected)]
-    stray = ledger[~(derived & parent.isin(expected)) & ~(~derived & ledger["key"].isin(expected))]
-    if len(stray):  # rows of inputs that are gone: the ledger holds more rows than the run's inputs
+    stray = ledger[~(derived & parent.isin(expected)) & (derived | ~ledger["key"].isin(expected))]
+    if len(stray):  # rows of inputs that are gone: more ledger rows than the run has inputs
         raise AccountingError(f"ledger holds {len(stray)} rows of no current input (e.g. {stray['key'].iloc[0]})")
     seen = inputs["key"].tolist()
     missing = expected - set(seen)
