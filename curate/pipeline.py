@@ -71,9 +71,11 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
             markers[p] = marker
         else:
             todo.append(p)
-    run_folder.forget(out, set(by_partition), todo)
+    gone = run_folder.forget(out, set(by_partition), todo)
     if progress:
         print(f"{len(items)} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
+        if gone:
+            print(f"{len(gone)} partitions of an earlier run no longer exist (fewer inputs): removed")
     if todo:
         segments, steps = split_passes(stages)
         for k, segment in enumerate(segments):

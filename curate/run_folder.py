@@ -12,7 +12,7 @@ import os
 import re
 from collections import defaultdict
 
-from curate.sink import marker_uri, shard_folder
+from curate.sink import shard_folder
 from shards import format as fmt
 from shards import storage
 from shards.writer import write_index
@@ -81,9 +81,10 @@ def clear(out: str, items: list[dict]) -> None:
                     os.rmdir(root)
 
 
-def forget(out: str, partitions: set[int], redo: list[int]) -> None:
-    """Before partitions run: drop every partition that no longer exists, and the ledger parts of those
-    about to be redone (a key that moved to another partition would otherwise be counted twice).
+def forget(out: str, partitions: set[int], redo: list[int]) -> list[int]:
+    """Before partitions run: drop every partition that no longer exists, and the markers and ledger
+    parts of those about to be redone (a key that moved to another partition would otherwise be
+    counted twice); return the partitions that no longer exist.
 
     Markers go first, so an interrupted clean-up leaves a partition unfinished, never finished without
     its ledger part. Shards of gone partitions stay published until :func:`publish` replaces the index.
@@ -94,13 +95,16 @@ def forget(out: str, partitions: set[int], redo: list[int]) -> None:
             match = PARTITION_FILE.fullmatch(f"{folder}/{relative}")
             if match:
                 found[int(match["partition"])].append((folder, uri))
-    drop = {p for p in found if p not in partitions} | set(redo)
-    for p in sorted(drop):
-        storage.remove(marker_uri(out, p))
-    for p in sorted(drop):
-        for folder, uri in found.get(p, []):
-            if p not in partitions or folder == "ledger":
-                storage.remove(uri)
+    gone = sorted(p for p in found if p not in partitions)
+    doomed = [
+        (folder != "_partitions", uri)  # markers first
+        for p in [*gone, *redo]
+        for folder, uri in found.get(p, [])
+        if p in gone or folder in ("_partitions", "ledger")
+    ]
+    for _, uri in sorted(doomed):
+        storage.remove(uri)
+    return gone
 
 
 def publish(out: str, run_name: str, set_name: str, version: str, markers: dict[int, dict]) -> dict[str, dict]:
