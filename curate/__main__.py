@@ -11,7 +11,8 @@ USAGE = """python -m curate COMMAND ...
 commands:
   run MANIFEST [--address ADDR] [--force] [--key=value ...]
                       curate the corpus a manifest describes into shards, ledger and summary;
-                      reruns skip finished partitions (--force redoes everything)
+                      reruns skip finished partitions (--force redoes everything, removing
+                      only what earlier runs wrote)
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
   motion-bench OUT_DIR [--seed N] [--size PX] [--frames N] [--train N] [--test N] [--pretrain N]
@@ -69,7 +70,11 @@ def _run(argv: list[str]) -> int:
     )
     parser.add_argument("manifest", help="TOML run manifest, e.g. manifests/demo.toml")
     parser.add_argument("--address", help="join this Ray cluster ('auto' = the one this machine belongs to)")
-    parser.add_argument("--force", action="store_true", help="redo every partition instead of resuming")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every partition instead of resuming; removes only what earlier runs wrote",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     args, extra = parser.parse_known_args(argv)
 
@@ -77,7 +82,8 @@ def _run(argv: list[str]) -> int:
     from curate.cluster import ClusterError
     from curate.config import load_run
     from curate.ledger import format_summary
-    from curate.pipeline import run
+    from curate.pipeline import RunStopped, run
+    from curate.run_folder import RunFolderError
     from curate.sources import SourceError
 
     try:
@@ -86,7 +92,7 @@ def _run(argv: list[str]) -> int:
             overrides["ray.address"] = args.address
         cfg, stages = load_run(args.manifest, overrides)
         summary = run(cfg, stages, force=args.force, progress=not args.quiet)
-    except (manifests.ManifestError, SourceError, ClusterError) as exc:
+    except (manifests.ManifestError, SourceError, ClusterError, RunFolderError, RunStopped) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))

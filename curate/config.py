@@ -53,12 +53,15 @@ class RunConfig:
     partition_size: int = 64  # inputs per partition: the unit of resume and of one shard per modality
     partition_bytes: int = 2_000_000_000  # ...or fewer, once their files add up to this (0 = no limit)
     executor: Literal["ray", "local"] = "ray"
+    # stop when the first this many inputs all fail (a source the workers cannot read, a wrong
+    # setting), not after the whole corpus; 0: never stop early
+    stop_after_failing: int = 200
     ray: RayConfig = RayConfig()
     s3: S3Config = S3Config()
 
     def __post_init__(self):
-        if self.partition_size < 1 or self.partition_bytes < 0:
-            raise ValueError("partition_size must be at least 1 and partition_bytes not negative")
+        if self.partition_size < 1 or self.partition_bytes < 0 or self.stop_after_failing < 0:
+            raise ValueError("partition_size must be at least 1, partition_bytes and stop_after_failing not negative")
         if not self.sources:
             raise ValueError("at least one [[sources]] table is needed")
 

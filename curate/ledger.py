@@ -24,12 +24,16 @@ def read_ledger(out: str) -> pd.DataFrame:
 
 
 def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (by key), likewise for the samples split inputs became
-    (a video's clips), and that the shards hold exactly the kept samples; summarise the run."""
+    """Check inputs = kept + dropped + failed (by key) with no row of any other input, likewise for the
+    samples split inputs became (a video's clips), and that the shards hold exactly the kept samples;
+    summarise the run."""
     expected = {it["key"] for it in items}
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
     inputs = ledger[~derived & ledger["key"].isin(expected)]
+    stray = ledger[~(derived & parent.isin(expected)) & (derived | ~ledger["key"].isin(expected))]
+    if len(stray):  # rows of inputs that are gone: more ledger rows than the run has inputs
+        raise AccountingError(f"ledger holds {len(stray)} rows of no current input (e.g. {stray['key'].iloc[0]})")
     seen = inputs["key"].tolist()
     missing = expected - set(seen)
     if missing or len(seen) != len(set(seen)):

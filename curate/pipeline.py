@@ -7,16 +7,18 @@ marker, so resume works per pass), the step reads them through Ray and returns t
 heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
 input list: every input is kept, dropped or failed exactly once.
+
+Before any partition runs, the output folder is reconciled with the current inputs
+(``curate.run_folder``): partitions that no longer exist leave it. A run whose first inputs all
+fail stops early (``stop_after_failing``): that is a configuration problem, not a corpus property.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import manifests
+from curate import run_folder
 from curate.cluster import init_ray, worker_env
 from curate.config import RunConfig
 from curate.ledger import account, read_ledger, stage_throughput
@@ -33,23 +36,28 @@ from curate.sink import (
     pass_files,
     read_marker,
     read_pass_marker,
-    shard_folder,
     write_partition,
     write_pass,
 )
 from curate.sources import list_inputs
 from curate.stage import LIVE, GlobalStep, Stage, new_rows, run_in_process
 from shards import storage
-from shards.writer import write_index
+
+
+class RunStopped(RuntimeError):
+    """The first inputs all failed: a configuration problem (a source path the workers cannot see, a
+    wrong setting), not a property of the corpus. The next run redoes the partitions this one finished."""
 
 
 def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True, report: bool = True) -> dict:
     started = time.time()
     out = cfg.output.dir
     storage.configure(cfg.s3.endpoint_url)
-    if force and not storage.is_s3(out) and os.path.isdir(out):
-        shutil.rmtree(out)
     items, skipped = list_inputs(cfg.sources, cfg.partition_size, cfg.partition_bytes)
+    if force:
+        run_folder.clear(out, items)
+    stopped = storage.join(out, "_work", "stopped.txt")  # a stopped run's outcomes are not the corpus's
+    redo = force or storage.exists(stopped)
     storage.write_bytes(storage.join(out, "manifest.resolved.toml"), manifests.resolved_toml(cfg).encode())
 
     by_partition = defaultdict(list)
@@ -58,22 +66,23 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
     digests = {p: keys_digest(it["key"] for it in group) for p, group in by_partition.items()}
     markers, todo = {}, []
     for p in sorted(by_partition):
-        marker = None if force else read_marker(out, p)
+        marker = None if redo else read_marker(out, p)
         if marker and marker["keys_sha256"] == digests[p]:
             markers[p] = marker
         else:
             todo.append(p)
+    gone = run_folder.forget(out, set(by_partition), todo)
     if progress:
         print(f"{len(items)} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
+        if gone:
+            print(f"{len(gone)} partitions of an earlier run no longer exist (fewer inputs): removed")
     if todo:
         segments, steps = split_passes(stages)
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             # a global step needs every partition's rows, so earlier passes cover all partitions
             need = (
-                todo
-                if last
-                else [p for p in sorted(by_partition) if force or read_pass_marker(out, k, p) != digests[p]]
+                todo if last else [p for p in sorted(by_partition) if redo or read_pass_marker(out, k, p) != digests[p]]
             )
             if need:
                 if k == 0:
@@ -86,15 +95,17 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
                 if progress:
                     print(f"pass {k + 1}/{len(segments)}: {len(segment)} stages over {len(need)} partitions")
                 executor = _run_local if cfg.executor == "local" else _run_ray
-                done = executor(source, segment, cfg, None if last else k, progress)
+                watch = _FailFast(cfg.stop_after_failing, stopped)  # per pass: each sees the inputs once
+                done = executor(source, segment, cfg, None if last else k, progress, watch)
                 if last:
                     markers.update({m["partition"]: m for m in done})
             if not last:
                 segments[k + 1].insert(0, _global_step(steps[k], out, k, sorted(by_partition), cfg, progress))
 
-    indexes = _publish_indexes(out, cfg, markers)
+    indexes = run_folder.publish(out, cfg.name, cfg.output.set_name, cfg.output.version, markers)
     ledger = read_ledger(out)
     summary = account(items, ledger, indexes, skipped, time.time() - started)
+    storage.remove(stopped)
     throughput = stage_throughput(markers.values())
     order = [s.name for s in stages] + sorted(throughput)  # manifest order; steps' apply stages last
     summary["stages"] = {name: throughput[name] for name in dict.fromkeys(order) if name in throughput}
@@ -153,7 +164,32 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool):
+class _FailFast:
+    """Watches partitions as they finish; raises RunStopped when the first ``limit`` inputs all failed."""
+
+    def __init__(self, limit: int, stopped: str):
+        self.limit, self.stopped, self.inputs, self.reasons, self.examples = limit, stopped, 0, Counter(), {}
+
+    def __call__(self, finished: dict) -> None:
+        if not self.limit or self.inputs >= self.limit:
+            return
+        failures = finished["failures"]
+        self.inputs += failures["inputs"]
+        self.reasons.update(failures["by_reason"])
+        self.examples.update({r: d for r, d in failures["examples"].items() if r not in self.examples})
+        if self.inputs >= self.limit and sum(self.reasons.values()) == self.inputs:
+            top = self.reasons.most_common(3)
+            message = (
+                f"the first {self.inputs} inputs all failed, so the run stops: a configuration problem "
+                "(a source path the workers cannot see, a wrong setting) rather than a property of the "
+                f"corpus; top reasons: {', '.join(f'{r} x{n}' for r, n in top)}; "
+                f"e.g. {top[0][0]}: {self.examples[top[0][0]]}"
+            )
+            storage.write_bytes(self.stopped, message.encode())
+            raise RunStopped(message)
+
+
+def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool, watch):
     """Partition by partition in this process: memory holds one partition at a time."""
     for stage in stages:
         stage.setup()
@@ -161,10 +197,11 @@ def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_ind
     label = "final pass" if pass_index is None else f"pass {pass_index + 1}"
     for desc in tqdm(source, desc=label, unit="partition", disable=not progress):
         done.append(_finish(run_in_process(stages, load_partition(desc), setup=False), cfg, pass_index))
+        watch(done[-1])
     return done
 
 
-def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool):
+def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool, watch):
     """Stream partitions through the stages; a partition is one block from load to sink.
 
     Blocks are never split (``target_max_block_size = None``), so no shuffle is needed to bring a
@@ -203,7 +240,11 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
         for stage in stages:
             ds = map_stage(ds, stage, pools)
         out = ds.map_batches(finish, batch_size=None, batch_format="numpy", **worker_env())
-        return [json.loads(r["result"]) for r in out.take_all()]
+        done = []
+        for row in out.iter_rows():  # as partitions finish, so a run that fails from the start stops early
+            done.append(json.loads(row["result"]))
+            watch(done[-1])
+        return done
     finally:
         ctx.target_max_block_size = saved
 
@@ -211,22 +252,3 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
 def _no_parent(batch: dict) -> np.ndarray:
     parent = batch.get("parent")
     return np.ones(len(batch["key"]), bool) if parent is None else np.array([not p for p in parent], bool)
-
-
-def _publish_indexes(out: str, cfg: RunConfig, markers: dict[int, dict]) -> dict[str, dict]:
-    """One index per modality, from the markers; tars no marker names are removed."""
-    by_modality = defaultdict(list)
-    for marker in markers.values():
-        for shard in marker["shards"]:
-            by_modality[shard["modality"]].append({k: shard[k] for k in ("name", "samples", "bytes", "sha256")})
-    indexes = {}
-    for modality, shards in sorted(by_modality.items()):
-        folder = shard_folder(out, modality)
-        listed = {s["name"] for s in shards}
-        for uri, _ in storage.list_files(folder):
-            name = uri.replace("\\", "/").rsplit("/", 1)[-1]
-            if name.endswith(".tar") and name not in listed:
-                storage.remove(uri)  # left by an earlier run over other inputs
-        extra = {"modality": modality, "run": cfg.name}
-        indexes[modality] = write_index(folder, f"{cfg.output.set_name}_{modality}", cfg.output.version, shards, extra)
-    return indexes

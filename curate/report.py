@@ -21,7 +21,7 @@ from curate.ledger import format_summary, read_ledger
 from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
-from shards.index import find_sets, read_index, shard_uris
+from shards.index import read_index, shard_uris
 from shards.tools import iter_tar
 
 STATUS_COLOURS = {"kept": "#3a7d44", "dropped": "#d9a400", "failed": "#c0392b"}
@@ -90,7 +90,7 @@ def _throughput(summary: dict) -> str:
 def _samples(out: str, modality: str, limit_shards: int = 20):
     """Samples of one modality, from at most ``limit_shards`` shards (a report never reads a whole corpus)."""
     folder = storage.join(out, "shards", modality)
-    if folder not in find_sets(storage.join(out, "shards")):
+    if not storage.exists(storage.join(folder, fmt.INDEX_NAME)):  # a run that kept none has no shards
         return
     index = read_index(folder)
     for uri in shard_uris(folder, index)[:limit_shards]:

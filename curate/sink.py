@@ -12,7 +12,7 @@ import json
 from collections import Counter, defaultdict
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.ray_runner import to_arrow
@@ -33,7 +33,14 @@ FIELD_OF_COLUMN = {
     "words_npy": "words.npy",
     "crop_jpg": "crop.jpg",
 }
-LEDGER_COLUMNS = ["key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent"]
+# one declared schema for every part, so the ledger folder reads as one table even where a part's
+# column is all null (a partition without failures has no reason or detail)
+LEDGER_SCHEMA = pa.schema(
+    [
+        (c, pa.int64() if c == "partition" else pa.string())
+        for c in ("key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent")
+    ]
+)
 NOT_IN_SAMPLE = ("traceback", "text_uri", TIMING)
 
 
@@ -68,6 +75,17 @@ def settle_splits(rows: list[dict]) -> None:
 
 def _counted(reasons: Counter) -> str:
     return ", ".join(f"{reason} x{n}" for reason, n in sorted(reasons.items()))
+
+
+def failures(rows: list[dict]) -> dict:
+    """How many of a partition's inputs failed and why (one example detail per reason): what the run
+    watches to stop early when everything fails."""
+    inputs = [r for r in rows if not r.get("parent")]
+    failed = [r for r in inputs if r["status"] == FAILED]
+    examples = {}
+    for r in failed:
+        examples.setdefault(r["reason"], str(r["detail"] or "")[:300])
+    return {"inputs": len(inputs), "by_reason": dict(Counter(r["reason"] for r in failed)), "examples": examples}
 
 
 def marker_uri(out: str, partition: int) -> str:
@@ -112,7 +130,7 @@ def write_pass(batch: dict, out: str, pass_index: int) -> dict:
     storage.write_bytes(pass_uri(out, pass_index, partition, "parquet"), buf.getvalue())
     digest = keys_digest(input_keys(rows))
     storage.write_bytes(pass_uri(out, pass_index, partition, "done"), digest.encode())
-    return {"partition": partition, "keys_sha256": digest}
+    return {"partition": partition, "keys_sha256": digest, "failures": failures(rows)}
 
 
 def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
@@ -146,16 +164,16 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
             stats[stage][0] += 1
             stats[stage][1] += seconds
     records = [
-        {c: row.get(c) for c in LEDGER_COLUMNS} | {"meta": fmt.encode_json(row["meta"]).decode()} for row in rows
+        {c: row.get(c) for c in LEDGER_SCHEMA.names} | {"meta": fmt.encode_json(row["meta"]).decode()} for row in rows
     ]
-    ledger = pd.DataFrame(records, columns=LEDGER_COLUMNS)
     buf = io.BytesIO()
-    ledger.to_parquet(buf, index=False)
+    pq.write_table(pa.Table.from_pylist(records, schema=LEDGER_SCHEMA), buf)
     storage.write_bytes(storage.join(out, "ledger", f"part-{partition:06d}.parquet"), buf.getvalue())
     marker = {
         "partition": partition,
         "keys_sha256": keys_digest(input_keys(rows)),
         "shards": shards,
+        "failures": failures(rows),
         "stage_stats": {stage: {"rows": n, "seconds": round(sec, 6)} for stage, (n, sec) in sorted(stats.items())},
     }
     storage.write_bytes(marker_uri(out, partition), fmt.encode_json(marker))

@@ -245,7 +245,8 @@ class ShardStream(IterableDataset):
         return storage.join(self.folders[m], self.shards[m][i]["name"]), self.shards[m][i]
 
     def _source(self, m, epoch, g, G, cursor, offset, byte):
-        """Yield ``(raw, ref, next position)``; raw is None (and ref a reason) for a shard that broke."""
+        """Yield ``(raw, ref, next position)``; raw is None (and ref the reason and how many samples were
+        lost) for a shard that broke."""
         while (shard := self._shard(m, epoch, g, G, cursor)) is not None:
             (uri, entry), n = shard, offset
             try:
@@ -253,15 +254,13 @@ class ShardStream(IterableDataset):
                     n += 1
                     yield raw, (m, cursor, n - 1, a, b), [cursor, n, b]
                 if n != entry["samples"]:
-                    yield None, f"{uri}: {n} samples, the index says {entry['samples']}", [cursor + 1, 0, 0]
+                    reason = f"{uri}: {n} samples, the index says {entry['samples']}"
+                    yield None, (reason, max(entry["samples"] - n, 1)), [cursor + 1, 0, 0]
             except FileNotFoundError:
                 raise ShardSetError(f"{uri}: listed in the index but missing") from None
-            except TAR_ERRORS as exc:
-                yield (
-                    None,
-                    f"{uri}: unreadable tar after {n} samples ({exc}); rest of shard skipped",
-                    [cursor + 1, 0, 0],
-                )
+            except TAR_ERRORS as exc:  # the samples the index counts past the break are lost, each one bad
+                reason = f"{uri}: unreadable tar after {n} samples ({exc}); rest of shard skipped"
+                yield None, (reason, max(entry["samples"] - n, 1)), [cursor + 1, 0, 0]
             cursor, offset, byte = cursor + 1, 0, 0
 
     def _refill(self, refs, epoch, g, G) -> list[dict]:
@@ -311,7 +310,7 @@ class ShardStream(IterableDataset):
                         continue
                     raw, ref, pos[m] = item
                     if raw is None:
-                        self._bad(st, ref)
+                        self._bad(st, *ref)
                         continue
                     if len(raws) < self.shuffle_buffer:
                         refs.append(ref)
@@ -338,9 +337,9 @@ class ShardStream(IterableDataset):
             st = {**st, "epoch": e + 1, "rng": None, "sources": fresh(), "buffer": []}
         yield None, st  # the end: its counts include bad samples after the last good one
 
-    def _bad(self, st: dict, reason: str) -> None:
-        st["bad"] += 1
-        st["seen"] += 1
+    def _bad(self, st: dict, reason: str, samples: int = 1) -> None:
+        st["bad"] += samples
+        st["seen"] += samples
         log.warning("skipped bad data (%d of %d so far): %s", st["bad"], st["seen"], reason)
         if st["bad"] > self.bad_grace + self.max_bad_rate * st["seen"]:
             raise BadDataError(
@@ -349,6 +348,7 @@ class ShardStream(IterableDataset):
             )
 
     def _finish(self, m: str, raw: dict, index: int) -> dict:
+        fmt.check_key(raw["__key__"])  # a member named ../x or /x is a path: never handed to training
         sample = {k: v for k, v in raw.items() if k != "__url__"}
         meta = json.loads(sample["json"])  # the contract's checks that training needs; verify does the rest
         if meta.get("modality") != m:

@@ -3,7 +3,7 @@
 S3 goes through boto3's standard credential chain; the endpoint comes from ``AWS_ENDPOINT_URL``
 or, above it, ``[s3] endpoint_url`` in a manifest (MinIO / moto / other S3-compatible stores). The
 one place that holds these settings is :func:`s3_settings`; nothing writes them into ``os.environ``.
-Writes are atomic: locally a temporary name then ``os.replace``; on S3 an object (single or
+Writes are atomic: locally a temporary name beside the file, then ``os.replace``; on S3 an object (single or
 multipart upload) only becomes visible once the upload completes.
 """
 
@@ -216,27 +216,58 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux reports it (set and restore elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(uri: str) -> str:
+    """An empty file to write ``uri``'s content into, then hand to :func:`put_file`.
+
+    For a local ``uri`` it lies beside it, so the rename never crosses filesystems (the temporary
+    folder is often another one), and its mode follows the umask like any file the user writes
+    (``mkstemp`` makes 0600). For S3 it lies in the temporary folder, to be uploaded.
+    """
+    if is_s3(uri):
+        fd, tmp = tempfile.mkstemp(prefix=".upload-")
+    else:
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return tmp
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Atomically write ``data`` to ``uri``."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    tmp = temp_file(uri)
+    try:
+        Path(tmp).write_bytes(data)
+        os.replace(tmp, uri)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def put_file(local: str, uri: str) -> None:
-    """Move a finished local file to ``uri`` atomically (multipart upload for large S3 objects)."""
+    """Move a finished file from :func:`temp_file` to ``uri`` atomically (multipart upload for large S3 objects)."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         s3_client().upload_file(str(local), bucket, key)  # boto3 switches to multipart above 8 MiB
         os.unlink(local)
         return
-    Path(uri).parent.mkdir(parents=True, exist_ok=True)
     os.replace(local, uri)
 
 
@@ -244,8 +275,8 @@ def remove(uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         s3_client().delete_object(Bucket=bucket, Key=key)
-    elif Path(uri).exists():
-        Path(uri).unlink()
+    else:
+        Path(uri).unlink(missing_ok=True)  # a symlink goes, never what it points to
 
 
 # --- reads for the training reader: retries with backoff, ranged GETs, resumable streams ---

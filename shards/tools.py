@@ -12,6 +12,7 @@ import numpy as np
 from webdataset import tariterators
 
 from shards import fields as shard_fields
+from shards import format as fmt
 from shards import storage
 from shards.index import ShardSetError, find_sets, read_index, shard_uris
 
@@ -129,7 +130,8 @@ def stats(root: str) -> dict:
 
 
 def verify(root: str) -> dict:
-    """Index against tars: every listed tar exists, checksums and counts match, every sample obeys the contract."""
+    """Index against tars: every listed tar exists, checksums and counts match, every sample obeys the
+    contract (its key included: member names that are paths, absolute or with ``..``, are reported)."""
     problems, checked = [], Counter()
     for folder in find_sets(root):
         index = read_index(folder)
@@ -148,6 +150,7 @@ def verify(root: str) -> dict:
                 for key, fields in iter_tar(data, uri):
                     n += 1
                     try:
+                        fmt.check_key(key)  # a member named ../x or /x is a path, never a sample key
                         shard_fields.check_sample(fields)
                     except (ValueError, KeyError) as exc:
                         problems.append(f"{uri}: sample {key}: {exc}")

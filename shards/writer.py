@@ -1,8 +1,8 @@
 """Write one shard deterministically and publish a shard set's index last.
 
 Tars are byte-identical for identical samples (sorted keys, fixed mtime and owner), so a rerun
-of a partition reproduces its shard and checksum exactly. Each tar is written to a local
-temporary file and moved (or uploaded) under its final name only when complete; the index is
+of a partition reproduces its shard and checksum exactly. Each tar is written to a temporary
+file beside it (in the temporary folder for S3) and renamed (or uploaded) only when complete; the index is
 published after every tar, so a reader that finds an index finds a whole set.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 
 import webdataset as wds
 
@@ -22,10 +21,10 @@ from shards import storage
 def write_shard(samples: list[dict[str, bytes]], uri: str) -> dict:
     """Write samples (``__key__`` plus contract fields, bytes values) to ``uri``; return its index entry."""
     samples = sorted(samples, key=lambda s: s["__key__"])
-    fd, tmp = tempfile.mkstemp(suffix=".tar", prefix=".shard-")
+    tmp = storage.temp_file(uri)
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as stream:
+        with open(tmp, "wb") as stream:
             writer = wds.TarWriter(
                 stream, user="ovforge", group="ovforge", mtime=0, encoder=False
             )  # int: no PAX header

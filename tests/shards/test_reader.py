@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import json
 import logging
 import math
+import tarfile
 import zlib
 
 import numpy as np
@@ -145,13 +148,13 @@ def test_bad_samples_are_skipped_counted_and_logged_then_fail_past_the_rate(tmp_
         "image01_002",
         "video00_001",
     ]
-    assert stream.stats() == {"emitted": 8, "seen": 11, "bad": 3}
+    assert stream.stats() == {"emitted": 8, "seen": 12, "bad": 4}  # the broken shard lost its last 2 samples
     log = caplog.text
     assert "image00_002: UnidentifiedImageError" in log and "video00_000: KeyError" in log
     assert "t_image-v1-000001.tar: unreadable tar after 3 samples (bad checksum in the header at byte" in log
 
     strict = ShardStream(folders, seed=0, max_bad_rate=0.0, bad_grace=1)
-    with pytest.raises(BadDataError, match="2 bad of .* samples, past the allowed 1"):
+    with pytest.raises(BadDataError, match="3 bad of 10 samples, past the allowed 1"):
         for _ in strict.loader(batch_size=2, num_workers=1):
             pass
 
@@ -183,3 +186,33 @@ def test_sets_that_cannot_be_read_give_clear_errors(tmp_path):
         ShardStream({"image": str(tmp_path / "image")})
     with pytest.raises(ValueError, match="unknown modality"):
         ShardStream({"audio": str(tmp_path / "image")})
+
+
+def test_a_truncated_shard_counts_every_sample_it_lost(tmp_path):
+    write_set(tmp_path / "image", "image", 2, 6)
+    shard = sorted((tmp_path / "image").glob("*.tar"))[1]
+    start, _ = sample_ranges(str(shard))["image01_002"]
+    shard.write_bytes(shard.read_bytes()[: start + 100])  # cut inside the third sample's header
+    stream = ShardStream({"image": str(tmp_path / "image")}, transforms=NO_DECODE)
+    assert len(list(stream)) == 8
+    assert stream.stats() == {"emitted": 8, "seen": 12, "bad": 4}  # samples 3 to 6 of the cut shard
+
+
+def test_member_names_that_are_paths_never_reach_training(tmp_path):
+    folder = tmp_path / "image"
+    info = write_shard([make_sample("image00_000", "image")], str(folder / fmt.shard_name("t_image", "v1", 0)))
+    evil = folder / fmt.shard_name("t_image", "v1", 1)
+    good = make_sample("ok", "image")
+    with tarfile.open(evil, "w") as tar:
+        for name in ("../../etc/x", "/abs/y", "sub/z"):
+            for field in ("json", "jpg"):
+                data = good[field]
+                member = tarfile.TarInfo(f"{name}.{field}")
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    data = evil.read_bytes()
+    entry = {"name": evil.name, "samples": 3, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    write_index(str(folder), "t_image", "v1", [info, entry], {"modality": "image"})
+    stream = ShardStream({"image": str(folder)}, transforms=NO_DECODE)
+    assert [s["__key__"] for s in stream] == ["image00_000"]
+    assert stream.stats()["bad"] == 3

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -81,3 +84,25 @@ def test_verify_reports_missing_truncated_and_miscounted_shards(tmp_path, capsys
         read_index(str(tmp_path))
     assert shards_main(["inspect", str(tmp_path / "nowhere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_verify_rejects_member_names_that_are_paths(tmp_path):
+    info = _set(tmp_path)
+    shard = tmp_path / info["name"]
+    with tarfile.open(shard, "a") as tar:
+        for name in ("../../etc/x.jpg", "../../etc/x.json", "/abs/y.jpg", "/abs/y.json"):
+            data = b"\xff\xd8jpeg" if name.endswith(".jpg") else fmt.encode_json({"modality": "image"})
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    data = shard.read_bytes()
+    write_index(
+        str(tmp_path),
+        "t_image",
+        "v1",
+        [{**info, "samples": 5, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}],
+        {"modality": "image"},
+    )
+    problems = verify(str(tmp_path))["problems"]
+    assert len(problems) == 2 and all("must match" in p for p in problems)
+    assert "'../../etc/x'" in problems[0] and "'/abs/y'" in problems[1]
