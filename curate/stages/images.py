@@ -8,7 +8,7 @@ from typing import Literal
 
 from PIL import Image
 
-from curate.media import decode_image
+from curate.media import WHITE, decode_image
 from curate.stage import Stage
 from shards import storage
 
@@ -41,23 +41,29 @@ class ImageDecode(Stage):
     size: int = 448
     mode: Literal["shorter", "square"] = "shorter"
     quality: int = 92
+    # what transparent pixels are composited over (RGB)
+    background: tuple[int, ...] = WHITE
+    # images with more pixels are refused before decoding (a small PNG can hold a huge canvas)
+    max_pixels: int = 100_000_000
 
     def process_row(self, row: dict) -> dict:
         data = storage.read_bytes(row["uri"])
-        img, fmt = decode_image(data, row["uri"])
-        src_w, src_h = img.size
+        img, facts = decode_image(data, row["uri"], self.max_pixels, self.background, min_side=self.size)
         out = resize_policy(img, self.size, self.mode)
         buf = io.BytesIO()
         out.save(buf, format="JPEG", quality=self.quality, subsampling=2)
         row["jpg"] = buf.getvalue()
         row["meta"].update(
             source_blake3=storage.digest(data),
-            source_format=fmt.lower(),
-            width=src_w,
-            height=src_h,
+            source_format=facts["format"],
+            source_mode=facts["mode"],
+            width=facts["width"],
+            height=facts["height"],
             out_width=out.size[0],
             out_height=out.size[1],
         )
+        if "icc" in facts:
+            row["meta"]["source_icc"] = facts["icc"]
         return row
 
 
