@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.isolation import IsolatedRunner, StageTimeout
+from manifests import NonNegativeFloat, NonNegativeInt
 
 BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta", "parent")
 LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
@@ -52,11 +53,11 @@ class Stage:
     batch_size: ClassVar[int] = 16
     concurrency: ClassVar[int | None] = None
     # transient errors (I/O, connection, timeouts of remote stores) are retried this many times
-    retries: int = dataclasses.field(default=0, kw_only=True)
+    retries: NonNegativeInt = dataclasses.field(default=0, kw_only=True)
     # run each row in a child process: a crash or hang fails that row, not the worker
     isolate: bool = dataclasses.field(default=False, kw_only=True)
     # with isolate: seconds a row may take before its process is killed (0 = no limit)
-    timeout_s: float = dataclasses.field(default=0.0, kw_only=True)
+    timeout_s: NonNegativeFloat = dataclasses.field(default=0.0, kw_only=True)
 
     def __getstate__(self):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

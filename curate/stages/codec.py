@@ -7,6 +7,7 @@ import dataclasses
 from curate.codec.patchify import PatchifyConfig, encode, patchify_all
 from curate.media import VideoError
 from curate.stage import Stage, failed
+from manifests import NonNegativeInt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class CodecPatchify(Stage, PatchifyConfig):
     fans_out = True
     cpus = 1.0
     batch_size = 4
-    max_clips: int = 0
+    max_clips: NonNegativeInt = 0
 
     def process_row(self, row: dict) -> list[dict]:
         data = row["uri"]  # a path or s3:// URI: decoded as a seekable stream, never read whole

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Literal
+from typing import Annotated, Literal
 
 from PIL import Image
 
 from curate.media import WHITE, decode_image
 from curate.stage import Stage
+from manifests import PositiveInt, Range
 from shards import storage
 
 
@@ -38,13 +39,13 @@ class ImageDecode(Stage):
     modalities = ("image", "ocr")
     outputs = ("jpg",)
 
-    size: int = 448
+    size: PositiveInt = 448
     mode: Literal["shorter", "square"] = "shorter"
-    quality: int = 92
+    quality: Annotated[int, Range(1, 100)] = 92
     # what transparent pixels are composited over (RGB)
-    background: tuple[int, ...] = WHITE
+    background: tuple[Annotated[int, Range(0, 255)], ...] = WHITE
     # images with more pixels are refused before decoding (a small PNG can hold a huge canvas)
-    max_pixels: int = 100_000_000
+    max_pixels: PositiveInt = 100_000_000
 
     def process_row(self, row: dict) -> dict:
         data = storage.read_bytes(row["uri"])
