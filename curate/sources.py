@@ -106,19 +106,27 @@ def _unreadable_name(uri: str, modality: str, size: int) -> dict:
 
 
 def _jsonl_pages(uri: str) -> list[dict]:
-    """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``."""
+    """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``.
+
+    A line that is not such a row is an input of its own that fails (``uri#line``), not the source.
+    """
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(PurePosixPath(uri).parent)
     items = []
-    for n, line in enumerate(storage.read_bytes(uri).decode("utf-8").splitlines(), 1):
+    for n, line in enumerate(storage.read_bytes(uri).decode("utf-8", "replace").splitlines(), 1):
         if not line.strip():
             continue
+        key = make_key(f"{uri}#{n}")
         try:
             row = json.loads(line)
             image, text = row["image"], row["text"]
+            if not isinstance(image, str) or not isinstance(text, str):
+                raise TypeError("'image' and 'text' must be strings")
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SourceError(f"{uri}:{n}: expected {{'image': ..., 'text': ...}}: {exc}") from None
+            error = ("source/bad_jsonl_row", f"{uri}:{n}: expected {{'image': ..., 'text': ...}}: {exc!r}")
+            items.append({"key": key, "uri": f"{uri}#{n}", "modality": "ocr", "meta": {}, "error": error})
+            continue
         image_uri = image if storage.is_s3(image) or image.startswith("/") else storage.join(base, image)
-        items.append({"key": make_key(f"{uri}#{n}"), "uri": image_uri, "modality": "ocr", "meta": {"text": text}})
+        items.append({"key": key, "uri": image_uri, "modality": "ocr", "meta": {"text": text}})
     return items
 
 
@@ -135,15 +143,26 @@ def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple
         items += found
         skipped += passed
     items.sort(key=lambda it: it["key"])
-    seen = set()
+    check_unique_keys(items)
     partition, count, size = 0, 0, 0
     for it in items:
-        if it["key"] in seen:
-            raise SourceError(f"input {it['uri']} is listed twice (two sources overlap)")
-        seen.add(it["key"])
         cost = it["meta"].get("bytes", 0)
         if count and (count >= partition_size or (partition_bytes and size + cost > partition_bytes)):
             partition, count, size = partition + 1, 0, 0
         it["partition"] = partition
         count, size = count + 1, size + cost
     return items, skipped
+
+
+def check_unique_keys(items: list[dict]) -> None:
+    """Key-sorted inputs have distinct keys: the same input twice is an overlap of sources; two
+    different inputs with one key are a collision of the key's hash, said as such."""
+    for a, b in zip(items, items[1:], strict=False):
+        if a["key"] != b["key"]:
+            continue
+        if a["uri"] == b["uri"]:
+            raise SourceError(f"input {a['uri']} is listed twice (two sources overlap)")
+        raise SourceError(
+            f"inputs {a['uri']} and {b['uri']} have the same key {a['key']} (a collision of its 48-bit hash): "
+            "rename one of them"
+        )

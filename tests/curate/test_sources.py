@@ -12,7 +12,7 @@ from PIL import Image
 from curate.config import SourceConfig, load_run
 from curate.ledger import format_summary, read_ledger
 from curate.pipeline import run
-from curate.sources import SourceError, list_inputs, make_key
+from curate.sources import SourceError, check_unique_keys, list_inputs, make_key
 
 
 def _files(root, sizes):
@@ -116,3 +116,15 @@ def test_a_file_name_that_is_not_utf8_fails_that_input_not_the_run(tmp_path):
     assert bad["reason"] == "source/name_not_utf8"
     assert bad["uri"].endswith("caf\\xe9.jpg") and "not valid UTF-8" in bad["detail"]
     assert ledger[ledger.status == "kept"].iloc[0]["uri"].endswith("good.jpg")
+
+
+def test_a_key_collision_is_named_as_such_not_as_an_overlap():
+    a = {"key": "x-0123456789ab", "uri": "/data/a/x.jpg"}
+    b = {"key": "x-0123456789ab", "uri": "/data/b/x.jpg"}  # two inputs, one key: as a hash collision gives
+    with pytest.raises(
+        SourceError, match=r"/data/a/x.jpg and /data/b/x.jpg have the same key x-0123456789ab \(a collision"
+    ):
+        check_unique_keys([a, b])
+    with pytest.raises(SourceError, match="listed twice"):
+        check_unique_keys([a, dict(a)])
+    check_unique_keys([a, dict(b, key="x-0123456789ac")])
