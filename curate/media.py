@@ -24,7 +24,22 @@ _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 class VideoError(ValueError):
-    """A video that cannot be curated; the message says why (and what to do, where there is a fix)."""
+    """A video that cannot be curated; the message says why (and what to do, where there is a fix).
+
+    ``code`` names the cause in the ledger's reason (``codec_patchify/truncated``), so a run's
+    summary counts causes, not one exception type. Causes in :data:`TOO_SMALL_OR_SHORT` describe
+    a readable video that is simply too small or too short: stages drop those rather than fail them.
+    """
+
+    def __init__(self, message: str, code: str = "unreadable"):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):  # keep the code across processes (isolated stages, Ray)
+        return type(self), (str(self), self.code)
+
+
+TOO_SMALL_OR_SHORT = ("too_small", "too_short")
 
 
 @contextlib.contextmanager
@@ -50,7 +65,7 @@ def open_video(source, uri: str = ""):
             container = av.open(source, metadata_errors="ignore")
         except av.FFmpegError as exc:
             prefix = f"{uri}: " if uri else ""
-            raise VideoError(f"{prefix}not a readable video container ({exc})") from None
+            raise VideoError(f"{prefix}not a readable video container ({exc})", "unreadable") from None
         with container:
             yield container
     finally:

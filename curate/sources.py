@@ -23,7 +23,8 @@ from shards import storage
 _PILLOW_PLUGINS = (".avif", ".heic", ".heif", ".jxl")  # taken where this Pillow build reads them
 DEFAULT_EXTENSIONS = {
     "image": (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"),
-    "video": (".mp4", ".mkv", ".mov", ".webm", ".avi", ".ts", ".h264", ".264", ".hevc", ".265"),
+    # raw elementary streams (.h264, .hevc) carry no timestamps to sample clips by: listed as passed over
+    "video": (".mp4", ".mkv", ".mov", ".webm", ".avi", ".ts"),
     "ocr": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".jsonl"),
 }
 

@@ -271,7 +271,8 @@ def failed(stage: Stage, row: dict, exc: BaseException) -> dict:
 def _failed(stage: Stage, row: dict, exc: BaseException) -> dict:
     failed = dict(row)
     failed["status"] = FAILED
-    failed["reason"] = f"{stage.name}/{type(exc).__name__}"
+    code = getattr(exc, "code", None)  # an error that names its cause (VideoError) is counted by cause
+    failed["reason"] = f"{stage.name}/{code if isinstance(code, str) else type(exc).__name__}"
     failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
     failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
     return failed

@@ -86,7 +86,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     with open_video(data) as container:
         source, native, stride, clips = _plan(container, cfg)
         if cfg.clip >= len(clips):
-            raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)")
+            raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)", "no_clip")
         clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
     changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
     cut_ids = clip.frame_ids[changes].tolist()
@@ -95,7 +95,8 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         if len(clip.frame_ids) < cfg.min_frames:
             raise VideoError(
                 f"no shot of {cfg.min_frames} frames in the clip (hard cuts at frames {cut_ids}; "
-                f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots"
+                f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots",
+                "too_short",
             )
     return _select(clip, source, cfg, native, stride, cut_ids)
 
@@ -160,15 +161,20 @@ def _plan(container, cfg: PatchifyConfig):
     clips = plan_clips(source, cfg.frames, stride, cfg.fps)
     native = source.codec in signals.MV_CODECS
     if not native and cfg.hevc_policy == "refuse":
-        raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
+        raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'", "codec_refused")
     return source, native, stride, clips
 
 
 def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, cut_ids: list) -> Patchified:
     """Saliency and the budget's patches of one decoded clip (within one shot)."""
+    if len(clip.frame_ids) < cfg.min_frames and clip.truncated:
+        raise VideoError(
+            f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt",
+            "truncated",
+        )
     if len(clip.frame_ids) < cfg.min_frames:
         raise VideoError(
-            f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt"
+            f"the clip has {len(clip.frame_ids)} frame(s), fewer than min_frames {cfg.min_frames}", "too_short"
         )
 
     path = "codec_mvs"

@@ -128,3 +128,15 @@ def test_a_key_collision_is_named_as_such_not_as_an_overlap():
     with pytest.raises(SourceError, match="listed twice"):
         check_unique_keys([a, dict(a)])
     check_unique_keys([a, dict(b, key="x-0123456789ac")])
+
+
+def test_raw_video_streams_are_passed_over_by_name_not_failed(tmp_path):
+    """A raw H.264 stream has no timestamps to sample clips by: not a default input, but counted."""
+    from curate.demo.synthetic_video import make_clip
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", size=64, frames=8)
+    make_clip(folder / "b.h264", size=64, frames=8)
+    items, skipped = list_inputs([SourceConfig(modality="video", uri=str(folder))], 8)
+    assert [os.path.basename(it["uri"]) for it in items] == ["a.mp4"] and skipped == {".h264": 1}
