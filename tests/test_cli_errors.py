@@ -4,6 +4,7 @@ never a traceback. Each command runs as users run it: a subprocess."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import resource
@@ -109,3 +110,17 @@ def test_shards_stats_on_a_bad_sample(manifest, tmp_path):
 def test_release_of_a_missing_checkpoint(tmp_path):
     result = _cli("train.release", str(tmp_path / "no_checkpoint"), str(tmp_path / "release"))
     _one_clear_line(result, "no_checkpoint", "not a checkpoint")
+
+
+def test_a_storage_error_raised_inside_a_ray_task_is_found_under_rays_wrappers():
+    from ray.exceptions import RayTaskError
+
+    from curate.__main__ import io_error
+
+    cause = OSError(errno.ENOSPC, "No space left on device", "/out/shards/x.tar")
+    in_task = RayTaskError("WriteShards", "Traceback (most recent call last): ...", cause).as_instanceof_cause()
+    try:
+        raise RuntimeError("Ray Data: a task failed") from in_task
+    except RuntimeError as exc:
+        assert io_error(exc) == "/out/shards/x.tar: No space left on device"
+    assert io_error(ValueError("a bug keeps its traceback")) is None

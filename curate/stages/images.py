@@ -47,6 +47,10 @@ class ImageDecode(Stage):
     # images with more pixels are refused before decoding (a small PNG can hold a huge canvas)
     max_pixels: PositiveInt = 100_000_000
 
+    def __post_init__(self):
+        if len(self.background) != 3:
+            raise ValueError(f"background: give red, green and blue (0-255), got {list(self.background)}")
+
     def process_row(self, row: dict) -> dict:
         data = storage.read_bytes(row["uri"])
         img, facts = decode_image(data, row["uri"], self.max_pixels, self.background, min_side=self.size)

@@ -129,6 +129,7 @@ def test_demo_manifest_and_stage_parameters_are_validated(tmp_path):
             r"stages\.0\[image_decode\]\.quality: 101 is out of range: expected 1 <= value <= 100",
         ),
         ("stages.0.background", [255, 0, 256], r"stages\.0\[image_decode\]\.background\.2: 256 is out of range"),
+        ("stages.0.background", [255, 255], r"stages\.0\[image_decode\]: background: give red, green and blue"),
         ("stages.0.retries", -1, r"stages\.0\[image_decode\]\.retries: -1 is out of range"),
         ("stages.3.budget", 0.0, r"stages\.3\[codec_patchify\]\.budget: 0\.0 must be greater than 0\.0"),
         ("stages.3.budget", 1.5, r"stages\.3\[codec_patchify\]\.budget: 1\.5 is out of range"),
