@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 
@@ -75,11 +76,16 @@ def test_decodable_images_are_inputs_and_other_files_are_counted_by_extension(tm
     (folder / "b.jpg").write_bytes(_jpeg((10, 200, 10)))
     Image.new("RGB", (64, 48), (10, 10, 200)).save(folder / "c.avif")
     (folder / "photo_without_extension").write_bytes(_jpeg((250, 250, 10)))
+    (folder / "jpeg_named.png").write_bytes(_jpeg((10, 250, 250)))
     (folder / "notes.json").write_text("{}")
     (folder / "readme.md").write_text("hello")
     (folder / "more.json").write_text("[]")
     summary, ledger = _image_run(tmp_path, folder)
-    assert summary["kept"] == summary["inputs"] == 4
+    assert summary["kept"] == summary["inputs"] == 5
+    meta = ledger["meta"].map(json.loads)
+    formats = {os.path.basename(u): m["source_format"] for u, m in zip(ledger["uri"], meta, strict=True)}
+    assert formats["jpeg_named.png"] == formats["photo_without_extension"] == formats["a.jfif"] == "jpeg"
+    assert formats["c.avif"] == "avif"
     assert summary["files_passed_over"] == 3
     assert summary["files_passed_over_by_extension"] == {".json": 2, ".md": 1}
     assert set(ledger["uri"].map(lambda u: os.path.basename(u))) == {
@@ -87,6 +93,7 @@ def test_decodable_images_are_inputs_and_other_files_are_counted_by_extension(tm
         "b.jpg",
         "c.avif",
         "photo_without_extension",
+        "jpeg_named.png",
     }
     assert re.search(r"skipped \(not inputs\) +3 +\.json 2, \.md 1\n", format_summary(summary))
 
