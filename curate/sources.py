@@ -113,16 +113,16 @@ def _jsonl_pages(uri: str) -> list[dict]:
     """
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(PurePosixPath(uri).parent)
     items = []
-    for n, line in enumerate(storage.read_bytes(uri).decode("utf-8", "replace").splitlines(), 1):
+    for n, line in enumerate(storage.read_bytes(uri).splitlines(), 1):
         if not line.strip():
             continue
         key = make_key(f"{uri}#{n}")
         try:
-            row = json.loads(line)
+            row = json.loads(line.decode("utf-8"))
             image, text = row["image"], row["text"]
             if not isinstance(image, str) or not isinstance(text, str):
                 raise TypeError("'image' and 'text' must be strings")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # ValueError: not UTF-8, or not JSON
             error = ("source/bad_jsonl_row", f"{uri}:{n}: expected {{'image': ..., 'text': ...}}: {exc!r}")
             items.append({"key": key, "uri": f"{uri}#{n}", "modality": "ocr", "meta": {}, "error": error})
             continue
