@@ -25,9 +25,8 @@ from shards.format import encode_npy
 class PatchifyConfig:
     """Parameters of codec patchification; the ``codec_patchify`` stage's manifest keys."""
 
-    budget: Annotated[float, Range(hi=1.0, above=0.0)] = (
-        0.125  # fraction of the T x 16 x 16 candidates kept (paper: 0.031-0.25)
-    )
+    # fraction of the T x 16 x 16 candidates kept (paper: 0.031-0.25)
+    budget: Annotated[float, Range(hi=1.0, above=0.0)] = 0.125
     frames: PositiveInt = 64  # frames per clip
     stride: PositiveInt = 1  # take every stride-th frame ...
     fps: PositiveFloat | None = None  # ... or resample to this frame rate (overrides stride)
