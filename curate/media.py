@@ -33,10 +33,7 @@ class VideoError(ValueError):
 
     def __init__(self, message: str, code: str = "unreadable"):
         super().__init__(message)
-        self.code = code
-
-    def __reduce__(self):  # keep the code across processes (isolated stages, Ray)
-        return type(self), (str(self), self.code)
+        self.code = code  # pickled with the exception's __dict__, so it crosses isolated processes
 
 
 TOO_SMALL_OR_SHORT = ("too_small", "too_short")

@@ -283,6 +283,7 @@ def test_reasons_name_the_cause_and_small_or_short_videos_are_dropped(clips, tmp
     }
     assert "16x16" in out[0]["detail"] and "no clip of 16 frames" in out[1]["detail"]
     cut = [{"key": "cut", "uri": str(tmp_path / "cut.mp4"), "modality": "video", "partition": 0}]
-    (row,) = to_rows(run_in_process([CodecPatchify(min_frames=64)], new_rows(cut)))
-    assert (row["status"], row["reason"]) == ("failed", "codec_patchify/truncated")
-    assert "truncated or corrupt" in row["detail"]
+    for isolate in (False, True):  # isolated: the cause crosses the process boundary with the error
+        (row,) = to_rows(run_in_process([CodecPatchify(min_frames=64, isolate=isolate)], new_rows(cut)))
+        assert (row["status"], row["reason"]) == ("failed", "codec_patchify/truncated")
+        assert "truncated or corrupt" in row["detail"]
