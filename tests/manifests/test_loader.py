@@ -138,6 +138,8 @@ def test_demo_manifest_and_stage_parameters_are_validated(tmp_path):
         ("stages.4.min_side", -1, r"stages\.4\[min_resolution\]\.min_side: -1 is out of range"),
         ("stages.5.max_ratio", 0.5, r"stages\.5\[aspect_ratio\]\.max_ratio: 0\.5 is out of range"),
         ("stages.11.min_mean_conf", 1.2, r"stages\.11\[ocr_filter\]\.min_mean_conf: 1\.2 is out of range"),
+        ("stages.9.minhash_threshold", 0, r"stages\.9\[dedup_group\]\.minhash_threshold: 0\.0 must be greater"),
+        ("stages.9.perceptual_max_bits", 129, r"stages\.9\[dedup_group\]\.perceptual_max_bits: 129 is out of range"),
         ("stages.13.k", 0, r"stages\.13\[concepts\]\.k: 0 is out of range"),
         ("partition_size", 0, r"partition_size: 0 is out of range"),
         ("ray.object_store_gb", 0, r"ray\.object_store_gb: 0\.0 must be greater than 0\.0"),
