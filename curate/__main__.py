@@ -95,10 +95,37 @@ def _run(argv: list[str]) -> int:
     except (manifests.ManifestError, SourceError, ClusterError, RunFolderError, RunStopped) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        cause = io_error(exc)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     print(f"outputs in {cfg.output.dir}: shards/, ledger/, report.html, summary.json, manifest.resolved.toml")
     print(json.dumps({k: summary[k] for k in ("inputs", "kept", "dropped", "failed", "shards")}))
     return 0
+
+
+def io_error(exc: BaseException) -> str | None:
+    """One line for the storage error at the root of ``exc`` (disk full, read-only or unmakeable
+    output, S3 refusing), also when it is raised inside a Ray task; None for anything else (a bug,
+    which keeps its traceback)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError holds the worker's exception
+        if isinstance(inner, BaseException):
+            exc = inner
+            continue
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            return f"{exc.filename}: {exc.strerror}"
+        if isinstance(exc, OSError | BotoCoreError | ClientError):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ class OutputConfig:
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start a local cluster sized to this machine; "auto": join one
-    num_cpus: int | None = None
-    object_store_gb: float = 1.0
+    num_cpus: manifests.PositiveInt | None = None
+    object_store_gb: manifests.PositiveFloat = 1.0
     # global steps' shuffles: "sort" (Ray Data's task-based pull shuffle: no actors to start, seconds
     # faster per step on small and mid-sized inputs) or "hash" (Ray Data's actor-based hash shuffle)
     shuffle: Literal["sort", "hash"] = "sort"
@@ -50,8 +50,10 @@ class RunConfig:
     sources: tuple[SourceConfig, ...]
     stages: tuple[dict[str, Any], ...]
     output: OutputConfig
-    partition_size: int = 64  # inputs per partition: the unit of resume and of one shard per modality
-    partition_bytes: int = 2_000_000_000  # ...or fewer, once their files add up to this (0 = no limit)
+    partition_size: manifests.PositiveInt = 64  # inputs per partition: the unit of resume and of one shard per modality
+    partition_bytes: manifests.NonNegativeInt = (
+        2_000_000_000  # ...or fewer, once their files add up to this (0 = no limit)
+    )
     executor: Literal["ray", "local"] = "ray"
     # stop when the first this many inputs all fail (a source the workers cannot read, a wrong
     # setting), not after the whole corpus; 0: never stop early

@@ -23,10 +23,12 @@ def read_ledger(out: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in parts], ignore_index=True)
 
 
-def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
+def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: dict, seconds: float) -> dict:
     """Check inputs = kept + dropped + failed (by key) with no row of any other input, likewise for the
     samples split inputs became (a video's clips), and that the shards hold exactly the kept samples;
-    summarise the run."""
+    summarise the run.
+
+    ``skipped``: files the sources list but do not take as inputs, counted by extension."""
     expected = {it["key"] for it in items}
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
@@ -57,7 +59,8 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
         "kept_by_modality": inputs[inputs["status"] == "kept"]["modality"].value_counts().sort_index().to_dict(),
         "dropped_by_reason": _reasons(inputs, "dropped"),
         "failed_by_reason": _reasons(inputs, "failed"),
-        "files_passed_over": skipped,
+        "files_passed_over": sum(skipped.values()),
+        "files_passed_over_by_extension": dict(sorted(skipped.items())),
         "warnings": dict(sorted(warnings.items())),
         "shards": sum(len(ix["shards"]) for ix in indexes.values()),
         "shard_samples": shard_samples,
@@ -101,6 +104,7 @@ def format_summary(summary: dict) -> str:
         f"{'failed':<34}{summary['failed']:>10}",
         *[f"  {r:<32}{n:>10}" for r, n in summary["failed_by_reason"].items()],
         *_sample_lines(summary),
+        *_passed_over_lines(summary),
         f"{'shards':<34}{summary['shards']:>10}",
         f"{'shard bytes':<34}{summary['shard_bytes']:>10,}",
         f"{'time (s)':<34}{summary['seconds']:>10}",
@@ -110,6 +114,16 @@ def format_summary(summary: dict) -> str:
     rule = "-" * 46
     notes = [f"WARNING ({n} samples): {w}" for w, n in summary.get("warnings", {}).items()]
     return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes])
+
+
+def _passed_over_lines(summary: dict) -> list[str]:
+    """Files the sources list but did not take (not inputs, so outside the ledger), by extension."""
+    by_ext = summary.get("files_passed_over_by_extension") or {}
+    if not by_ext:
+        return []
+    return [
+        f"{'skipped (not inputs)':<34}{sum(by_ext.values()):>10}   " + ", ".join(f"{e} {n}" for e, n in by_ext.items())
+    ]
 
 
 def _sample_lines(summary: dict) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curate.isolation import IsolatedRunner, StageTimeout
+from manifests import NonNegativeFloat, NonNegativeInt
 
 BOOKKEEPING = ("key", "uri", "modality", "partition", "status", "reason", "detail", "meta", "parent")
 LIVE, KEPT, DROPPED, FAILED = "live", "kept", "dropped", "failed"
@@ -52,11 +53,11 @@ class Stage:
     batch_size: ClassVar[int] = 16
     concurrency: ClassVar[int | None] = None
     # transient errors (I/O, connection, timeouts of remote stores) are retried this many times
-    retries: int = dataclasses.field(default=0, kw_only=True)
+    retries: NonNegativeInt = dataclasses.field(default=0, kw_only=True)
     # run each row in a child process: a crash or hang fails that row, not the worker
     isolate: bool = dataclasses.field(default=False, kw_only=True)
     # with isolate: seconds a row may take before its process is killed (0 = no limit)
-    timeout_s: float = dataclasses.field(default=0.0, kw_only=True)
+    timeout_s: NonNegativeFloat = dataclasses.field(default=0.0, kw_only=True)
 
     def __getstate__(self):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -153,16 +154,17 @@ def _scalar(value: Any) -> Any:
 
 
 def new_rows(items: list[dict]) -> dict[str, np.ndarray]:
-    """The first batch of a run: one row per input, status ``live``."""
+    """The first batch of a run: one row per input, status ``live``, or ``failed`` where listing
+    already found the input unusable (``error``: reason code and detail)."""
     rows = [
         {
             "key": it["key"],
             "uri": it["uri"],
             "modality": it["modality"],
             "partition": it["partition"],
-            "status": LIVE,
-            "reason": None,
-            "detail": None,
+            "status": FAILED if it.get("error") else LIVE,
+            "reason": it["error"][0] if it.get("error") else None,
+            "detail": it["error"][1] if it.get("error") else None,
             "meta": dict(it.get("meta") or {}),
             "parent": None,
         }
@@ -269,7 +271,8 @@ def failed(stage: Stage, row: dict, exc: BaseException) -> dict:
 def _failed(stage: Stage, row: dict, exc: BaseException) -> dict:
     failed = dict(row)
     failed["status"] = FAILED
-    failed["reason"] = f"{stage.name}/{type(exc).__name__}"
+    code = getattr(exc, "code", None)  # an error that names its cause (VideoError) is counted by cause
+    failed["reason"] = f"{stage.name}/{code if isinstance(code, str) else type(exc).__name__}"
     failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
     failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
     return failed

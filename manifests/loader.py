@@ -24,6 +24,34 @@ class ManifestError(ValueError):
     """A manifest (or an override) that cannot be turned into a config; the message says where."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric key, as ``Annotated`` metadata: ``size: Annotated[int, Range(1)]``.
+
+    Bounds are inclusive; ``above`` is an exclusive lower bound (a strictly positive float).
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    above: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        if self.above is not None and not value > self.above:
+            return f"{value!r} must be greater than {self.above!r}"
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            lo = "" if self.lo is None else f"{self.lo!r} <= "
+            hi = "" if self.hi is None else f" <= {self.hi!r}"
+            return f"{value!r} is out of range: expected {lo}value{hi}"
+        return None
+
+
+PositiveInt = typing.Annotated[int, Range(1)]
+NonNegativeInt = typing.Annotated[int, Range(0)]
+PositiveFloat = typing.Annotated[float, Range(above=0.0)]
+NonNegativeFloat = typing.Annotated[float, Range(0.0)]
+Fraction = typing.Annotated[float, Range(0.0, 1.0)]
+
+
 def load_raw(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a TOML file, merging it over the file named by its ``base`` key (recursively)."""
     path = Path(path).resolve()
@@ -128,7 +156,7 @@ def build(cls: type, data: Any, where: str = "", source: str = "") -> Any:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ManifestError(f"{prefix}unknown key {key!r}; valid keys here: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
@@ -151,6 +179,13 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        return value
+    if origin is typing.Annotated:
+        value = _coerce(args[0], value, key, source)
+        for rule in tp.__metadata__:
+            problem = rule.problem(value) if isinstance(rule, Range) and value is not None else None
+            if problem:
+                raise ManifestError(f"{prefix}{key}: {problem}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

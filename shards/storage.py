@@ -130,10 +130,10 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
-        out = []
-        paginator = s3_client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            out += [(f"s3://{bucket}/{o['Key']}", o["Size"]) for o in page.get("Contents", [])]
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        out = retrying(
+            uri, lambda: [(f"s3://{bucket}/{o['Key']}", o["Size"]) for p in pages for o in p.get("Contents", [])]
+        )
         if not out:
             raise FileNotFoundError(f"{uri}: no objects under this prefix")
         return sorted(out)

@@ -108,12 +108,18 @@ def stats(root: str) -> dict:
     counts = Counter()
     for folder in find_sets(root):
         for uri in shard_uris(folder, read_index(folder)):
-            for _, sample in iter_tar(storage.read_bytes(uri), uri):
+            for key, sample in iter_tar(storage.read_bytes(uri), uri):
                 for field, value in sample.items():
                     fields[field] += len(value)
                     counts[field] += 1
                 sizes.append(sum(len(v) for v in sample.values()))
-                modalities[json.loads(sample["json"]).get("modality")] += 1
+                try:
+                    modalities[json.loads(sample["json"]).get("modality")] += 1
+                except (KeyError, ValueError, AttributeError) as exc:
+                    why = "no json field" if isinstance(exc, KeyError) else f"unreadable json ({exc})"
+                    raise ShardSetError(
+                        f"{uri}: sample {key}: {why}; python -m shards verify checks every sample"
+                    ) from None
     if not sizes:
         raise ShardSetError(f"{root}: no samples in any shard set")
     q = np.percentile(sizes, [0, 50, 90, 99, 100]).round().astype(int).tolist()

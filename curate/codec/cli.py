@@ -17,6 +17,7 @@ from PIL import Image
 
 from curate.codec import selection, tokens
 from curate.codec.patchify import PatchifyConfig, patchify
+from curate.media import VideoError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,20 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = PatchifyConfig(
-        budget=args.budget,
-        frames=args.frames,
-        stride=args.stride,
-        fps=args.fps,
-        clip=args.clip,
-        size=args.size,
-        fit=args.fit,
-        first_frame=args.first_frame,
-        camera=args.camera,
-        hevc_policy=args.hevc_policy,
-        centre_prior=args.centre_prior,
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = PatchifyConfig(
+            budget=args.budget,
+            frames=args.frames,
+            stride=args.stride,
+            fps=args.fps,
+            clip=args.clip,
+            size=args.size,
+            fit=args.fit,
+            first_frame=args.first_frame,
+            camera=args.camera,
+            hevc_policy=args.hevc_policy,
+            centre_prior=args.centre_prior,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return _patchify(args, cfg)
+    except VideoError as exc:  # the video is refused: say why, as the pipeline's ledger would
+        parser.exit(1, f"error: {exc if args.video in str(exc) else f'{args.video}: {exc}'}\n")
+    except OSError as exc:  # the video cannot be read, or the outputs cannot be written
+        parser.exit(1, f"error: {exc}\n")
+
+
+def _patchify(args, cfg: PatchifyConfig) -> int:
     start = time.perf_counter()
     result = patchify(args.video, cfg)
     seconds = time.perf_counter() - start

@@ -9,7 +9,7 @@ moving camera lights up the whole frame) or ``refuse``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from numba import njit
@@ -17,6 +17,7 @@ from numba import njit
 from curate.codec import cuts, residual, saliency, sampling, selection, signals, tokens
 from curate.codec.sampling import Clip, decode_clip, inspect, plan_clips
 from curate.media import VideoError, open_video
+from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 from shards.format import encode_npy
 
 
@@ -24,38 +25,39 @@ from shards.format import encode_npy
 class PatchifyConfig:
     """Parameters of codec patchification; the ``codec_patchify`` stage's manifest keys."""
 
-    budget: float = 0.125  # fraction of the T x 16 x 16 candidates kept (paper: 0.031-0.25)
-    frames: int = 64  # frames per clip
-    stride: int = 1  # take every stride-th frame ...
-    fps: float | None = None  # ... or resample to this frame rate (overrides stride)
-    clip: int = 0  # which clip of the video (clips start on keyframes, see sampling.plan_clips)
-    size: int = 256  # codec grid side in pixels (256 / 16 = the ViT's 16 x 16 grid)
-    patch: int = 16
+    # fraction of the T x 16 x 16 candidates kept (paper: 0.031-0.25)
+    budget: Annotated[float, Range(hi=1.0, above=0.0)] = 0.125
+    frames: PositiveInt = 64  # frames per clip
+    stride: PositiveInt = 1  # take every stride-th frame ...
+    fps: PositiveFloat | None = None  # ... or resample to this frame rate (overrides stride)
+    clip: NonNegativeInt = 0  # which clip of the video (clips start on keyframes, see sampling.plan_clips)
+    size: PositiveInt = 256  # codec grid side in pixels (256 / 16 = the ViT's 16 x 16 grid)
+    patch: PositiveInt = 16
     fit: Literal["stretch", "pad"] = "stretch"  # pad keeps the aspect ratio; padding is never selected
     first_frame: Literal["score", "whole"] = "score"  # whole: frame 0 kept entirely (reference's LLaVA path)
     camera: Literal["median", "similarity", "none"] = "median"  # global motion removed (RESULTS.md: ablation)
-    motion_weight: float = 1.0
-    residual_weight: float = 1.0
-    centre_prior: float = 0.0  # 0.3 in the reference's evaluation loader
-    motion_floor: float = 0.5  # px/frame: per-frame normalisation never divides by less
-    residual_floor: float = 8.0  # grey levels (reference: 1); keeps a still frame's coding noise below 1
-    min_texture: float = 3.0  # grey levels of mean gradient below which a cell's vector is ignored
+    motion_weight: NonNegativeFloat = 1.0
+    residual_weight: NonNegativeFloat = 1.0
+    centre_prior: Fraction = 0.0  # 0.3 in the reference's evaluation loader
+    motion_floor: PositiveFloat = 0.5  # px/frame: per-frame normalisation never divides by less
+    residual_floor: PositiveFloat = 8.0  # grey levels (reference: 1); keeps a still frame's coding noise below 1
+    min_texture: NonNegativeFloat = 3.0  # grey levels of mean gradient below which a cell's vector is ignored
     # a clip is static (uniform-frames fallback) when fewer than ``static_frames`` of its frames hold a
     # connected region of ``static_region`` cells (4x4 px at the grid) whose camera-compensated motion
     # exceeds ``static_motion`` px/frame and whose residual exceeds ``static_residual`` grey levels
-    static_motion: float = 0.5
-    static_residual: float = 3.0
-    static_region: int = 6
-    static_frames: float = 0.1
+    static_motion: NonNegativeFloat = 0.5
+    static_residual: NonNegativeFloat = 3.0
+    static_region: PositiveInt = 6
+    static_frames: Fraction = 0.1
     hevc_policy: Literal["reencode", "difference", "refuse"] = "reencode"
-    reencode_gop: int = 16  # the paper's GOP; no B-frames, one reference
+    reencode_gop: PositiveInt = 16  # the paper's GOP; no B-frames, one reference
     reencode_preset: str = "superfast"
-    min_frames: int = 16  # a truncated clip is used if at least this many frames decode
-    min_side: int = 32
-    keep_frames: int = 4  # whole frames stored in frames.jpg
-    jpeg_quality: int = 90
+    min_frames: PositiveInt = 16  # a truncated clip is used if at least this many frames decode
+    min_side: PositiveInt = 32
+    keep_frames: NonNegativeInt = 4  # whole frames stored in frames.jpg
+    jpeg_quality: Annotated[int, Range(1, 100)] = 90
     analysis_scale: Literal[1, 2] = 2  # residual and texture at half resolution: 4x less work, same cells
-    threads: int = 1  # decoder threads (0 = FFmpeg's choice); a pipeline task owns one core
+    threads: NonNegativeInt = 1  # decoder threads (0 = FFmpeg's choice); a pipeline task owns one core
     split_shots: bool = True  # a clip never crosses a hard cut: split at cuts (see codec.cuts)
 
     def __post_init__(self):
@@ -83,7 +85,7 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     with open_video(data) as container:
         source, native, stride, clips = _plan(container, cfg)
         if cfg.clip >= len(clips):
-            raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)")
+            raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)", "no_clip")
         clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
     changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
     cut_ids = clip.frame_ids[changes].tolist()
@@ -92,7 +94,8 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         if len(clip.frame_ids) < cfg.min_frames:
             raise VideoError(
                 f"no shot of {cfg.min_frames} frames in the clip (hard cuts at frames {cut_ids}; "
-                f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots"
+                f"the longest shot has {len(clip.frame_ids)}); lower min_frames to take short shots",
+                "too_short",
             )
     return _select(clip, source, cfg, native, stride, cut_ids)
 
@@ -157,15 +160,20 @@ def _plan(container, cfg: PatchifyConfig):
     clips = plan_clips(source, cfg.frames, stride, cfg.fps)
     native = source.codec in signals.MV_CODECS
     if not native and cfg.hevc_policy == "refuse":
-        raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'")
+        raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'", "codec_refused")
     return source, native, stride, clips
 
 
 def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, cut_ids: list) -> Patchified:
     """Saliency and the budget's patches of one decoded clip (within one shot)."""
+    if len(clip.frame_ids) < cfg.min_frames and clip.truncated:
+        raise VideoError(
+            f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt",
+            "truncated",
+        )
     if len(clip.frame_ids) < cfg.min_frames:
         raise VideoError(
-            f"only {len(clip.frame_ids)} frame(s) decoded (min_frames {cfg.min_frames}); truncated or corrupt"
+            f"the clip has {len(clip.frame_ids)} frame(s), fewer than min_frames {cfg.min_frames}", "too_short"
         )
 
     path = "codec_mvs"

@@ -67,13 +67,13 @@ def inspect(container, min_side: int) -> Source:
     """Check the stream is one we can patchify and index its frames and keyframes by demuxing."""
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise VideoError(f"no video stream (streams: {', '.join(kinds)}); audio-only or not a video")
+        raise VideoError(f"no video stream (streams: {', '.join(kinds)}); audio-only or not a video", "no_video_stream")
     stream = container.streams.video[0]
     ctx = stream.codec_context
     pix_fmt = ctx.format.name if ctx.format else "unknown"
     w, h = ctx.width, ctx.height
     if min(w, h) < min_side:
-        raise VideoError(f"frame size {w}x{h} refused: need sides of at least {min_side} px")
+        raise VideoError(f"frame size {w}x{h} refused: need sides of at least {min_side} px", "too_small")
     pts, keys, untimed = [], [], 0
     try:
         for packet in container.demux(stream):
@@ -85,9 +85,11 @@ def inspect(container, min_side: int) -> Source:
     except av.FFmpegError:
         pass  # truncated tail: index what demuxed
     if untimed and not pts:
-        raise VideoError("video packets carry no timestamps (raw elementary stream?); remux into mp4/mkv first")
+        raise VideoError(
+            "video packets carry no timestamps (raw elementary stream?); remux into mp4/mkv first", "no_timestamps"
+        )
     if not pts:
-        raise VideoError("video stream holds zero frames")
+        raise VideoError("video stream holds zero frames", "no_frames")
     order = np.argsort(pts, kind="stable")
     pts_sorted = np.asarray(pts, dtype=np.int64)[order]
     keyframes = np.flatnonzero(np.asarray(keys)[order])
@@ -283,7 +285,7 @@ def _quarter_turns(frame) -> int:
     """Counter-clockwise quarter turns that rotation metadata asks for (phones record upright video so)."""
     degrees = int(round(getattr(frame, "rotation", 0) or 0)) % 360
     if degrees % 90:
-        raise VideoError(f"rotation metadata of {degrees} deg is not a quarter turn")
+        raise VideoError(f"rotation metadata of {degrees} deg is not a quarter turn", "rotation")
     return degrees // 90
 
 

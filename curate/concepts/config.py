@@ -24,10 +24,10 @@ class EmbedConfig:
     weights: str = ""  # local path or s3:// of an open_clip checkpoint; "random" needs allow_random
     allow_random: bool = False  # random weights give labels without semantics: say so explicitly
     model_config: str | None = None  # local/s3 JSON (open_clip schema) for a model open_clip lacks
-    image_size: int | None = None  # force the encoder's input size (None: the model's own)
+    image_size: manifests.PositiveInt | None = None  # force the encoder's input size (None: the model's own)
     device: Device = "auto"  # auto: cuda when this worker has one, else cpu
     precision: Precision = "auto"  # auto: bf16 on cuda, fp32 on cpu
-    video_frames: int = 8  # frames per video embedding (the reference uses 8)
+    video_frames: manifests.PositiveInt = 8  # frames per video embedding (the reference uses 8)
     video_reduction: Literal["concat", "mean"] = "concat"  # concat: D*frames dims, as the reference
     dtype: Literal["float16", "float32"] = "float16"  # stored embedding dtype
     cache_dir: str = ""  # where s3:// weights are copied ("" = the system temp folder)
@@ -48,17 +48,19 @@ class EmbedConfig:
 class KMeansConfig:
     """Lloyd's k-means: faiss on CPU for small K, the chunked torch GEMM k-means on GPU for large K."""
 
-    k: int = 1024
-    iters: int = 20
-    seed: int = 0
+    k: manifests.PositiveInt = 1024
+    iters: manifests.NonNegativeInt = 20
+    seed: manifests.NonNegativeInt = 0
     init: Literal["random", "kmeans++"] = "random"  # kmeans++ is K sequential passes: small K only
     spherical: bool = False  # unit-norm centroids, cosine assignment (the reference's --l2norm)
     backend: Literal["auto", "faiss", "torch"] = "auto"  # auto: torch on cuda, faiss for k <= faiss_max_k
-    faiss_max_k: int = 65536
+    faiss_max_k: manifests.PositiveInt = 65536
     device: Device = "auto"
     precision: Precision = "auto"  # of the assignment GEMM; accumulation is always fp32
-    max_points_per_centroid: int = 256  # fit on a seeded sample of k*this points (0 = all); all are assigned
-    top_k: int = 10  # labels per sample
+    max_points_per_centroid: manifests.NonNegativeInt = (
+        256  # fit on a seeded sample of k*this points (0 = all); all are assigned
+    )
+    top_k: manifests.PositiveInt = 10  # labels per sample
     bank_name: str = "bank"
 
     def __post_init__(self):

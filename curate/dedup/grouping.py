@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from curate.cluster import shuffle_partitions, worker_env
 from curate.dedup import lsh
 from curate.dedup.keep import rank
 from curate.dedup.signatures import thumb_bits, unpack, unpack_video
+from manifests import Fraction, NonNegativeInt, PositiveInt, Range
 
 KINDS = ("exact", "pixel", "perceptual", "video", "minhash", "semantic")
 # large_binary: a shuffle partition's signatures can pass 2 GiB, binary's 32-bit offsets cannot
@@ -70,29 +71,32 @@ class DedupConfig:
 
     kinds: tuple[str, ...] = ("exact", "pixel", "perceptual", "video", "minhash")
     keep: Literal["resolution", "longest", "first"] = "resolution"
-    perceptual_max_bits: int = 32  # of 128 (pHash 64 + dHash 64)
-    perceptual_bands: int = 64
-    perceptual_band_bits: int = 12
-    video_max_distance: float = 0.01  # median 1 - correlation of time-aligned thumbnails
-    video_min_overlap: float = 0.5  # fraction of the shorter clip's samples the alignment must cover
-    video_bands: int = 8
-    video_band_bits: int = 24
+    perceptual_max_bits: Annotated[int, Range(0, 128)] = 32  # of 128 (pHash 64 + dHash 64)
+    perceptual_bands: PositiveInt = 64
+    perceptual_band_bits: Annotated[int, Range(1, 128)] = 12
+    video_max_distance: Annotated[float, Range(0.0, 2.0)] = 0.01  # median 1 - correlation of time-aligned thumbnails
+    video_min_overlap: Fraction = 0.5  # fraction of the shorter clip's samples the alignment must cover
+    video_bands: PositiveInt = 8
+    video_band_bits: PositiveInt = 24
     # a copy cropped by up to ``video_crops``' largest share a side, then scaled: its thumbnails match
     # the original's centre (within video_crop_max_distance) and its motion matches too, which the demo's
     # distinct clips sharing a background photo do not (RESULTS.md: video near-duplicates)
     video_crops: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)
-    video_crop_max_distance: float = 0.06
-    video_max_motion_distance: float = 0.38  # median 1 - correlation of frame-to-frame thumbnail changes
-    minhash_threshold: float = 0.7  # Jaccard estimate; (b, r) from datasketch's optimum for it
+    video_crop_max_distance: Annotated[float, Range(0.0, 2.0)] = 0.06
+    # median 1 - correlation of frame-to-frame thumbnail changes
+    video_max_motion_distance: Annotated[float, Range(0.0, 2.0)] = 0.38
+    minhash_threshold: Annotated[float, Range(hi=1.0, above=0.0)] = (
+        0.7  # Jaccard estimate; (b, r) from datasketch's optimum for it
+    )
     semantic_column: str = "embedding"
-    semantic_eps: float = 0.05  # pairs with cosine >= 1 - eps are duplicates
-    semantic_clusters: int = 64
-    kmeans_sample: int = 100_000
-    max_bucket: int = 256  # larger buckets are verified against their first member and neighbours
+    semantic_eps: Annotated[float, Range(0.0, 2.0)] = 0.05  # pairs with cosine >= 1 - eps are duplicates
+    semantic_clusters: PositiveInt = 64
+    kmeans_sample: PositiveInt = 100_000
+    max_bucket: PositiveInt = 256  # larger buckets are verified against their first member and neighbours
     # hash partitions of the band shuffle; 0: two per cluster CPU, more when the row count is known
     # (RECORDS_PER_PARTITION); set it for corpora of millions of rows: rows x bands / 1M
-    shuffle_partitions: int = 0
-    seed: int = 0
+    shuffle_partitions: NonNegativeInt = 0
+    seed: NonNegativeInt = 0
 
     def __post_init__(self):
         bad = sorted(set(self.kinds) - set(KINDS))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from curate.codec.patchify import PatchifyConfig, encode, patchify_all
-from curate.media import VideoError
+from curate.media import TOO_SMALL_OR_SHORT, VideoError
 from curate.stage import Stage, failed
+from manifests import NonNegativeInt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,23 +30,30 @@ class CodecPatchify(Stage, PatchifyConfig):
     fans_out = True
     cpus = 1.0
     batch_size = 4
-    max_clips: int = 0
+    max_clips: NonNegativeInt = 0
 
     def process_row(self, row: dict) -> list[dict]:
         data = row["uri"]  # a path or s3:// URI: decoded as a seekable stream, never read whole
         not_taken: dict = {}
-        samples = [self._sample(row, n, result) for n, result in patchify_all(data, self, self.max_clips, not_taken)]
+        try:
+            results = patchify_all(data, self, self.max_clips, not_taken)
+            samples = [self._sample(row, n, result) for n, result in results]
+        except VideoError as exc:
+            if exc.code not in TOO_SMALL_OR_SHORT:
+                raise
+            return [dict(row, keep=False, drop_reason=f"{exc.code}: {exc}")]
         summary = {"taken": len(samples), "not_taken": {k: v for k, v in not_taken.items() if v}}
         if not samples:
-            raise VideoError(f"no clip of {self.min_frames} frames (not taken: {summary['not_taken'] or 'none'})")
-        if len(samples) == 1:
-            if samples[0]["status"] == "failed":
-                raise VideoError(samples[0]["detail"])
+            why = f"no clip of {self.min_frames} frames (not taken: {summary['not_taken'] or 'none'})"
+            return [dict(row, keep=False, drop_reason=f"too_short: {why}", meta=dict(row["meta"], clips=summary))]
+        if len(samples) == 1:  # the video is its one clip: kept, dropped or failed as that clip
             return [dict(samples[0], key=row["key"], meta=dict(samples[0]["meta"], clips=summary))]
         return [dict(row, meta=dict(row["meta"], clips=summary)), *samples]
 
     def _sample(self, row: dict, n: int, result) -> dict:
         sample = {"key": f"{row['key']}-c{n}", "status": "live", "meta": dict(row["meta"], clip=n)}
+        if isinstance(result, VideoError) and result.code in TOO_SMALL_OR_SHORT:
+            return dict(sample, keep=False, drop_reason=f"{result.code}: {result}")
         if isinstance(result, Exception):
             return failed(self, sample, result)
         fields = encode(result, self)

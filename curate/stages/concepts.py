@@ -19,6 +19,7 @@ from curate.concepts.bank import BankError, assign_labels, config_hash, fit_bank
 from curate.concepts.config import Device, EmbedConfig, KMeansConfig, Precision
 from curate.concepts.embed import embed_rows, load_encoder
 from curate.stage import GlobalStep, Stage
+from manifests import NonNegativeFloat, PositiveFloat, PositiveInt
 from shards import format as fmt
 from shards import storage
 
@@ -39,8 +40,8 @@ class Embed(Stage, EmbedConfig):
     outputs = ("emb",)
 
     modalities: tuple[str, ...] = ("image", "video")
-    gpus: float = 0.0  # a GPU per actor (fractions share one); device "auto" then uses it
-    batch_size: int = 32
+    gpus: NonNegativeFloat = 0.0  # a GPU per actor (fractions share one); device "auto" then uses it
+    batch_size: PositiveInt = 32
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,12 +62,12 @@ class AssignConcepts(Stage):
     outputs = ("cls_npy",)
 
     bank: str = ""  # a bank folder (bank.json + centroids.npy), local or s3://
-    top_k: int = 10
+    top_k: PositiveInt = 10
     modalities: tuple[str, ...] = ("image",)
     device: Device = "auto"
     precision: Precision = "auto"
-    gpus: float = 0.0
-    batch_size: int = 1024
+    gpus: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 1024
 
     def __post_init__(self):
         if not self.bank:
@@ -107,8 +108,8 @@ class Concepts(GlobalStep, KMeansConfig):
 
     modalities: tuple[str, ...] = ("image",)
     bank_dir: str | None = None  # where banks are saved (default: this step's workdir/banks)
-    gpus: float = 0.0  # GPUs of the fit task and of each assign actor
-    cpus: float = 1.0
+    gpus: NonNegativeFloat = 0.0  # GPUs of the fit task and of each assign actor
+    cpus: PositiveFloat = 1.0
 
     def __post_init__(self):
         super().__post_init__()

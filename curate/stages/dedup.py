@@ -29,6 +29,7 @@ from curate.dedup.grouping import DedupConfig, ray_edges
 from curate.dedup.keep import group_table
 from curate.dedup.semantic import ray_semantic_edges, tiny_image_embedding
 from curate.stage import Filter, GlobalStep, Stage
+from manifests import NonNegativeInt, PositiveFloat, PositiveInt
 from shards import storage
 
 
@@ -49,13 +50,13 @@ class DedupSignatures(Stage):
     perceptual_modalities: tuple[str, ...] = ("image",)  # OCR pages look alike: compare their text instead
     minhash: bool = True  # OCR transcripts (``txt``) and captions (``meta[caption_field]``)
     video: bool = True  # per-sample thumbnails on the clip's clock, and the duration
-    shingle_words: int = 3
+    shingle_words: PositiveInt = 3
     minhash_hashing: Literal["sha1", "words"] = "sha1"  # sha1: datasketch's default hash; words: faster
-    num_perm: int = 128
-    seed: int = 1
+    num_perm: PositiveInt = 128
+    seed: NonNegativeInt = 1
     caption_field: str = "caption"
-    video_fps: float = 8.0
-    video_max_frames: int = 256
+    video_fps: PositiveFloat = 8.0
+    video_max_frames: PositiveInt = 256
     video_keyframes_only: bool = False
 
     def process_batch(self, rows: list[dict]) -> list[dict]:

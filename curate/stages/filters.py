@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 from curate.stage import Filter
+from manifests import NonNegativeFloat, NonNegativeInt, PositiveFloat, Range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,7 +15,7 @@ class MinResolution(Filter):
 
     name = "min_resolution"
     modalities = ("image", "video", "ocr")
-    min_side: int = 64
+    min_side: NonNegativeInt = 64
 
     def reason(self, row: dict) -> str | None:
         w, h = row["meta"].get("width"), row["meta"].get("height")
@@ -29,7 +31,7 @@ class AspectRatio(Filter):
     """Drop inputs whose long/short side ratio exceeds ``max_ratio``."""
 
     name = "aspect_ratio"
-    max_ratio: float = 3.0
+    max_ratio: Annotated[float, Range(1.0)] = 3.0
 
     def reason(self, row: dict) -> str | None:
         w, h = row["meta"]["width"], row["meta"]["height"]
@@ -44,7 +46,7 @@ class TextLength(Filter):
 
     name = "text_length"
     modalities = ("ocr",)
-    min_chars: int = 20
+    min_chars: NonNegativeInt = 20
 
     def reason(self, row: dict) -> str | None:
         n = row["meta"].get("text_chars", 0)
@@ -59,8 +61,8 @@ class Duration(Filter):
 
     name = "duration"
     modalities = ("video",)
-    min_seconds: float = 0.5
-    max_seconds: float = 3600.0
+    min_seconds: NonNegativeFloat = 0.5
+    max_seconds: PositiveFloat = 3600.0
 
     def reason(self, row: dict) -> str | None:
         d = row["meta"]["duration"]
@@ -81,9 +83,9 @@ class MotionFilter(Filter):
 
     name = "motion_filter"
     modalities = ("video",)
-    min_motion_px: float = 0.0  # camera-compensated motion p95 below this: too still
-    max_motion_px: float = 64.0  # above this: shake, cuts or noise rather than motion
-    min_residual: float = 0.0  # residual p95 below this: nothing new appears
+    min_motion_px: NonNegativeFloat = 0.0  # camera-compensated motion p95 below this: too still
+    max_motion_px: NonNegativeFloat = 64.0  # above this: shake, cuts or noise rather than motion
+    min_residual: NonNegativeFloat = 0.0  # residual p95 below this: nothing new appears
     drop_static: bool = True
 
     def reason(self, row: dict) -> str | None:

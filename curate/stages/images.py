@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Literal
+from typing import Annotated, Literal
 
 from PIL import Image
 
-from curate.media import decode_image
+from curate.media import WHITE, decode_image
 from curate.stage import Stage
+from manifests import PositiveInt, Range
 from shards import storage
 
 
@@ -38,26 +39,36 @@ class ImageDecode(Stage):
     modalities = ("image", "ocr")
     outputs = ("jpg",)
 
-    size: int = 448
+    size: PositiveInt = 448
     mode: Literal["shorter", "square"] = "shorter"
-    quality: int = 92
+    quality: Annotated[int, Range(1, 100)] = 92
+    # what transparent pixels are composited over (RGB)
+    background: tuple[Annotated[int, Range(0, 255)], ...] = WHITE
+    # images with more pixels are refused before decoding (a small PNG can hold a huge canvas)
+    max_pixels: PositiveInt = 100_000_000
+
+    def __post_init__(self):
+        if len(self.background) != 3:
+            raise ValueError(f"background: give red, green and blue (0-255), got {list(self.background)}")
 
     def process_row(self, row: dict) -> dict:
         data = storage.read_bytes(row["uri"])
-        img, fmt = decode_image(data, row["uri"])
-        src_w, src_h = img.size
+        img, facts = decode_image(data, row["uri"], self.max_pixels, self.background, min_side=self.size)
         out = resize_policy(img, self.size, self.mode)
         buf = io.BytesIO()
         out.save(buf, format="JPEG", quality=self.quality, subsampling=2)
         row["jpg"] = buf.getvalue()
         row["meta"].update(
             source_blake3=storage.digest(data),
-            source_format=fmt.lower(),
-            width=src_w,
-            height=src_h,
+            source_format=facts["format"],
+            source_mode=facts["mode"],
+            width=facts["width"],
+            height=facts["height"],
             out_width=out.size[0],
             out_height=out.size[1],
         )
+        if "icc" in facts:
+            row["meta"]["source_icc"] = facts["icc"]
         return row
 
 

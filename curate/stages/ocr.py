@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from curate.ocr.engines import load_engine
 from curate.ocr.text import tokenize
 from curate.ocr.vocab import build_vocab, label, lines_of, read_vocab, write_vocab
 from curate.stage import Filter, GlobalStep, Stage
+from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from shards import fields, storage
 from shards.format import encode_npy
 
@@ -51,8 +52,8 @@ class OcrRead(Stage):
     rec_model: str = ""
     rec_keys: str = ""
     lang: str = "eng"  # tesseract: traineddata names, e.g. "eng+deu"
-    threads: int = 1  # per actor; scale out with actors, not threads
-    min_conf: float = 0.5  # lines read with less confidence are discarded
+    threads: PositiveInt = 1  # per actor; scale out with actors, not threads
+    min_conf: Fraction = 0.5  # lines read with less confidence are discarded
     read: tuple[str, ...] = ("ocr",)  # modalities to OCR; other rows pass through untouched
     source: Literal["jpg", "uri"] = "jpg"
     write_txt: bool = False  # rows without a transcript get the OCR text as ``txt``
@@ -109,9 +110,9 @@ class OcrFilter(Filter):
     name = "ocr_filter"
     modalities = ("image", "ocr")
 
-    min_words: int = 1
-    min_text_area: float = 0.0  # share of the picture covered by text lines
-    min_mean_conf: float = 0.85
+    min_words: NonNegativeInt = 1
+    min_text_area: Fraction = 0.0  # share of the picture covered by text lines
+    min_mean_conf: Fraction = 0.85
 
     def reason(self, row: dict) -> str | None:
         meta = row["meta"]
@@ -142,9 +143,9 @@ class OcrCrop(Stage):
     modalities = ("image", "ocr")
     outputs = ("crop_jpg",)
 
-    size: int = 448
-    min_density: float = 0.05
-    quality: int = 92
+    size: PositiveInt = 448
+    min_density: NonNegativeFloat = 0.05
+    quality: Annotated[int, Range(1, 100)] = 92
 
     def process_row(self, row: dict) -> dict:
         ocr = row["meta"].get("ocr")
@@ -170,9 +171,9 @@ class OcrVocab(GlobalStep):
     name = "ocr_vocab"
     columns = ("key", "modality", "meta")
 
-    size: int = 365_187  # the reference's OCR head
-    min_count: int = 5  # images a word must appear in
-    max_words: int = 100  # word ids per image
+    size: PositiveInt = 365_187  # the reference's OCR head
+    min_count: PositiveInt = 5  # images a word must appear in
+    max_words: PositiveInt = 100  # word ids per image
     cjk: Literal["char", "bigram"] = "char"
 
     def run(self, ds, workdir: str) -> Stage:
@@ -202,7 +203,7 @@ class OcrLabels(Stage):
     outputs = ("words_npy",)
 
     vocab: str = ""  # the TSV ``ocr_vocab`` wrote (or a released one)
-    max_words: int = 100
+    max_words: PositiveInt = 100
     cjk: Literal["char", "bigram"] = "char"
 
     def setup(self) -> None:

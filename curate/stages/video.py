@@ -6,7 +6,7 @@ import dataclasses
 
 import av
 
-from curate.media import open_video
+from curate.media import VideoError, open_video
 from curate.stage import Stage
 from shards import storage
 
@@ -24,7 +24,7 @@ def probe(data: bytes | str, uri: str) -> dict:
     with open_video(data, uri) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise ValueError(f"{uri}: no video stream (streams: {', '.join(kinds)})")
+            raise VideoError(f"{uri}: no video stream (streams: {', '.join(kinds)})", "no_video_stream")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
@@ -47,12 +47,12 @@ def probe(data: bytes | str, uri: str) -> dict:
         try:
             first = next(container.decode(stream))
         except (StopIteration, av.FFmpegError) as exc:
-            raise ValueError(f"{uri}: no decodable frame ({exc or 'empty stream'})") from None
+            raise VideoError(f"{uri}: no decodable frame ({exc or 'empty stream'})", "no_frames") from None
         facts["rotation"] = int(getattr(first, "rotation", 0) or 0)
     present, end = _demux_extent(data, uri)
     facts["frames_present"], facts["end_time"] = present, round(end, 3)
     if not facts["width"] or not facts["height"]:
-        raise ValueError(f"{uri}: video stream has no frame size")
+        raise VideoError(f"{uri}: video stream has no frame size", "no_frame_size")
     if not facts["duration"] and facts["fps"] and facts["frames"]:
         facts["duration"] = facts["frames"] / facts["fps"]
     return facts
@@ -98,9 +98,10 @@ class VideoProbe(Stage):
     def process_row(self, row: dict) -> dict:
         facts = probe(row["uri"], row["uri"])  # streamed from the file or S3, never read whole
         if truncated(facts) and not self.allow_truncated:
-            raise ValueError(
+            raise VideoError(
                 f"{row['uri']}: truncated, {facts['frames_present']} of {facts['frames']} frames present, "
-                f"ending at {facts['end_time']:g} of {facts['duration']:g} s"
+                f"ending at {facts['end_time']:g} of {facts['duration']:g} s",
+                "truncated",
             )
         row["meta"].update(facts, source_blake3=storage.file_digest(row["uri"]))
         return row

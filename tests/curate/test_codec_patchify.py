@@ -259,3 +259,31 @@ def test_stage_runs_in_process(clips, tmp_path):
     assert good["meta"]["codec"]["signal"] == "codec_mvs" and good["meta"]["frames"]["ids"] == [0, 21, 42, 63]
     assert shard_fields.image(good["frames_jpg"]).shape == (1024, 256, 3)
     assert io.BytesIO(good["patches_jpg"]).read(2) == b"\xff\xd8"
+
+
+def test_reasons_name_the_cause_and_small_or_short_videos_are_dropped(clips, tmp_path):
+    """Each cause is its own countable reason; a readable video too small or too short is dropped, not failed."""
+    from curate.demo.synthetic_video import make_clip
+    from curate.stage import new_rows, to_rows
+
+    _write_video(tmp_path / "tiny.mp4", size=(16, 16))
+    _write_video(tmp_path / "two_frames.mp4", size=(64, 64), frames=2)
+    (tmp_path / "bytes.mp4").write_bytes(b"\x00" * 5000)
+    make_clip(tmp_path / "raw.h264", size=64, frames=8)  # an elementary stream: no timestamps
+    data = open(clips["pan"][0], "rb").read()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 2 // 5])
+    names = ["tiny.mp4", "two_frames.mp4", "bytes.mp4", "raw.h264"]
+    items = [{"key": n, "uri": str(tmp_path / n), "modality": "video", "partition": 0} for n in names]
+    out = to_rows(run_in_process([CodecPatchify()], new_rows(items)))
+    assert {r["key"]: (r["status"], r["reason"]) for r in out} == {
+        "tiny.mp4": ("dropped", "codec_patchify/too_small"),
+        "two_frames.mp4": ("dropped", "codec_patchify/too_short"),
+        "bytes.mp4": ("failed", "codec_patchify/unreadable"),
+        "raw.h264": ("failed", "codec_patchify/no_timestamps"),
+    }
+    assert "16x16" in out[0]["detail"] and "no clip of 16 frames" in out[1]["detail"]
+    cut = [{"key": "cut", "uri": str(tmp_path / "cut.mp4"), "modality": "video", "partition": 0}]
+    for isolate in (False, True):  # isolated: the cause crosses the process boundary with the error
+        (row,) = to_rows(run_in_process([CodecPatchify(min_frames=64, isolate=isolate)], new_rows(cut)))
+        assert (row["status"], row["reason"]) == ("failed", "codec_patchify/truncated")
+        assert "truncated or corrupt" in row["detail"]

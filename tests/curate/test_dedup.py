@@ -244,7 +244,7 @@ def test_manifest_entries_and_bad_inputs(corpus, tmp_path):
     stage = build_stage({"name": "dedup_signatures", "pixel": False, "perceptual": False})
     out = to_rows(run_in_process([stage], batch))
     # an unreadable container is a VideoError in every stage (curate.media opens every video)
-    assert out[0]["status"] == FAILED and out[0]["reason"] == "dedup_signatures/VideoError"
+    assert out[0]["status"] == FAILED and out[0]["reason"] == "dedup_signatures/unreadable"
     assert "not a readable video container" in out[0]["detail"] and str(bad_video) in out[0]["detail"]
     assert out[1]["status"] == FAILED  # the page file does not exist: its exact hash cannot be taken
     stage = build_stage({"name": "dedup_signatures", "exact": False, "pixel": False, "perceptual": False})

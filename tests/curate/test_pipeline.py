@@ -158,9 +158,14 @@ def test_jsonl_ocr_source(tmp_path, demo_corpus, monkeypatch):
         for s in wds.WebDataset(str(tmp_path / "out/shards/ocr/corpus_ocr-v1-000000.tar"), shardshuffle=False).decode()
     )
     assert texts == sorted(r["text"] for r in rows)
-    (pages / "rows.jsonl").write_text('{"image": "p0.png"}\n')
-    with pytest.raises(SourceError, match=r"rows.jsonl:1: expected"):
-        run(cfg, stages, progress=False)
+    lines = [json.dumps(rows[0]).encode(), b'{"image": "p1.png"}', b"{not json", b'{"image": "p2.png", "text": "\xff"}']
+    (pages / "rows.jsonl").write_bytes(b"\n".join([*lines, json.dumps(rows[2]).encode()]) + b"\n")
+    summary = run(cfg, stages, progress=False, force=True)
+    assert (summary["kept"], summary["failed"], summary["failed_by_reason"]) == (2, 3, {"source/bad_jsonl_row": 3})
+    bad = read_ledger(str(tmp_path / "out")).query("status == 'failed'").sort_values("uri")
+    assert bad["uri"].str.endswith(("rows.jsonl#2", "rows.jsonl#3", "rows.jsonl#4")).all()
+    assert "UnicodeDecodeError" in bad["detail"].iloc[2]
+    assert "rows.jsonl:2: expected" in bad["detail"].iloc[0] and "KeyError('text')" in bad["detail"].iloc[0]
 
 
 @dataclasses.dataclass(frozen=True)

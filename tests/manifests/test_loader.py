@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 
@@ -109,10 +109,59 @@ def test_demo_manifest_and_stage_parameters_are_validated(tmp_path):
 
     cfg, stages = load_run("manifests/demo.toml", {"output.dir": str(tmp_path)})
     assert cfg.output.dir == str(tmp_path) and [s.name for s in stages][:2] == ["image_decode", "ocr_text"]
-    valid = "isolate, mode, quality, retries, size, timeout_s"  # the stage's own fields + the fault policy
+    valid = "background, isolate, max_pixels, mode, quality, retries, size, timeout_s"  # own fields + fault policy
     with pytest.raises(ManifestError, match=rf"stages\.0\[image_decode\]\.sise.*valid keys here: {valid}"):
         load_run("manifests/demo.toml", {"stages.0.sise": 3})
     with pytest.raises(ManifestError, match=r"unknown stage 'imgae_decode'; valid stages: .*image_decode"):
         load_run("manifests/demo.toml", {"stages.0.name": "imgae_decode"})
     with pytest.raises(ManifestError, match=r"stages\.0\[image_decode\]\.size: expected int, got string"):
         load_run("manifests/demo.toml", {"stages.0.size": "big"})
+
+
+@pytest.mark.parametrize(
+    ("override", "value", "message"),
+    [
+        ("stages.0.size", 0, r"stages\.0\[image_decode\]\.size: 0 is out of range: expected 1 <= value"),
+        ("stages.0.size", -448, r"stages\.0\[image_decode\]\.size: -448 is out of range"),
+        (
+            "stages.0.quality",
+            101,
+            r"stages\.0\[image_decode\]\.quality: 101 is out of range: expected 1 <= value <= 100",
+        ),
+        ("stages.0.background", [255, 0, 256], r"stages\.0\[image_decode\]\.background\.2: 256 is out of range"),
+        ("stages.0.background", [255, 255], r"stages\.0\[image_decode\]: background: give red, green and blue"),
+        ("stages.0.retries", -1, r"stages\.0\[image_decode\]\.retries: -1 is out of range"),
+        ("stages.3.budget", 0.0, r"stages\.3\[codec_patchify\]\.budget: 0\.0 must be greater than 0\.0"),
+        ("stages.3.budget", 1.5, r"stages\.3\[codec_patchify\]\.budget: 1\.5 is out of range"),
+        ("stages.3.fps", 0, r"stages\.3\[codec_patchify\]\.fps: 0\.0 must be greater than 0\.0"),
+        ("stages.3.frames", 0, r"stages\.3\[codec_patchify\]\.frames: 0 is out of range"),
+        ("stages.4.min_side", -1, r"stages\.4\[min_resolution\]\.min_side: -1 is out of range"),
+        ("stages.5.max_ratio", 0.5, r"stages\.5\[aspect_ratio\]\.max_ratio: 0\.5 is out of range"),
+        ("stages.11.min_mean_conf", 1.2, r"stages\.11\[ocr_filter\]\.min_mean_conf: 1\.2 is out of range"),
+        ("stages.9.minhash_threshold", 0, r"stages\.9\[dedup_group\]\.minhash_threshold: 0\.0 must be greater"),
+        ("stages.9.perceptual_max_bits", 129, r"stages\.9\[dedup_group\]\.perceptual_max_bits: 129 is out of range"),
+        ("stages.13.k", 0, r"stages\.13\[concepts\]\.k: 0 is out of range"),
+        ("partition_size", 0, r"partition_size: 0 is out of range"),
+        ("ray.object_store_gb", 0, r"ray\.object_store_gb: 0\.0 must be greater than 0\.0"),
+    ],
+)
+def test_nonsense_numbers_are_manifest_errors_that_name_the_key(tmp_path, override, value, message):
+    from curate.config import load_run
+
+    with pytest.raises(ManifestError, match=message):
+        load_run("manifests/demo.toml", {"output.dir": str(tmp_path), override: value})
+
+
+@dataclasses.dataclass(frozen=True)
+class Sized:
+    side: manifests.PositiveInt = 1
+    share: manifests.Fraction | None = None
+    pixel: Annotated[int, manifests.Range(0, 255)] = 0
+
+
+def test_ranges_hold_for_plain_dataclasses_and_optional_values(tmp_path):
+    path = write(tmp_path, "s.toml", "side = 3\nshare = 0.5\npixel = 255\n")
+    assert load(Sized, path) == Sized(3, 0.5, 255)
+    assert load(Sized, path, {"share": None}).share is None
+    with pytest.raises(ManifestError, match=r"s\.toml: share: 2\.0 is out of range: expected 0\.0 <= value <= 1\.0"):
+        load(Sized, path, {"share": 2})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train.checkpoint import CheckpointError
 from train.release.native import export
 
 
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from train.release.onnx import export_onnx_release as write
     else:
         write = export
-    out = write(args.checkpoint, args.out_dir)
+    try:
+        out = write(args.checkpoint, args.out_dir)
+    except (CheckpointError, OSError) as exc:  # no checkpoint there, or an output that cannot be written
+        parser.exit(1, f"error: {exc}\n")
     print(f"[release] wrote {args.format} release: {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     return 0
 
