@@ -23,17 +23,26 @@ WHITE = (255, 255, 255)  # what transparent pixels become, unless a stage says o
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-class VideoError(ValueError):
-    """A video that cannot be curated; the message says why (and what to do, where there is a fix).
+class MediaError(ValueError):
+    """An input that cannot be curated; the message says why (and what to do, where there is a fix).
 
-    ``code`` names the cause in the ledger's reason (``codec_patchify/truncated``), so a run's
-    summary counts causes, not one exception type. Causes in :data:`TOO_SMALL_OR_SHORT` describe
-    a readable video that is simply too small or too short: stages drop those rather than fail them.
+    ``code`` names the cause in the ledger's reason (``codec_patchify/truncated``,
+    ``image_decode/unreadable``), so a run's summary counts causes, not one exception type.
     """
 
     def __init__(self, message: str, code: str = "unreadable"):
         super().__init__(message)
         self.code = code  # pickled with the exception's __dict__, so it crosses isolated processes
+
+
+class VideoError(MediaError):
+    """A video that cannot be curated. Causes in :data:`TOO_SMALL_OR_SHORT` describe a readable
+    video that is simply too small or too short: stages drop those rather than fail them."""
+
+
+class ImageError(MediaError):
+    """An image or OCR page that cannot be curated: ``unreadable``, ``truncated``,
+    ``too_many_pixels``, ``no_white_point``, ``no_transcript``, ``transcript_not_utf8``."""
 
 
 TOO_SMALL_OR_SHORT = ("too_small", "too_short")
@@ -100,13 +109,16 @@ def decode_image(
             img = Image.open(io.BytesIO(data))
         facts = {"format": (img.format or "unknown").lower(), "width": img.width, "height": img.height}
         if img.width * img.height > max_pixels:
-            raise ValueError(f"{uri}: refused, too many pixels: {img.width}x{img.height} > {max_pixels}")
+            raise ImageError(
+                f"{uri}: refused, too many pixels: {img.width}x{img.height} > {max_pixels}", "too_many_pixels"
+            )
         if min_side and img.format == "JPEG":
             scale = min_side / min(img.size)
             img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img.load()
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{uri}: not a readable image ({exc})") from None
+        code = "truncated" if "truncated" in str(exc) else "unreadable"
+        raise ImageError(f"{uri}: not a readable image ({exc})", code) from None
     facts["mode"] = img.mode
     icc = img.info.get("icc_profile")
     depth = _sample_depth(img)  # read before the transpose, which drops a TIFF's tags
@@ -148,7 +160,8 @@ def _eight_bit(img: Image.Image, uri: str, bits: int, signed: bool) -> Image.Ima
         white, what = 65535, "16-bit"
     lo, hi = float(np.min(a)), float(np.max(a))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > white:
-        raise ValueError(f"{uri}: {what} samples span {lo:g}..{hi:g}, outside 0..{white:g}: no white point to scale by")
+        span = f"{what} samples span {lo:g}..{hi:g}, outside 0..{white:g}"
+        raise ImageError(f"{uri}: {span}: no white point to scale by", "no_white_point")
     return Image.fromarray(np.rint(a.astype(np.float64) * (255.0 / white)).astype(np.uint8), "L")
 
 

@@ -271,8 +271,10 @@ def failed(stage: Stage, row: dict, exc: BaseException) -> dict:
 def _failed(stage: Stage, row: dict, exc: BaseException) -> dict:
     failed = dict(row)
     failed["status"] = FAILED
-    code = getattr(exc, "code", None)  # an error that names its cause (VideoError) is counted by cause
-    failed["reason"] = f"{stage.name}/{code if isinstance(code, str) else type(exc).__name__}"
+    code = getattr(exc, "code", None)  # an error that names its cause (MediaError) is counted by cause
+    if not isinstance(code, str):  # an input gone since it was listed, or a JSONL row naming no file
+        code = "not_found" if isinstance(exc, FileNotFoundError) else type(exc).__name__
+    failed["reason"] = f"{stage.name}/{code}"
     failed["detail"] = _ADDRESS.sub("", str(exc))[:2000] or type(exc).__name__
     failed["meta"] = dict(row["meta"], traceback=_ADDRESS.sub("", traceback.format_exc(limit=4))[-2000:])
     return failed

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from PIL import Image
 
-from curate.media import WHITE, decode_image
+from curate.media import WHITE, ImageError, decode_image
 from curate.stage import Stage
 from manifests import PositiveInt, Range
 from shards import storage
@@ -86,11 +86,11 @@ class OcrText(Stage):
         if text is None:
             text_uri = meta.get("text_uri")
             if not text_uri:
-                raise FileNotFoundError(f"{row['uri']}: no transcript (.txt beside the page or JSONL text)")
+                raise ImageError(f"{row['uri']}: no transcript (.txt beside the page or JSONL text)", "no_transcript")
             try:
                 text = storage.read_bytes(text_uri).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{text_uri}: transcript is not UTF-8 ({exc})") from None
+                raise ImageError(f"{text_uri}: transcript is not UTF-8 ({exc})", "transcript_not_utf8") from None
         row["txt"] = text.encode("utf-8")
         meta["text_chars"] = len(text.strip())
         return row

@@ -147,7 +147,7 @@ def build_corpus(root: Path) -> list[dict]:
     add("zero-byte .png", "empty.png", {FAILED}, b"")
     add("random bytes .jpg", "random.jpg", {FAILED}, np.random.default_rng(1).bytes(4096))
     add("HTML named .jpg", "page.jpg", {FAILED}, b"<!doctype html><html><body>404 Not Found</body></html>\n")
-    add("PNG with a bad CRC", "bad_crc.png", {FAILED, KEPT}, png[:40] + bytes([png[40] ^ 0xFF]) + png[41:])
+    add("PNG with a corrupted chunk", "bad_chunk.png", {FAILED, KEPT}, png[:40] + bytes([png[40] ^ 0xFF]) + png[41:])
     add("JPEG with bytes after EOI", "trailing.jpg", {KEPT}, jpeg + b"\x00garbage" * 64)
     add("truncated TIFF", "truncated.tif", {FAILED}, _bytes(_photo(), "TIFF")[:300])
     add("random bytes .webp", "random.webp", {FAILED}, np.random.default_rng(2).bytes(2048))
@@ -354,7 +354,7 @@ def run_level_cases(root: Path, tmp: Path) -> list[dict]:
     blocker = tmp / "a_file"
     blocker.write_text("not a folder")
     cases = [
-        ("output folder on a read-only path (/proc)", write_manifest(tmp / "ro.toml", root, "/proc/audit-out"), 1),
+        ("output folder where writes are refused (/sys)", write_manifest(tmp / "ro.toml", root, "/sys/audit-out"), 1),
         ("output folder under a file", write_manifest(tmp / "unmakeable.toml", root, f"{blocker}/out"), 1),
         ("source path that does not exist", write_manifest(tmp / "nosrc.toml", tmp / "nowhere", str(tmp / "o1")), 1),
         ("manifest with size = 0", write_manifest(tmp / "size0.toml", root, str(tmp / "o2"), size=0), 1),

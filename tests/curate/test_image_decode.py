@@ -1,6 +1,6 @@
 """Image decode against known pixel values: high bit depths scaled by their white point (or refused
-with the reason), transparency over a configured colour, ICC profiles converted to sRGB, and the
-stage's own pixel limit and reduced-scale JPEG decode."""
+with the reason), transparency over a configured colour, ICC profiles converted to sRGB, the
+stage's own pixel limit and reduced-scale JPEG decode, and a reason code for each way a file fails."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from curate.media import decode_image
 from curate.stage import new_rows, run_in_process, to_rows
-from curate.stages.images import ImageDecode
+from curate.stages.images import ImageDecode, OcrText
 from shards import fields
 
 
@@ -148,3 +148,30 @@ def test_the_stage_pixel_limit_and_reduced_scale_jpeg_decode(tmp_path):
     assert img.size == (1000, 750)  # decoded at 1/4 scale: the shorter side still >= 448
     row = _decode(tmp_path, "huge.jpg", buf.getvalue())
     assert (row["meta"]["width"], row["meta"]["out_width"], row["meta"]["out_height"]) == (4000, 597, 448)
+
+
+def test_each_way_an_image_or_page_fails_has_its_own_reason_code(tmp_path):
+    """Summaries count causes: never a bare exception class such as ``image_decode/ValueError``."""
+    photo = _png(Image.new("RGB", (64, 48), (10, 200, 30)))
+    cases = {
+        "html.jpg": (b"<!doctype html><html>404</html>", "image_decode/unreadable"),
+        "empty.png": (b"", "image_decode/unreadable"),
+        "cut.png": (photo[: len(photo) // 2], "image_decode/truncated"),
+        "big.png": (_png(Image.new("L", (200, 100))), "image_decode/too_many_pixels"),
+        "hdr.tif": (_tiff(_bands([0.0, 1000.0, 0.0, 0.0], np.float32)), "image_decode/no_white_point"),
+    }
+    for name, (data, reason) in cases.items():
+        row = _decode(tmp_path, name, data, max_pixels=10_000)
+        assert (row["status"], row["reason"]) == ("failed", reason), (name, row["detail"])
+    gone = new_rows([{"key": "g", "uri": str(tmp_path / "gone.png"), "modality": "ocr", "partition": 0, "meta": {}}])
+    row = to_rows(run_in_process([ImageDecode()], gone))[0]
+    assert (row["status"], row["reason"]) == ("failed", "image_decode/not_found")
+    (tmp_path / "page.png").write_bytes(photo)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    pages = [
+        {"uri": str(tmp_path / "page.png"), "meta": {"text_uri": None}},
+        {"uri": str(tmp_path / "page.png"), "meta": {"text_uri": str(tmp_path / "latin1.txt")}},
+    ]
+    batch = new_rows([{"key": f"p{i}", "modality": "ocr", "partition": 0, **p} for i, p in enumerate(pages)])
+    rows = to_rows(run_in_process([OcrText()], batch))
+    assert [r["reason"] for r in rows] == ["ocr_text/no_transcript", "ocr_text/transcript_not_utf8"]

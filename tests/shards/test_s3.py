@@ -77,7 +77,7 @@ def test_curate_from_s3_into_s3_through_ray(ray_cluster, bucket, demo_corpus, tm
     assert (summary["inputs"], summary["kept"], summary["failed"]) == (6, 4, 2)
     ledger = read_ledger(f"s3://{bucket}/out").set_index("uri")
     assert ledger.loc[f"s3://{bucket}/corpus/videos/clip19_truncated.mp4", "status"] == "failed"
-    assert ledger.loc[f"s3://{bucket}/corpus/images/not_an_image.jpg", "reason"] == "image_decode/ValueError"
+    assert ledger.loc[f"s3://{bucket}/corpus/images/not_an_image.jpg", "reason"] == "image_decode/unreadable"
     assert storage.exists(f"s3://{bucket}/out/shards/image/index.json")
     capsys.readouterr()  # the run's own messages
     assert shards_main(["verify", f"s3://{bucket}/out"]) == 0
