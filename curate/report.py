@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from curate.ledger import format_summary, read_ledger
+from curate.media import decode_image, open_video
 from shards import fields as shard_fields
 from shards import format as fmt
 from shards import storage
@@ -143,24 +144,52 @@ def _overlay(fields: dict, meta: dict) -> str:
 
 
 def _duplicates(ledger, limit: int = 20) -> str:
+    """The run's duplicate groups, largest first: each member's thumbnail (from its source), status,
+    and for a dropped member what it duplicates and by which kind of match."""
     metas = [json.loads(m) for m in ledger["meta"]] if "meta" in ledger else []
     groups: dict = {}
-    for key, status, meta in zip(ledger["key"], ledger["status"], metas, strict=True):
+    for row, meta in zip(ledger.itertuples(), metas, strict=True):
         if meta.get("dedup_group") is not None:  # dedup_apply tags every member, the dropped with their kind
-            groups.setdefault(meta["dedup_group"], []).append((key, status, meta.get("dup_kind", "")))
+            groups.setdefault(meta["dedup_group"], []).append((row, meta))
     groups = {g: m for g, m in groups.items() if len(m) > 1}
     if not groups:
         return "<p>No duplicate groups recorded in this run.</p>"
     sizes = Counter(len(m) for m in groups.values())
     rows = "".join(
-        f"<tr><td>{html.escape(str(g))}</td><td>{html.escape(', '.join(f'{k} ({s})' for k, s, _ in members))}</td>"
-        f"<td>{html.escape(', '.join(sorted({kind for *_, kind in members if kind})))}</td></tr>"
+        f"<tr><td>{html.escape(str(g))}</td><td>{''.join(_member(row, meta) for row, meta in members)}</td></tr>"
         for g, members in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:limit]
     )
     return (
         f"<p>{len(groups)} groups; sizes: {dict(sorted(sizes.items()))}</p>"
-        f"<table><tr><th>group</th><th>members (status)</th><th>kind</th></tr>{rows}</table>"
+        f"<table><tr><th>group</th><th>members: kept, and each dropped one with what it duplicates</th></tr>{rows}"
+        "</table>"
     )
+
+
+def _member(row, meta: dict) -> str:
+    said = f"{row.key} ({row.status})"
+    if meta.get("dup_of"):
+        said += f": duplicate of {meta['dup_of']} by {meta.get('dup_kind', '?')}"
+    return (
+        f'<figure style="display:inline-block;margin:4px;max-width:200px">{_thumbnail(row.uri, row.modality)}'
+        f'<figcaption style="font-size:11px">{html.escape(said)}</figcaption></figure>'
+    )
+
+
+def _thumbnail(uri: str, modality: str, side: int = 96) -> str:
+    """A small JPEG of the source (a video's first frame) as a data URI; a note where it cannot be read."""
+    try:
+        if modality == "video":
+            with open_video(uri, uri) as container:
+                picture = next(container.decode(video=0)).to_image()
+        else:
+            picture, _ = decode_image(storage.read_bytes(uri), uri)
+    except (OSError, ValueError, StopIteration) as exc:
+        return f"<div>(no thumbnail: {html.escape(str(exc)[:80])})</div>"
+    picture.thumbnail((side, side))
+    buf = io.BytesIO()
+    picture.convert("RGB").save(buf, format="JPEG", quality=80)
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _concepts(out: str) -> str:

@@ -229,8 +229,11 @@ def test_report_is_self_contained_and_names_every_failure(ray_demo):
     groups = metas.map(lambda m: m.get("dedup_group")).dropna()
     duplicated = groups[groups.duplicated(keep=False)]
     assert duplicated.nunique() >= 1 and f"<p>{duplicated.nunique()} groups; sizes:" in page
+    section = page.split("<h2>Duplicate groups</h2>")[1].split("<h2>")[0]
     for key in ledger.loc[duplicated.index, "key"]:  # every member of every group, kept and dropped
-        assert key in page.split("<h2>Duplicate groups</h2>")[1]
+        assert key in section
+    assert section.count("data:image/jpeg;base64,") == len(duplicated)  # a thumbnail of each, from its source
+    assert section.count("duplicate of ") == (ledger.loc[duplicated.index, "status"] == "dropped").sum()
     assert "codec_patchify" in summary["stages"] and summary["stages"]["codec_patchify"]["rows"] == 19
 
 
