@@ -14,6 +14,8 @@ import re
 from pathlib import PurePosixPath
 
 from curate.config import SourceConfig
+from curate.sources_shards import list_webdataset
+from curate.sources_tables import TableError, list_table_source
 from shards import storage
 
 DEFAULT_EXTENSIONS = {
@@ -27,14 +29,28 @@ class SourceError(ValueError):
     """A source that cannot be listed (missing, empty, malformed JSONL)."""
 
 
-def make_key(uri: str) -> str:
+def make_key(uri: str, identity: str | None = None) -> str:
+    """A readable stem of ``uri`` plus a hash of ``identity`` (default: the URI itself), which must
+    be unique across the run: a table row's is the table and row, since rows may share a video."""
     stem = re.sub(r"[^A-Za-z0-9_]+", "_", PurePosixPath(str(uri).replace("\\", "/")).stem)[:40].strip("_")
-    digest = hashlib.sha1(str(uri).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(str(uri if identity is None else identity).encode()).hexdigest()[:12]
     return f"{stem or 'item'}-{digest}"
 
 
 def list_source(src: SourceConfig) -> tuple[list[dict], int]:
-    """Inputs of one source, and how many files were passed over for their extension."""
+    """Inputs of one source, and how many files were passed over for their extension.
+
+    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
+    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
+    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+    """
+    if src.format != "files":
+        try:
+            if src.format == "webdataset":
+                return list_webdataset(src, make_key)
+            return list_table_source(src, make_key)
+        except (FileNotFoundError, TableError) as exc:
+            raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
     exts = tuple(e.lower() for e in (src.extensions or DEFAULT_EXTENSIONS[src.modality]))
     try:
         files = storage.list_files(src.uri)
@@ -49,9 +65,9 @@ def list_source(src: SourceConfig) -> tuple[list[dict], int]:
     items = []
     for uri, size in chosen:
         if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
-            items += _jsonl_pages(uri)
+            items += _jsonl_pages(uri, src.uri)
             continue
-        meta = {"bytes": size}
+        meta = {"bytes": size, "provenance": {"source": src.uri, "offset": 0}}
         if src.modality == "ocr":
             text_uri = uri.rsplit(".", 1)[0] + ".txt"
             meta["text_uri"] = text_uri if text_uri in names else None
@@ -59,7 +75,7 @@ def list_source(src: SourceConfig) -> tuple[list[dict], int]:
     return items, len(files) - len(chosen)
 
 
-def _jsonl_pages(uri: str) -> list[dict]:
+def _jsonl_pages(uri: str, source: str) -> list[dict]:
     """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``."""
     base = uri.rsplit("/", 1)[0] if storage.is_s3(uri) else str(PurePosixPath(uri).parent)
     items = []
@@ -72,7 +88,15 @@ def _jsonl_pages(uri: str) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise SourceError(f"{uri}:{n}: expected {{'image': ..., 'text': ...}}: {exc}") from None
         image_uri = image if storage.is_s3(image) or image.startswith("/") else storage.join(base, image)
-        items.append({"key": make_key(f"{uri}#{n}"), "uri": image_uri, "modality": "ocr", "meta": {"text": text}})
+        provenance = {"source": source, "table": uri, "row": n}
+        items.append(
+            {
+                "key": make_key(f"{uri}#{n}"),
+                "uri": image_uri,
+                "modality": "ocr",
+                "meta": {"text": text, "provenance": provenance},
+            }
+        )
     return items
 
 

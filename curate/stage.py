@@ -153,16 +153,16 @@ def _scalar(value: Any) -> Any:
 
 
 def new_rows(items: list[dict]) -> dict[str, np.ndarray]:
-    """The first batch of a run: one row per input, status ``live``."""
+    """The first batch of a run: one row per input, status ``live`` (``failed`` where the listing said why)."""
     rows = [
         {
             "key": it["key"],
             "uri": it["uri"],
             "modality": it["modality"],
             "partition": it["partition"],
-            "status": LIVE,
-            "reason": None,
-            "detail": None,
+            "status": FAILED if it.get("error") else LIVE,  # the listing found it unusable: [reason, detail]
+            "reason": it["error"][0] if it.get("error") else None,
+            "detail": it["error"][1] if it.get("error") else None,
             "meta": dict(it.get("meta") or {}),
             "parent": None,
         }

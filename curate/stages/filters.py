@@ -40,14 +40,22 @@ class AspectRatio(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class TextLength(Filter):
-    """Drop OCR pages with fewer than ``min_chars`` characters of text."""
+    """Drop samples with fewer than ``min_chars`` characters of text: an OCR page's transcript, or the
+    caption of an image or video from a captioned source (a missing caption counts as empty). Images
+    and videos of uncaptioned sources (folders of files) have no text to measure and pass."""
 
     name = "text_length"
-    modalities = ("ocr",)
+    modalities = ("image", "video", "ocr")
     min_chars: int = 20
 
     def reason(self, row: dict) -> str | None:
-        n = row["meta"].get("text_chars", 0)
+        meta = row["meta"]
+        if row["modality"] == "ocr":
+            n = meta.get("text_chars", 0)
+        elif "caption" in meta:
+            n = len((meta["caption"] or "").strip())
+        else:
+            return None
         if n < self.min_chars:
             return f"too_little_text: {n} < {self.min_chars} characters"
         return None
