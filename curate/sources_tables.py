@@ -138,11 +138,10 @@ def _resolve(table: str, value, column: str) -> str:
         raise _Bad("no_uri", f"{value!r}: only local paths and s3:// URIs are read (fetch web URLs first)")
     if value.startswith("s3://") or value.startswith("/"):
         return value
-    base = table.rsplit("/", 1)[0]
     if storage.is_s3(table):
-        bucket = "s3://" + storage.split_s3(table)[0]
-        return bucket + posixpath.normpath("/" + base[len(bucket) :] + "/" + value)
-    return posixpath.normpath(posixpath.join(base, value))
+        bucket, key = storage.split_s3(table)
+        return f"s3://{bucket}" + posixpath.normpath(posixpath.join("/", posixpath.dirname(key), value))
+    return posixpath.normpath(posixpath.join(posixpath.dirname(table), value))
 
 
 def _span(row: dict, start_column: str, end_column: str) -> list:
