@@ -63,7 +63,8 @@ class TextLength(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class Duration(Filter):
-    """Drop videos shorter than ``min_seconds`` or longer than ``max_seconds``."""
+    """Drop videos shorter than ``min_seconds`` or longer than ``max_seconds`` (a clip table's row:
+    the part of its ``[start, end)`` span the video covers)."""
 
     name = "duration"
     modalities = ("video",)
@@ -72,6 +73,9 @@ class Duration(Filter):
 
     def reason(self, row: dict) -> str | None:
         d = row["meta"]["duration"]
+        if row["meta"].get("span"):
+            start, end = row["meta"]["span"]
+            d = max(0.0, min(d, d if end is None else end) - start)
         if not self.min_seconds <= d <= self.max_seconds:
             return f"duration: {d:.2f}s outside [{self.min_seconds}, {self.max_seconds}]"
         return None

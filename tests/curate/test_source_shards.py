@@ -98,11 +98,15 @@ def test_caption_filters_apply_to_image_captions(corpus, tmp_path):
     """text_length measures captions (a missing one is empty); MinHash signs them for near-duplicates."""
     root, truth = corpus
     out = tmp_path / "out"
-    summary = _curate(str(root), out, '[[stages]]\nname = "text_length"\nmin_chars = 5\n')
+    stages = '[[stages]]\nname = "text_length"\nmin_chars = 5\n'
+    stages += '[[stages]]\nname = "dedup_signatures"\nexact = false\npixel = false\nperceptual = false\n'
+    summary = _curate(str(root), out, stages)
     assert summary["dropped_by_reason"] == {"text_length/too_little_text": 1}  # 000000001 has no .txt
     ledger = read_ledger(str(out))
     dropped = ledger[ledger["status"] == "dropped"]
     assert [json.loads(m)["source_meta"]["key"] for m in dropped["meta"]] == ["000000001"]
+    kept = [json.loads(m) for m in ledger[ledger["status"] == "kept"]["meta"]]
+    assert len(kept) == 6 and all(m["dedup"]["minhash"] == "sha1/3-gram/seed1" for m in kept)  # captions signed
 
 
 def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):

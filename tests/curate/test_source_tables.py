@@ -14,9 +14,11 @@ import pytest
 import webdataset as wds
 from source_kit import photo
 
+from curate.codec.patchify import PatchifyConfig, patchify_all
 from curate.config import SourceConfig, load_run
 from curate.demo.synthetic_video import make_clip
 from curate.ledger import read_ledger
+from curate.media import VideoError
 from curate.pipeline import run
 from curate.sources import list_inputs
 from manifests import ManifestError
@@ -174,7 +176,7 @@ def test_clip_table_cuts_videos_by_time(tmp_path):
         {"video": "videos/a.mp4", "start": 3.0, "end": 9.0, "caption": "a, the end"},  # 72..95: the video ends
         {"video": "videos/b.mp4", "start": 0.0, "end": 1.0, "caption": "b"},  # 0..23
         {"video": "videos/b.mp4", "start": 1.5, "end": 1.0, "caption": "backwards"},  # end before start
-        {"video": "videos/b.mp4", "start": 5.0, "end": 6.0, "caption": "after the end"},  # no frame
+        {"video": "videos/b.mp4", "start": 5.0, "end": 6.0, "caption": "after the end"},  # 0 s: dropped
         {"video": "videos/b.mp4", "start": "soon", "end": 1.0, "caption": "not a time"},
     ]
     (tmp_path / "clips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -183,8 +185,8 @@ def test_clip_table_cuts_videos_by_time(tmp_path):
         "cliptable",
         f'modality = "video"\nformat = "jsonl"\nuri = "{tmp_path / "clips.jsonl"}"\nuri_column = "video"\n'
         'caption_column = "caption"\nstart_column = "start"\nend_column = "end"',
-        '[[stages]]\nname = "video_probe"\n[[stages]]\nname = "codec_patchify"\nframes = 16\nmin_frames = 8\n'
-        "size = 64\n",
+        '[[stages]]\nname = "video_probe"\n[[stages]]\nname = "duration"\nmin_seconds = 0.9\n'
+        '[[stages]]\nname = "codec_patchify"\nframes = 16\nmin_frames = 8\nsize = 64\n',
     )
     assert summary["inputs"] == 6 == summary["kept"] + summary["dropped"] + summary["failed"]
     ledger = read_ledger(str(out))
@@ -198,7 +200,7 @@ def test_clip_table_cuts_videos_by_time(tmp_path):
         2: None,
         3: None,
         4: "source/bad_time",
-        5: "codec_patchify/VideoError",
+        5: "duration/duration",  # the span's part inside the video: 0 s
         6: "source/bad_time",
     }
     clips = {}
@@ -212,3 +214,5 @@ def test_clip_table_cuts_videos_by_time(tmp_path):
         2: {"a, the end"},
         3: {"b"},
     }
+    with pytest.raises(VideoError, match=r"clip \[5, 6\) s holds no frame"):  # without a duration filter
+        next(patchify_all(str(media / "b.mp4"), PatchifyConfig(frames=16, min_frames=8, size=64), span=(5.0, 6.0)))
