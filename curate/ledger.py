@@ -23,18 +23,22 @@ def read_ledger(out: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in parts], ignore_index=True)
 
 
-def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (by key), likewise for the samples split inputs became
-    (a video's clips), and that the shards hold exactly the kept samples; summarise the run."""
-    expected = {it["key"] for it in items}
+def account(listed: dict[int, int], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
+    """Check inputs = kept + dropped + failed (per partition, against the listing's count of each, ``listed``, and
+    no key twice), likewise for the samples split inputs became (a video's clips), and that the
+    shards hold exactly the kept samples; summarise the run."""
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
-    inputs = ledger[~derived & ledger["key"].isin(expected)]
-    seen = inputs["key"].tolist()
-    missing = expected - set(seen)
-    if missing or len(seen) != len(set(seen)):
-        dupes = len(seen) - len(set(seen))
-        raise AccountingError(f"ledger lost {len(missing)} inputs (e.g. {sorted(missing)[:3]}) and repeats {dupes}")
+    inputs = ledger[~derived & ledger["partition"].isin(list(listed))]
+    got = inputs["partition"].value_counts().to_dict()
+    short = {p: n - got.get(p, 0) for p, n in listed.items() if got.get(p, 0) != n}
+    dupes = int(inputs["key"].duplicated().sum())
+    if short or dupes:
+        lost = sum(v for v in short.values() if v > 0)
+        raise AccountingError(
+            f"ledger lost {lost} inputs (partitions {sorted(short)[:3]} differ from their listing) and repeats {dupes}"
+        )
+    expected = set(inputs["key"])
     samples = ledger[derived & parent.isin(expected)]
     if samples["key"].duplicated().any() or samples["key"].isin(expected).any():
         raise AccountingError("samples of split inputs repeat a key, or reuse an input's key")
@@ -46,7 +50,7 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: int
     counts = inputs["status"].value_counts().to_dict()
     warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
     summary = {
-        "inputs": len(items),
+        "inputs": sum(listed.values()),
         "kept": counts.get("kept", 0),
         "dropped": counts.get("dropped", 0),
         "failed": counts.get("failed", 0),

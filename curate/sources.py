@@ -1,9 +1,11 @@
 """List a run's inputs: one row per image, video or OCR page, with a stable key and partition.
 
-Listing only reads names and sizes; bytes are read later inside the stages. Keys are derived
-from the source URI (readable stem + hash), so they are stable across reruns and machines, and
-partitions are consecutive runs of the key-sorted list, so a rerun over the same inputs makes
-the same partitions.
+Listing only reads names and sizes (and, for shard sets and tables, headers, captions and rows);
+media bytes are read later inside the stages. A source splits into units (a tar, a table or row
+group, a JSONL file, a chunk of a folder) that list independently, in Ray tasks in a run (see
+``curate.listing``). Keys are derived from the source URI (readable stem + hash), so they are stable
+across reruns and machines, and partitions are consecutive runs of each unit's key-sorted inputs,
+numbered in unit order, so a rerun over the same inputs makes the same partitions.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import re
 from pathlib import PurePosixPath
 
 from curate.config import SourceConfig
-from curate.sources_shards import list_webdataset
-from curate.sources_tables import TableError, list_table_source
+from curate.sources_shards import shard_units, tar_items
+from curate.sources_tables import TableError, table_items, table_units
 from shards import storage
 
 DEFAULT_EXTENSIONS = {
@@ -37,42 +39,80 @@ def make_key(uri: str, identity: str | None = None) -> str:
     return f"{stem or 'item'}-{digest}"
 
 
-def list_source(src: SourceConfig) -> tuple[list[dict], int]:
-    """Inputs of one source, and how many files were passed over for their extension.
+FILES_PER_UNIT = 10_000  # media files per listing unit of a folder source
 
-    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
-    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
-    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+
+def source_units(src: SourceConfig) -> tuple[list[dict], int]:
+    """A source's listing units, and how many files were passed over for their extension.
+
+    A unit is what one listing task reads: a tar of a shard set, a table (a parquet table's row
+    group), an OCR JSONL file, or up to ``FILES_PER_UNIT`` media files of a folder (whose names the
+    driver lists). Units are JSON, in a fixed order, so a rerun forms the same partitions.
     """
-    if src.format != "files":
-        try:
-            if src.format == "webdataset":
-                return list_webdataset(src, make_key)
-            return list_table_source(src, make_key)
-        except (FileNotFoundError, TableError) as exc:
-            raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
-    exts = tuple(e.lower() for e in (src.extensions or DEFAULT_EXTENSIONS[src.modality]))
     try:
+        if src.format == "webdataset":
+            return shard_units(src)
+        if src.format != "files":
+            return table_units(src)
         files = storage.list_files(src.uri)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, TableError) as exc:
         raise SourceError(f"source {src.modality} {src.uri}: {exc}") from None
+    exts = tuple(e.lower() for e in (src.extensions or DEFAULT_EXTENSIONS[src.modality]))
     chosen = [(uri, size) for uri, size in files if uri.lower().endswith(exts)]
     if not chosen:
         raise SourceError(
             f"source {src.modality} {src.uri}: no files ending in {', '.join(exts)} ({len(files)} others)"
         )
     names = {uri for uri, _ in files}
-    items = []
+    units, plain = [], []
     for uri, size in chosen:
         if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
-            items += _jsonl_pages(uri, src.uri)
-            continue
+            units.append({"kind": "jsonl", "uri": uri})
+        else:
+            text_uri = uri.rsplit(".", 1)[0] + ".txt" if src.modality == "ocr" else None
+            plain.append([uri, size, text_uri if text_uri in names else None])
+    units += [{"kind": "files", "files": plain[i : i + FILES_PER_UNIT]} for i in range(0, len(plain), FILES_PER_UNIT)]
+    return units, len(files) - len(chosen)
+
+
+def list_unit(src: SourceConfig, unit: dict) -> list[dict]:
+    """The inputs of one unit.
+
+    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
+    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
+    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+    """
+    try:
+        if unit["kind"] == "tar":
+            return tar_items(src, unit, make_key)
+        if unit["kind"] == "table":
+            return table_items(src, unit, make_key)
+    except TableError as exc:
+        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    if unit["kind"] == "jsonl":
+        return _jsonl_pages(unit["uri"], src.uri)
+    items = []
+    for uri, size, text_uri in unit["files"]:
         meta = {"bytes": size, "provenance": {"source": src.uri, "offset": 0}}
         if src.modality == "ocr":
-            text_uri = uri.rsplit(".", 1)[0] + ".txt"
-            meta["text_uri"] = text_uri if text_uri in names else None
+            meta["text_uri"] = text_uri
         items.append({"key": make_key(uri), "uri": uri, "modality": src.modality, "meta": meta})
-    return items, len(files) - len(chosen)
+    return items
+
+
+def plan_units(sources) -> tuple[list[tuple[int, dict]], int]:
+    """``(source index, unit)`` for every unit of every source, and the files passed over; a file
+    that two sources both name is an error (its inputs would be listed twice)."""
+    units, skipped, owner = [], 0, {}
+    for i, src in enumerate(sources):
+        found, passed = source_units(src)
+        skipped += passed
+        for unit in found:
+            for uri in [f[0] for f in unit["files"]] if unit["kind"] == "files" else [unit["uri"]]:
+                if owner.setdefault(uri, i) != i:
+                    raise SourceError(f"input {uri} is listed twice (two sources overlap)")
+            units.append((i, unit))
+    return units, skipped
 
 
 def _jsonl_pages(uri: str, source: str) -> list[dict]:
@@ -100,28 +140,34 @@ def _jsonl_pages(uri: str, source: str) -> list[dict]:
     return items
 
 
-def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], int]:
-    """All inputs of all sources, key-sorted, each with its partition number.
+def assign_partitions(items: list[dict], first: int, partition_size: int, partition_bytes: int = 0) -> int:
+    """Sort one unit's inputs by key and number their partitions from ``first``; return the next free one.
 
     A partition closes at ``partition_size`` inputs or, when ``partition_bytes`` is set, once its
     inputs' file sizes reach it: a file's size is the cost predictor known before any decode (long
-    or high-bitrate videos are big), so no partition, and so no task, dominates the run.
+    or high-bitrate videos are big), so no partition, and so no task, dominates the run. Partitions
+    never span units, so each unit's listing task forms its own.
     """
-    items, skipped = [], 0
-    for src in sources:
-        found, passed = list_source(src)
-        items += found
-        skipped += passed
     items.sort(key=lambda it: it["key"])
-    seen = set()
-    partition, count, size = 0, 0, 0
-    for it in items:
-        if it["key"] in seen:
-            raise SourceError(f"input {it['uri']} is listed twice (two sources overlap)")
-        seen.add(it["key"])
+    partition, count, size = first, 0, 0
+    for i, it in enumerate(items):
+        if i and it["key"] == items[i - 1]["key"]:
+            raise SourceError(f"input {it['uri']} is listed twice (key {it['key']})")
         cost = it["meta"].get("bytes", 0)
         if count and (count >= partition_size or (partition_bytes and size + cost > partition_bytes)):
             partition, count, size = partition + 1, 0, 0
         it["partition"] = partition
         count, size = count + 1, size + cost
+    return partition + 1 if items else first
+
+
+def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], int]:
+    """All inputs of all sources in this process, unit by unit, each with its partition number
+    (the partitions ``curate.listing`` forms in Ray tasks); and the files passed over."""
+    units, skipped = plan_units(sources)
+    items, partition = [], 0
+    for i, unit in units:
+        found = list_unit(sources[i], unit)
+        partition = assign_partitions(found, partition, partition_size, partition_bytes)
+        items += found
     return items, skipped

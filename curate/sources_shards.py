@@ -27,18 +27,21 @@ BLOCK = tarfile.BLOCKSIZE
 SMALL = ("txt", "json")  # members read at listing time (the rest is read by the stages)
 
 
-def list_webdataset(src, make_key) -> tuple[list[dict], int]:
-    """Inputs of every sample in the source's tars, and how many non-tar files were passed over."""
+def shard_units(src) -> tuple[list[dict], int]:
+    """The listing units of a shard source, one per tar, and how many other files were passed over
+    (the ``.parquet`` beside each tar is not passed over: its tar's unit reads it)."""
     files = storage.list_pattern(src.uri)
     tars = [(uri, size) for uri, size in files if uri.lower().endswith(".tar")]
     if not tars:
         raise FileNotFoundError(f"no .tar shards among {len(files)} files")
-    exts = tuple(e.lower().lstrip(".") for e in src.extensions) or IMAGE_EXTS
-    items = []
-    for tar, size in tars:
-        items += shard_samples(src, tar, size, exts, make_key)
     passed = [u for u, _ in files if not u.lower().endswith((".tar", ".parquet"))]
-    return items, len(passed)
+    return [{"kind": "tar", "uri": uri, "size": size} for uri, size in tars], len(passed)
+
+
+def tar_items(src, unit: dict, make_key) -> list[dict]:
+    """The inputs of one tar (a unit of :func:`shard_units`)."""
+    exts = tuple(e.lower().lstrip(".") for e in src.extensions) or IMAGE_EXTS
+    return shard_samples(src, unit["uri"], unit["size"], exts, make_key)
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")

@@ -10,8 +10,10 @@ parse) is a failed input naming the table and its row, never a stopped run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import posixpath
@@ -24,30 +26,52 @@ SUFFIXES = {"parquet": (".parquet",), "csv": (".csv",), "jsonl": (".jsonl", ".js
 READABLE = ("s3://",)  # URI schemes storage reads; anything else with "://" is not fetched here
 
 
-def list_table_source(src, make_key) -> tuple[list[dict], int]:
-    """Inputs of every row of the source's tables, and how many other files were passed over."""
+def table_units(src) -> tuple[list[dict], int]:
+    """The listing units of a table source (one per parquet row group, else one per table), and
+    how many other files were passed over. Only parquet footers are read here."""
     files = storage.list_pattern(src.uri)
     tables = [u for u, _ in files if u.lower().endswith(SUFFIXES[src.format])]
     if not tables:
         raise FileNotFoundError(f"no {'/'.join(SUFFIXES[src.format])} tables among {len(files)} files")
-    items = []
+    units = []
     for table in tables:
-        items += [_item(src, table, where, row, make_key) for where, row in _rows(src.format, table)]
-    return items, len(files) - len(tables)
+        if src.format != "parquet":
+            units.append({"kind": "table", "uri": table})
+            continue
+        with _parquet(table) as f:
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+        starts = [0, *itertools.accumulate(sizes)][:-1]
+        units += [{"kind": "table", "uri": table, "row_group": g, "first_row": n} for g, n in enumerate(starts)]
+    return units, len(files) - len(tables)
 
 
-def _rows(fmt: str, table: str):
+def table_items(src, unit: dict, make_key) -> list[dict]:
+    """The inputs of one unit: a table, or one row group of a parquet table."""
+    return [_item(src, unit["uri"], where, row, make_key) for where, row in _rows(src.format, unit)]
+
+
+@contextlib.contextmanager
+def _parquet(table: str):
+    """A parquet table opened for its footer and row groups; S3 through ranged reads, never whole."""
+    source = storage.open_media(table)
+    try:
+        yield pq.ParquetFile(source)
+    finally:
+        if not isinstance(source, str):
+            source.close()
+
+
+def _rows(fmt: str, unit: dict):
     """``(provenance, row dict)`` per row: its 1-based number and where its bytes start."""
-    data = storage.read_bytes(table)
+    table = unit["uri"]
     if fmt == "parquet":
-        f = pq.ParquetFile(io.BytesIO(data))
-        n = 0
-        for g in range(f.num_row_groups):
-            offset = f.metadata.row_group(g).column(0).file_offset
-            for i, row in enumerate(f.read_row_group(g).to_pylist()):
-                n += 1
-                yield {"row": n, "row_group": g, "row_in_group": i, "offset": offset}, row
+        g = unit["row_group"]
+        with _parquet(table) as f:
+            offset, rows = f.metadata.row_group(g).column(0).file_offset, f.read_row_group(g).to_pylist()
+        for i, row in enumerate(rows):
+            yield {"row": unit["first_row"] + i + 1, "row_group": g, "row_in_group": i, "offset": offset}, row
         return
+    data = storage.read_bytes(table)
     offset, lines = 0, []
     for line in io.BytesIO(data):
         lines.append((offset, line))

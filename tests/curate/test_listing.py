@@ -1,0 +1,57 @@
+"""Listing that scales: units (tars, parquet row groups, folder chunks) list in Ray tasks, each forms
+its own partitions, and the driver keeps a count and a key hash per partition; the same partitions
+as listing in this process, on every rerun."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from source_kit import photo, write_shard
+
+from curate.config import OutputConfig, RunConfig, SourceConfig
+from curate.listing import list_run, partition_items
+from curate.sink import keys_digest
+from curate.sources import list_inputs
+
+
+def _sources(root):
+    (root / "media").mkdir(parents=True)
+    for n in range(5):
+        (root / "media" / f"{n}.jpg").write_bytes(photo(n, size=40))
+    rows = [{"path": f"media/{n % 5}.jpg", "caption": f"row {n}"} for n in range(150)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "table.parquet", row_group_size=50)  # three row groups
+    write_shard(root / "shards" / "00000.tar", 0, [{"image": photo(n), "caption": "c", "json": {}} for n in range(7)])
+    return (
+        SourceConfig(modality="image", uri=str(root / "table.parquet"), format="parquet", uri_column="path"),
+        SourceConfig(modality="image", uri=str(root / "media")),
+        SourceConfig(modality="image", uri=str(root / "shards"), format="webdataset"),
+    )
+
+
+def test_units_list_in_ray_tasks_into_the_partitions_listed_in_process(tmp_path, ray_cluster):
+    sources = _sources(tmp_path / "corpus")
+    out = tmp_path / "out"
+    cfg = RunConfig(name="x", sources=sources, stages=(), output=OutputConfig(dir=str(out)), partition_size=20)
+    partitions, skipped = list_run(cfg, str(out), in_ray=True)
+    items, skipped_here = list_inputs(sources, 20)
+    groups = defaultdict(list)
+    for it in items:
+        groups[it["partition"]].append(it["key"])
+    assert skipped == skipped_here == 0
+    assert {p: (d["count"], d["keys_sha256"]) for p, d in partitions.items()} == {
+        p: (len(keys), keys_digest(keys)) for p, keys in groups.items()
+    }
+    # a partition never spans a unit: 3 row groups of 50 rows -> 20 + 20 + 10 each; the folder; the tar
+    assert [d["count"] for _, d in sorted(partitions.items())] == [20, 20, 10] * 3 + [5, 7]
+    assert all(set(d) == {"listing", "local", "count", "keys_sha256"} for d in partitions.values())  # no inputs
+    assert list_run(cfg, str(out), in_ray=True) == (partitions, 0)  # a rerun forms the same partitions
+    for group in range(3):  # each row group's rows, read back from its unit's listing by partition
+        rows = [
+            it["meta"]["provenance"]["row"]
+            for p in range(3 * group, 3 * group + 3)
+            for it in partition_items(partitions[p], p)
+        ]
+        assert sorted(rows) == list(range(50 * group + 1, 50 * group + 51))
+    assert [it["partition"] for it in partition_items(partitions[10], 10)] == [10] * 7
