@@ -14,10 +14,12 @@ a caption that is not UTF-8 or a json that does not parse. The rest of the shard
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections import defaultdict
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from webdataset.tariterators import base_plus_ext
 
@@ -25,6 +27,7 @@ from shards import storage
 
 BLOCK = tarfile.BLOCKSIZE
 SMALL = ("txt", "json")  # members read at listing time (the rest is read by the stages)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
 
 def shard_units(src) -> tuple[list[dict], int]:
@@ -42,9 +45,6 @@ def tar_items(src, unit: dict, make_key) -> list[dict]:
     """The inputs of one tar (a unit of :func:`shard_units`)."""
     exts = tuple(e.lower().lstrip(".") for e in src.extensions) or IMAGE_EXTS
     return shard_samples(src, unit["uri"], unit["size"], exts, make_key)
-
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
 
 def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> list[dict]:
@@ -84,8 +84,13 @@ def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> 
         if problem is not None:
             item["error"] = problem
         items.append(item)
-    seen = set(by_key)
-    for key in _listed_keys(tar):
+    seen, listed = set(by_key), _listed_keys(tar)
+    if not members and not listed:  # not a tar at all (tarfile skips blocks it cannot parse), or empty
+        provenance = {"source": src.uri, "shard": tar, "offset": 0}
+        meta = {"bytes": 0, "provenance": provenance}
+        failed = ["source/unreadable_tar", f"{tar}: no readable member in its {size} bytes ({error or 'no header'})"]
+        items.append({"key": make_key(tar), "uri": tar, "modality": src.modality, "meta": meta, "error": failed})
+    for key in listed:
         if key not in seen:
             items.append(
                 {
@@ -178,9 +183,10 @@ def _listed_keys(tar: str) -> list[str]:
     data = storage.try_read(tar[: -len(".tar")] + ".parquet")
     if data is None:
         return []
-    import io
-
-    table = pq.read_table(io.BytesIO(data))
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError):
+        return []  # a damaged status file: the tar alone says what it holds
     if "key" not in table.column_names:
         return []
     keys = table["key"].to_pylist()

@@ -114,7 +114,7 @@ def _rows(fmt: str, unit: dict):
 def _item(src, table: str, where: dict, row, make_key) -> dict:
     identity = f"{table}#{where['row']}"
     provenance = {"source": src.uri, "table": table, **where}
-    item = {"key": make_key(identity), "uri": table, "modality": src.modality, "meta": {"provenance": provenance}}
+    item = {"key": None, "uri": table, "modality": src.modality, "meta": {"provenance": provenance}}
     try:
         if isinstance(row, Exception):
             raise _Bad("bad_row", str(row))
@@ -132,6 +132,7 @@ def _item(src, table: str, where: dict, row, make_key) -> dict:
             meta["source_meta"] = {c: _plain(row.get(c)) for c in src.keep_columns}
     except _Bad as bad:
         item["error"] = [f"source/{bad.code}", f"{table} row {where['row']}: {bad.detail}"]
+        item["key"] = item["key"] or make_key(identity)  # no usable URI: named after the table and row
     return item
 
 

@@ -127,6 +127,17 @@ def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):
     assert "unreadable" in next(it for it in items if it.get("error"))["error"][1]
 
 
+def test_a_file_that_is_not_a_tar_is_a_failed_input(tmp_path):
+    (tmp_path / "00000.tar").write_bytes(b"not a tar at all" * 100)
+    (tmp_path / "00001.parquet").write_bytes(b"not parquet either")
+    (tmp_path / "00001.tar").write_bytes(b"")
+    items, _ = list_inputs([SourceConfig(modality="image", uri=str(tmp_path), format="webdataset")], 8)
+    assert [(it["uri"], it["error"][0]) for it in items] == [
+        (str(tmp_path / "00000.tar"), "source/unreadable_tar"),
+        (str(tmp_path / "00001.tar"), "source/unreadable_tar"),
+    ]
+
+
 def test_listing_reads_only_headers_and_small_members(corpus):
     root, truth = corpus
     items, passed = list_inputs([SourceConfig(modality="image", uri=str(root / "00000.tar"), format="webdataset")], 4)
