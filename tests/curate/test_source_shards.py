@@ -25,10 +25,10 @@ def corpus(tmp_path_factory):
     return root, img2dataset_corpus(root)
 
 
-def _curate(uri: str, out, stages: str = "") -> dict:
+def _curate(uri: str, out, stages: str = "", executor: str = "local") -> dict:
     manifest = out.parent / f"{out.name}.toml"
     manifest.write_text(
-        f'name = "wds"\nexecutor = "local"\npartition_size = 4\n[output]\ndir = "{out}"\n'
+        f'name = "wds"\nexecutor = "{executor}"\npartition_size = 4\n[output]\ndir = "{out}"\n'
         f'[[sources]]\nmodality = "image"\nformat = "webdataset"\nuri = "{uri}"\n'
         '[[stages]]\nname = "image_decode"\nsize = 64\n' + stages
     )
@@ -83,14 +83,15 @@ def test_img2dataset_shards_from_a_folder(corpus, tmp_path):
     assert again["kept"] == summary["kept"]
 
 
-def test_img2dataset_shards_from_s3_by_brace_pattern(corpus, tmp_path, s3_server):
+def test_img2dataset_shards_from_s3_by_brace_pattern_through_ray(corpus, tmp_path, s3_server, ray_cluster):
+    """Listing tasks and stages run on Ray workers, which read the tars' members by ranged GETs."""
     root, truth = corpus
     s3 = storage.s3_client()
     s3.create_bucket(Bucket="laion")
     for path in sorted(root.iterdir()):
         s3.put_object(Bucket="laion", Key=f"part/{path.name}", Body=path.read_bytes())
     out = tmp_path / "out"
-    summary = _curate("s3://laion/part/{00000..00001}.tar", out)
+    summary = _curate("s3://laion/part/{00000..00001}.tar", out, executor="ray")
     _check_run(summary, out, truth, "s3://laion/part")
 
 
