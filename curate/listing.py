@@ -1,7 +1,8 @@
 """Listing that scales: each unit of the sources (a tar, a table row group, a JSONL file, a chunk of
 a folder) is listed in a task of its own, which forms its partitions and writes its inputs to
-``_work/listing/unit-{n}.parquet``; the driver keeps, per partition, only where its inputs are, how
-many there are and the hash of their keys (what completion markers are compared with).
+``_work/listing/unit-{n}.parquet``, a row group per partition; the driver keeps, per partition,
+where its inputs are, how many there are and the hash of their keys (what completion markers are
+compared with).
 
 Units come in a fixed order and each one's partitions are numbered after the previous unit's, so a
 rerun over the same inputs forms the same partitions and resumes exactly the unfinished ones.
@@ -19,8 +20,6 @@ from curate.cluster import init_ray, worker_env
 from curate.sink import keys_digest
 from curate.sources import SourceError, assign_partitions, list_unit, plan_units
 from shards import storage
-
-COLUMNS = ("key", "uri", "modality", "meta", "error", "local")
 
 
 def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], int]:
@@ -64,12 +63,18 @@ def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
             "uri": [it["uri"] for it in items],
             "modality": [it["modality"] for it in items],
             "meta": [json.dumps(it["meta"], sort_keys=True) for it in items],
-            "error": [json.dumps(it["error"]) if it.get("error") else None for it in items],
-            "local": pa.array([it["partition"] for it in items], pa.int32()),
+            "error": pa.array([json.dumps(it["error"]) if it.get("error") else None for it in items], pa.string()),
         }
     )
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    with pq.ParquetWriter(buf, table.schema) as writer:  # row group n = local partition n: read alone
+        start = 0
+        for local in range(items[-1]["partition"] + 1 if items else 0):
+            stop = start
+            while stop < len(items) and items[stop]["partition"] == local:
+                stop += 1
+            writer.write_table(table.slice(start, stop - start), row_group_size=max(1, stop - start))
+            start = stop
     storage.write_bytes(uri, buf.getvalue())
     by_local: dict[int, list[str]] = {}
     for it in items:
@@ -79,9 +84,14 @@ def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
 
 
 def partition_items(desc: dict, partition: int) -> list[dict]:
-    """The inputs of one partition, read back from its unit's listing (in a pipeline task)."""
-    table = pq.read_table(io.BytesIO(storage.read_bytes(desc["listing"])), filters=[("local", "=", desc["local"])])
-    rows = table.to_pylist()
+    """The inputs of one partition, read back from its unit's listing (in a pipeline task): one row
+    group, read by ranged reads where the output is on S3."""
+    source = storage.open_media(desc["listing"])
+    try:
+        rows = pq.ParquetFile(source).read_row_group(desc["local"]).to_pylist()
+    finally:
+        if not isinstance(source, str):
+            source.close()
     return [
         {
             "key": r["key"],

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from source_kit import photo, write_shard
 
-from curate.config import OutputConfig, RunConfig, SourceConfig
+from curate.config import OutputConfig, RunConfig, SourceConfig, load_run
 from curate.listing import list_run, partition_items
+from curate.pipeline import run
 from curate.sink import keys_digest
 from curate.sources import list_inputs
 
@@ -55,3 +56,22 @@ def test_units_list_in_ray_tasks_into_the_partitions_listed_in_process(tmp_path,
         ]
         assert sorted(rows) == list(range(50 * group + 1, 50 * group + 51))
     assert [it["partition"] for it in partition_items(partitions[10], 10)] == [10] * 7
+
+
+def test_a_rerun_redoes_only_the_partition_whose_marker_is_gone(tmp_path):
+    table = _sources(tmp_path / "corpus")[0]  # 150 rows in three row groups: nine partitions of up to 20
+    out = tmp_path / "out"
+    manifest = tmp_path / "run.toml"
+    manifest.write_text(
+        f'name = "t"\nexecutor = "local"\npartition_size = 20\n[output]\ndir = "{out}"\n[[sources]]\n'
+        f'modality = "image"\nformat = "parquet"\nuri = "{table.uri}"\nuri_column = "path"\n'
+        '[[stages]]\nname = "image_decode"\nsize = 32\n'
+    )
+    first = run(*load_run(str(manifest)), progress=False, report=False)
+    markers = sorted((out / "_partitions").iterdir())
+    assert first["inputs"] == first["kept"] == 150 and len(markers) == 9
+    markers[4].unlink()
+    before = {p: p.stat().st_mtime_ns for p in markers if p.exists()}
+    again = run(*load_run(str(manifest)), progress=False, report=False)
+    assert [p.name for p in markers if p.stat().st_mtime_ns != before.get(p)] == ["000004.json"]
+    assert (again["inputs"], again["kept"], again["shard_samples"]) == (150, 150, 150)
