@@ -50,6 +50,8 @@ class SourceConfig:
             )
         if (self.start_column or self.end_column) and self.modality != "video":
             raise ValueError("start_column and end_column cut video clips: they need modality = 'video'")
+        if table and self.modality == "ocr":
+            raise ValueError("table formats list images or videos; OCR pages come as files or JSONL {image, text}")
         if self.format == "webdataset" and self.modality != "image":
             raise ValueError("format 'webdataset' reads image shards (img2dataset layout): it needs modality = 'image'")
 

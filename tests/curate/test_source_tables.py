@@ -154,11 +154,13 @@ def test_jsonl_table_lines_that_do_not_parse_fail_alone(tmp_path):
         ('format = "webdataset"\ncaption_column = "c"', "only apply to table formats"),
         ('format = "csv"\nuri_column = "u"\nstart_column = "s"', "need modality = 'video'"),
         ('format = "tsv"', "'tsv' is not one of"),
+        ('format = "jsonl"\nuri_column = "u"\nmodality = "ocr"', "OCR pages come as files or JSONL"),
     ],
 )
 def test_source_keys_are_validated_with_clear_errors(tmp_path, extra, message):
     manifest = tmp_path / "m.toml"
-    manifest.write_text(f'name = "x"\n[output]\ndir = "o"\n[[sources]]\nmodality = "image"\nuri = "u"\n{extra}\n')
+    modality = "" if "modality" in extra else 'modality = "image"\n'
+    manifest.write_text(f'name = "x"\n[output]\ndir = "o"\n[[sources]]\n{modality}uri = "u"\n{extra}\n')
     with pytest.raises(ManifestError, match=message) as info:
         load_run(str(manifest))
     assert "sources" in str(info.value)
