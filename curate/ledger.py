@@ -24,9 +24,9 @@ def read_ledger(out: str) -> pd.DataFrame:
 
 
 def account(listed: dict[int, int], ledger: pd.DataFrame, indexes: dict, skipped: int, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (per partition, against the listing's count of each, ``listed``, and
-    no key twice), likewise for the samples split inputs became (a video's clips), and that the
-    shards hold exactly the kept samples; summarise the run."""
+    """Check inputs = kept + dropped + failed (per partition, against the listing's count of each,
+    ``listed``, and no key twice), likewise for the samples split inputs became (a video's clips),
+    and that the shards hold exactly the kept samples; summarise the run."""
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
     inputs = ledger[~derived & ledger["partition"].isin(list(listed))]

@@ -1,5 +1,5 @@
-"""Listing that scales: each unit of the sources (a tar, a table row group, a JSONL file, a chunk of
-a folder) is listed in a task of its own, which forms its partitions and writes its inputs to
+"""Listing that scales: each unit of the sources (a folder, a tar, a table or a parquet row group)
+is listed in a task of its own, which forms its partitions and writes its inputs to
 ``_work/listing/unit-{n}.parquet``, a row group per partition; the driver keeps, per partition,
 where its inputs are, how many there are and the hash of their keys (what completion markers are
 compared with).
@@ -46,6 +46,7 @@ def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], int]:
     if errors:
         raise SourceError(errors[0] + (f" (and {len(errors) - 1} more units)" if len(errors) > 1 else ""))
     partitions, p = {}, 0
+    skipped += sum(r["passed"] for r in results)
     for result in sorted(results, key=lambda r: r["unit"]):
         for local, count, digest in result["partitions"]:
             partitions[p] = {"listing": result["uri"], "local": local, "count": count, "keys_sha256": digest}
@@ -54,7 +55,7 @@ def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], int]:
 
 
 def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
-    items = list_unit(sources[task["source"]], json.loads(task["spec"]))
+    items, passed = list_unit(sources[task["source"]], json.loads(task["spec"]))
     assign_partitions(items, 0, size, cap)
     uri = storage.join(out, "_work", "listing", f"unit-{task['unit']:06d}.parquet")
     table = pa.table(
@@ -80,7 +81,7 @@ def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
     for it in items:
         by_local.setdefault(it["partition"], []).append(it["key"])
     summary = [[local, len(keys), keys_digest(keys)] for local, keys in sorted(by_local.items())]
-    return {"unit": task["unit"], "uri": uri, "partitions": summary}
+    return {"unit": task["unit"], "uri": uri, "partitions": summary, "passed": passed}
 
 
 def partition_items(desc: dict, partition: int) -> list[dict]:

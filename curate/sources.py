@@ -1,8 +1,8 @@
 """List a run's inputs: one row per image, video or OCR page, with a stable key and partition.
 
 Listing only reads names and sizes (and, for shard sets and tables, headers, captions and rows);
-media bytes are read later inside the stages. A source splits into units (a tar, a table or row
-group, a JSONL file, a chunk of a folder) that list independently, in Ray tasks in a run (see
+media bytes are read later inside the stages. A source splits into units (a folder, a tar of a
+shard set, a table or a parquet row group) that list independently, in Ray tasks in a run (see
 ``curate.listing``). Keys are derived from the source URI (readable stem + hash), so they are stable
 across reruns and machines, and partitions are consecutive runs of each unit's key-sorted inputs,
 numbered in unit order, so a rerun over the same inputs makes the same partitions.
@@ -39,80 +39,31 @@ def make_key(uri: str, identity: str | None = None) -> str:
     return f"{stem or 'item'}-{digest}"
 
 
-FILES_PER_UNIT = 10_000  # media files per listing unit of a folder source
-
-
-def source_units(src: SourceConfig) -> tuple[list[dict], int]:
-    """A source's listing units, and how many files were passed over for their extension.
-
-    A unit is what one listing task reads: a tar of a shard set, a table (a parquet table's row
-    group), an OCR JSONL file, or up to ``FILES_PER_UNIT`` media files of a folder (whose names the
-    driver lists). Units are JSON, in a fixed order, so a rerun forms the same partitions.
-    """
-    try:
-        if src.format == "webdataset":
-            return shard_units(src)
-        if src.format != "files":
-            return table_units(src)
-        files = storage.list_files(src.uri)
-    except (FileNotFoundError, TableError) as exc:
-        raise SourceError(f"source {src.modality} {src.uri}: {exc}") from None
+def list_source(src: SourceConfig) -> tuple[list[dict], int]:
+    """Inputs of a folder source (``format = "files"``), and how many files were passed over for
+    their extension."""
     exts = tuple(e.lower() for e in (src.extensions or DEFAULT_EXTENSIONS[src.modality]))
+    try:
+        files = storage.list_files(src.uri)
+    except FileNotFoundError as exc:
+        raise SourceError(f"source {src.modality} {src.uri}: {exc}") from None
     chosen = [(uri, size) for uri, size in files if uri.lower().endswith(exts)]
     if not chosen:
         raise SourceError(
             f"source {src.modality} {src.uri}: no files ending in {', '.join(exts)} ({len(files)} others)"
         )
     names = {uri for uri, _ in files}
-    units, plain = [], []
+    items = []
     for uri, size in chosen:
         if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
-            units.append({"kind": "jsonl", "uri": uri})
-        else:
-            text_uri = uri.rsplit(".", 1)[0] + ".txt" if src.modality == "ocr" else None
-            plain.append([uri, size, text_uri if text_uri in names else None])
-    units += [{"kind": "files", "files": plain[i : i + FILES_PER_UNIT]} for i in range(0, len(plain), FILES_PER_UNIT)]
-    return units, len(files) - len(chosen)
-
-
-def list_unit(src: SourceConfig, unit: dict) -> list[dict]:
-    """The inputs of one unit.
-
-    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
-    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
-    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
-    """
-    try:
-        if unit["kind"] == "tar":
-            return tar_items(src, unit, make_key)
-        if unit["kind"] == "table":
-            return table_items(src, unit, make_key)
-    except TableError as exc:
-        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
-    if unit["kind"] == "jsonl":
-        return _jsonl_pages(unit["uri"], src.uri)
-    items = []
-    for uri, size, text_uri in unit["files"]:
+            items += _jsonl_pages(uri, src.uri)
+            continue
         meta = {"bytes": size, "provenance": {"source": src.uri, "offset": 0}}
         if src.modality == "ocr":
-            meta["text_uri"] = text_uri
+            text_uri = uri.rsplit(".", 1)[0] + ".txt"
+            meta["text_uri"] = text_uri if text_uri in names else None
         items.append({"key": make_key(uri), "uri": uri, "modality": src.modality, "meta": meta})
-    return items
-
-
-def plan_units(sources) -> tuple[list[tuple[int, dict]], int]:
-    """``(source index, unit)`` for every unit of every source, and the files passed over; a file
-    that two sources both name is an error (its inputs would be listed twice)."""
-    units, skipped, owner = [], 0, {}
-    for i, src in enumerate(sources):
-        found, passed = source_units(src)
-        skipped += passed
-        for unit in found:
-            for uri in [f[0] for f in unit["files"]] if unit["kind"] == "files" else [unit["uri"]]:
-                if owner.setdefault(uri, i) != i:
-                    raise SourceError(f"input {uri} is listed twice (two sources overlap)")
-            units.append((i, unit))
-    return units, skipped
+    return items, len(files) - len(chosen)
 
 
 def _jsonl_pages(uri: str, source: str) -> list[dict]:
@@ -138,6 +89,59 @@ def _jsonl_pages(uri: str, source: str) -> list[dict]:
             }
         )
     return items
+
+
+def source_units(src: SourceConfig) -> tuple[list[dict], int]:
+    """A source's listing units (what one listing task reads), and the files passed over here.
+
+    A folder source is one unit (its task lists the folder); a shard set has a unit per tar, a
+    table source one per table or parquet row group. Units are JSON, in a fixed order.
+    """
+    try:
+        if src.format == "webdataset":
+            return shard_units(src)
+        if src.format != "files":
+            return table_units(src)
+    except (FileNotFoundError, TableError) as exc:
+        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    return [{"kind": "folder", "uri": src.uri}], 0
+
+
+def list_unit(src: SourceConfig, unit: dict) -> tuple[list[dict], int]:
+    """The inputs of one unit, and the files it passed over.
+
+    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
+    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
+    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+    """
+    try:
+        if unit["kind"] == "tar":
+            return tar_items(src, unit, make_key), 0
+        if unit["kind"] == "table":
+            return table_items(src, unit, make_key), 0
+    except TableError as exc:
+        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    return list_source(src)
+
+
+def plan_units(sources) -> tuple[list[tuple[int, dict]], int]:
+    """``(source index, unit)`` for every unit of every source, and the files passed over; two
+    sources naming the same file or folder, or one inside the other, are an error (their inputs
+    would be listed twice)."""
+    units, skipped, owner = [], 0, {}
+    for i, src in enumerate(sources):
+        found, passed = source_units(src)
+        skipped += passed
+        for unit in found:
+            if owner.setdefault(unit["uri"], i) != i:
+                raise SourceError(f"input {unit['uri']} is listed twice (two sources overlap)")
+            units.append((i, unit))
+    folders = [(i, u["uri"].rstrip("/") + "/") for i, u in units if u["kind"] == "folder"]
+    for i, unit in units:
+        inside = next((f for j, f in folders if j != i and unit["uri"].startswith(f)), None)
+        if inside:
+            raise SourceError(f"input {unit['uri']} is listed twice (two sources overlap: it is inside {inside})")
+    return units, skipped
 
 
 def assign_partitions(items: list[dict], first: int, partition_size: int, partition_bytes: int = 0) -> int:
@@ -167,7 +171,8 @@ def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple
     units, skipped = plan_units(sources)
     items, partition = [], 0
     for i, unit in units:
-        found = list_unit(sources[i], unit)
+        found, passed = list_unit(sources[i], unit)
         partition = assign_partitions(found, partition, partition_size, partition_bytes)
         items += found
+        skipped += passed
     return items, skipped

@@ -8,13 +8,14 @@ from collections import defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from source_kit import photo, write_shard
 
 from curate.config import OutputConfig, RunConfig, SourceConfig, load_run
 from curate.listing import list_run, partition_items
 from curate.pipeline import run
 from curate.sink import keys_digest
-from curate.sources import list_inputs
+from curate.sources import SourceError, list_inputs
 
 
 def _sources(root):
@@ -75,3 +76,10 @@ def test_a_rerun_redoes_only_the_partition_whose_marker_is_gone(tmp_path):
     again = run(*load_run(str(manifest)), progress=False, report=False)
     assert [p.name for p in markers if p.stat().st_mtime_ns != before.get(p)] == ["000004.json"]
     assert (again["inputs"], again["kept"], again["shard_samples"]) == (150, 150, 150)
+
+
+def test_a_source_inside_another_is_refused(tmp_path):
+    sources = _sources(tmp_path / "corpus")
+    outer = SourceConfig(modality="image", uri=str(tmp_path / "corpus"))
+    with pytest.raises(SourceError, match="listed twice .*inside"):
+        list_inputs([outer, sources[2]], 8)  # the shard set lies inside the folder
