@@ -12,14 +12,48 @@ from curate.stages import build_stage
 Modality = Literal["image", "video", "ocr"]
 
 
+SourceFormat = Literal["files", "webdataset", "parquet", "csv", "jsonl"]
+TABLES = ("parquet", "csv", "jsonl")
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-    """One input collection: a local folder or file, or an ``s3://bucket/prefix``."""
+    """One input collection (see README, Sources).
+
+    ``files``: a local folder or file, or an ``s3://bucket/prefix``, of media files. ``webdataset``:
+    existing tar shards (a tar, a folder or prefix of tars, or a brace pattern ``{00000..00099}.tar``),
+    one input per sample. ``parquet`` / ``csv`` / ``jsonl``: a table (or a folder, prefix or brace
+    pattern of tables) with one input per row, its media at ``uri_column`` (relative URIs resolve
+    against the table's folder).
+    """
 
     modality: Modality
     uri: str
-    # file name endings to take as inputs; empty = the modality's defaults (see curate.sources)
+    format: SourceFormat = "files"
+    # file name endings to take as inputs (for webdataset: the image member's); empty = the modality's defaults
     extensions: tuple[str, ...] = ()
+    uri_column: str = ""  # tables: the column holding the media's URI (required)
+    caption_column: str = ""  # tables: the caption, written as the sample's ``txt``
+    start_column: str = ""  # tables, video: clip start in seconds (the row becomes [start, end) of the video)
+    end_column: str = ""  # tables, video: clip end in seconds
+    keep_columns: tuple[str, ...] = ()  # tables: columns carried into the sample's json (``source_meta``)
+
+    def __post_init__(self):
+        table = self.format in TABLES
+        if table and not self.uri_column:
+            raise ValueError(f"format {self.format!r} needs uri_column (the column holding each row's media URI)")
+        named = [k for k in ("uri_column", "caption_column", "start_column", "end_column") if getattr(self, k)]
+        if not table and (named or self.keep_columns):
+            keys = named + (["keep_columns"] if self.keep_columns else [])
+            raise ValueError(
+                f"{', '.join(keys)} only apply to table formats ({', '.join(TABLES)}), not {self.format!r}"
+            )
+        if (self.start_column or self.end_column) and self.modality != "video":
+            raise ValueError("start_column and end_column cut video clips: they need modality = 'video'")
+        if table and self.modality == "ocr":
+            raise ValueError("table formats list images or videos; OCR pages come as files or JSONL {image, text}")
+        if self.format == "webdataset" and self.modality != "image":
+            raise ValueError("format 'webdataset' reads image shards (img2dataset layout): it needs modality = 'image'")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,24 +23,28 @@ def read_ledger(out: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in parts], ignore_index=True)
 
 
-def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: dict, seconds: float) -> dict:
-    """Check inputs = kept + dropped + failed (by key) with no row of any other input, likewise for the
+def account(listed: dict[int, int], ledger: pd.DataFrame, indexes: dict, skipped: dict, seconds: float) -> dict:
+    """Check inputs = kept + dropped + failed (per partition, against the listing's count of each,
+    ``listed``, no key twice, and no row of a partition the listing no longer has), likewise for the
     samples split inputs became (a video's clips), and that the shards hold exactly the kept samples;
     summarise the run.
 
     ``skipped``: files the sources list but do not take as inputs, counted by extension."""
-    expected = {it["key"] for it in items}
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
-    inputs = ledger[~derived & ledger["key"].isin(expected)]
-    stray = ledger[~(derived & parent.isin(expected)) & (derived | ~ledger["key"].isin(expected))]
+    inputs = ledger[~derived & ledger["partition"].isin(list(listed))]
+    got = inputs["partition"].value_counts().to_dict()
+    short = {p: n - got.get(p, 0) for p, n in listed.items() if got.get(p, 0) != n}
+    dupes = int(inputs["key"].duplicated().sum())
+    if short or dupes:
+        lost = sum(v for v in short.values() if v > 0)
+        raise AccountingError(
+            f"ledger lost {lost} inputs (partitions {sorted(short)[:3]} differ from their listing) and repeats {dupes}"
+        )
+    expected = set(inputs["key"])
+    stray = ledger[(~derived & ~ledger["partition"].isin(list(listed))) | (derived & ~parent.isin(expected))]
     if len(stray):  # rows of inputs that are gone: more ledger rows than the run has inputs
         raise AccountingError(f"ledger holds {len(stray)} rows of no current input (e.g. {stray['key'].iloc[0]})")
-    seen = inputs["key"].tolist()
-    missing = expected - set(seen)
-    if missing or len(seen) != len(set(seen)):
-        dupes = len(seen) - len(set(seen))
-        raise AccountingError(f"ledger lost {len(missing)} inputs (e.g. {sorted(missing)[:3]}) and repeats {dupes}")
     samples = ledger[derived & parent.isin(expected)]
     if samples["key"].duplicated().any() or samples["key"].isin(expected).any():
         raise AccountingError("samples of split inputs repeat a key, or reuse an input's key")
@@ -52,7 +56,7 @@ def account(items: list[dict], ledger: pd.DataFrame, indexes: dict, skipped: dic
     counts = inputs["status"].value_counts().to_dict()
     warnings = Counter(w for m in ledger["meta"] if m and '"warnings"' in m for w in json.loads(m)["warnings"])
     summary = {
-        "inputs": len(items),
+        "inputs": sum(listed.values()),
         "kept": counts.get("kept", 0),
         "dropped": counts.get("dropped", 0),
         "failed": counts.get("failed", 0),

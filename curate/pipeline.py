@@ -1,4 +1,5 @@
-"""Run a curation manifest: list inputs, process pending partitions, publish indexes, account.
+"""Run a curation manifest: list inputs (a task per source unit, see ``curate.listing``), process
+pending partitions, publish indexes, account.
 
 Stages run through Ray Data (``executor = "ray"``) or in this process (``"local"``); either way
 every partition ends in ``write_partition``. Global steps (dedup grouping, k-means) split the
@@ -6,7 +7,7 @@ stage list into passes: each pass but the last leaves its rows as parquet per pa
 marker, so resume works per pass), the step reads them through Ray and returns the stage that
 heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
-input list: every input is kept, dropped or failed exactly once.
+listing's count per partition: every input is kept, dropped or failed exactly once.
 
 Before any partition runs, the output folder is reconciled with the current inputs
 (``curate.run_folder``): partitions that no longer exist leave it. A run whose first inputs all
@@ -18,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -30,16 +31,15 @@ from curate import run_folder
 from curate.cluster import init_ray, worker_env
 from curate.config import RunConfig
 from curate.ledger import account, read_ledger, stage_throughput
+from curate.listing import list_run, partition_items
 from curate.ray_runner import map_stage, to_arrow
 from curate.sink import (
-    keys_digest,
     pass_files,
     read_marker,
     read_pass_marker,
     write_partition,
     write_pass,
 )
-from curate.sources import list_inputs
 from curate.stage import LIVE, GlobalStep, Stage, new_rows, run_in_process
 from shards import storage
 
@@ -53,17 +53,14 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
     started = time.time()
     out = cfg.output.dir
     storage.configure(cfg.s3.endpoint_url)
-    items, skipped = list_inputs(cfg.sources, cfg.partition_size, cfg.partition_bytes)
-    if force:
-        run_folder.clear(out, items)
+    if force:  # before listing, which writes into the run folder
+        run_folder.clear(out, [src.uri for src in cfg.sources])
     stopped = storage.join(out, "_work", "stopped.txt")  # a stopped run's outcomes are not the corpus's
     redo = force or storage.exists(stopped)
+    by_partition, skipped = list_run(cfg, out, cfg.executor == "ray")  # partition -> where, count, keys hash
     storage.write_bytes(storage.join(out, "manifest.resolved.toml"), manifests.resolved_toml(cfg).encode())
 
-    by_partition = defaultdict(list)
-    for it in items:
-        by_partition[it["partition"]].append(it)
-    digests = {p: keys_digest(it["key"] for it in group) for p, group in by_partition.items()}
+    digests = {p: d["keys_sha256"] for p, d in by_partition.items()}
     markers, todo = {}, []
     for p in sorted(by_partition):
         marker = None if redo else read_marker(out, p)
@@ -73,7 +70,8 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
             todo.append(p)
     gone = run_folder.forget(out, set(by_partition), todo)
     if progress:
-        print(f"{len(items)} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
+        inputs = sum(d["count"] for d in by_partition.values())
+        print(f"{inputs} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
         if gone:
             print(f"{len(gone)} partitions of an earlier run no longer exist (fewer inputs): removed")
     if todo:
@@ -104,7 +102,8 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
 
     indexes = run_folder.publish(out, cfg.name, cfg.output.set_name, cfg.output.version, markers)
     ledger = read_ledger(out)
-    summary = account(items, ledger, indexes, skipped, time.time() - started)
+    counts = {p: d["count"] for p, d in by_partition.items()}
+    summary = account(counts, ledger, indexes, skipped, time.time() - started)
     storage.remove(stopped)
     throughput = stage_throughput(markers.values())
     order = [s.name for s in stages] + sorted(throughput)  # manifest order; steps' apply stages last
@@ -153,7 +152,7 @@ def _finish(batch: dict, cfg: RunConfig, pass_index: int | None) -> dict:
 def load_partition(desc: dict) -> dict[str, np.ndarray]:
     """One partition's rows: fresh rows from its listed items, or the previous pass's parquet."""
     if desc["items"]:
-        return new_rows(json.loads(desc["items"]))
+        return new_rows(partition_items(json.loads(desc["items"]), desc["partition"]))
     table = pq.read_table(io.BytesIO(storage.read_bytes(desc["uri"])))
     return {c: _objects(table[c].to_pylist()) for c in table.column_names}
 
@@ -212,7 +211,7 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
     from ray.data import DataContext
 
     init_ray(cfg.ray)
-    expected = {d["partition"]: len(json.loads(d["items"])) for d in source if d["items"]}
+    expected = {d["partition"]: json.loads(d["items"])["count"] for d in source if d["items"]}
 
     def load(batch):
         descs = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]

@@ -60,13 +60,14 @@ def _real(uri: str) -> str:
     return uri.rstrip("/") if storage.is_s3(uri) else os.path.realpath(uri)
 
 
-def clear(out: str, items: list[dict]) -> None:
-    """``--force``: remove what earlier runs wrote into ``out``, after checking it holds no input."""
+def clear(out: str, sources: list[str]) -> None:
+    """``--force``: remove what earlier runs wrote into ``out``, after checking it holds no source
+    (folder, shard or table) of the run."""
     root = _real(out)
-    inside = [it["uri"] for it in items if _real(it["uri"]).startswith(root + ("/" if storage.is_s3(out) else os.sep))]
+    inside = [uri for uri in sources if (_real(uri) + "/").startswith(root + ("/" if storage.is_s3(out) else os.sep))]
     if inside:
         raise RunFolderError(
-            f"{out} holds inputs of this run ({len(inside)}, e.g. {inside[0]}); --force would clear that "
+            f"{out} holds inputs of this run ({len(inside)} sources, e.g. {inside[0]}); --force would clear that "
             "folder, so it refuses: write the run somewhere else"
         )
     for uri, relative in _files(out):

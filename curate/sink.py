@@ -41,7 +41,7 @@ LEDGER_SCHEMA = pa.schema(
         for c in ("key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent")
     ]
 )
-NOT_IN_SAMPLE = ("traceback", "text_uri", TIMING)
+NOT_IN_SAMPLE = ("traceback", "text_uri", "caption", TIMING)  # a caption is the sample's txt, not json
 
 
 def keys_digest(keys) -> str:
@@ -164,7 +164,8 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
             stats[stage][0] += 1
             stats[stage][1] += seconds
     records = [
-        {c: row.get(c) for c in LEDGER_SCHEMA.names} | {"meta": fmt.encode_json(row["meta"]).decode()} for row in rows
+        {c: row.get(c) for c in LEDGER_SCHEMA.names} | {"meta": fmt.encode_json(_ledger_meta(row["meta"])).decode()}
+        for row in rows
     ]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(records, schema=LEDGER_SCHEMA), buf)
@@ -180,6 +181,15 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
     return marker
 
 
+def _ledger_meta(meta: dict) -> dict:
+    """The ledger keeps a caption's BLAKE3 and length, not the text (the shard's ``txt`` holds it)."""
+    caption = meta.get("caption")
+    if caption is None:
+        return meta
+    rest = {k: v for k, v in meta.items() if k != "caption"}
+    return rest | {"caption_blake3": storage.digest(caption.encode()), "caption_chars": len(caption)}
+
+
 def _sample(row: dict, set_name: str, version: str) -> dict:
     meta = {k: v for k, v in row["meta"].items() if k not in NOT_IN_SAMPLE}
     meta.update(key=row["key"], modality=row["modality"], source=row["uri"], set=set_name, version=version)
@@ -188,5 +198,8 @@ def _sample(row: dict, set_name: str, version: str) -> dict:
         value = row.get(column)
         if value is not None:
             sample[field] = bytes(value) if not isinstance(value, np.ndarray) else value.tobytes()
+    caption = row["meta"].get("caption")
+    if caption is not None and "txt" not in sample:  # images and video clips: the caption (OCR: its transcript)
+        sample["txt"] = caption.encode("utf-8")
     shard_fields.check_sample(sample)
     return sample

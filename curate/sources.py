@@ -1,9 +1,11 @@
 """List a run's inputs: one row per image, video or OCR page, with a stable key and partition.
 
-Listing only reads names and sizes; bytes are read later inside the stages. Keys are derived
-from the source URI (readable stem + hash), so they are stable across reruns and machines, and
-partitions are consecutive runs of the key-sorted list, so a rerun over the same inputs makes
-the same partitions.
+Listing only reads names and sizes (and, for shard sets and tables, headers, captions and rows);
+media bytes are read later inside the stages. A source splits into units (a folder, a tar of a
+shard set, a table or a parquet row group) that list independently, in Ray tasks in a run (see
+``curate.listing``). Keys are derived from the source URI (readable stem + hash), so they are stable
+across reruns and machines, and partitions are consecutive runs of each unit's key-sorted inputs,
+numbered in unit order, so a rerun over the same inputs makes the same partitions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from curate.config import SourceConfig
+from curate.sources_shards import shard_units, tar_items
+from curate.sources_tables import TableError, table_items, table_units
 from shards import storage
 
 _PILLOW_PLUGINS = (".avif", ".heic", ".heif", ".jxl")  # taken where this Pillow build reads them
@@ -44,14 +48,16 @@ class SourceError(ValueError):
     """A source that cannot be listed (missing, empty, malformed JSONL)."""
 
 
-def make_key(uri: str) -> str:
+def make_key(uri: str, identity: str | None = None) -> str:
+    """A readable stem of ``uri`` plus a hash of ``identity`` (default: the URI itself), which must
+    be unique across the run: a table row's is the table and row, since rows may share a video."""
     stem = re.sub(r"[^A-Za-z0-9_]+", "_", PurePosixPath(str(uri).replace("\\", "/")).stem)[:40].strip("_")
-    digest = hashlib.sha1(str(uri).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(str(uri if identity is None else identity).encode()).hexdigest()[:12]
     return f"{stem or 'item'}-{digest}"
 
 
 def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
-    """Inputs of one source, and the files passed over, counted by extension.
+    """Inputs of a folder source (``format = "files"``), and the files passed over, counted by extension.
 
     In an image source a file without an extension is an input (decoded by its content, so a
     JPEG saved without ``.jpg`` is not lost); OCR transcripts (``.txt`` beside a page) are used,
@@ -76,9 +82,9 @@ def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
             items.append(_unreadable_name(uri, src.modality, size))
             continue
         if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
-            items += _jsonl_pages(uri)
+            items += _jsonl_pages(uri, src.uri)
             continue
-        meta = {"bytes": size}
+        meta = {"bytes": size, "provenance": {"source": src.uri, "offset": 0}}
         if src.modality == "ocr":
             text_uri = uri.rsplit(".", 1)[0] + ".txt"
             meta["text_uri"] = text_uri if text_uri in names else None
@@ -106,7 +112,7 @@ def _unreadable_name(uri: str, modality: str, size: int) -> dict:
     return {"key": make_key(shown), "uri": shown, "modality": modality, "meta": {"bytes": size}, "error": error}
 
 
-def _jsonl_pages(uri: str) -> list[dict]:
+def _jsonl_pages(uri: str, source: str) -> list[dict]:
     """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``.
 
     A line that is not such a row is an input of its own that fails (``uri#line``), not the source.
@@ -127,31 +133,101 @@ def _jsonl_pages(uri: str) -> list[dict]:
             items.append({"key": key, "uri": f"{uri}#{n}", "modality": "ocr", "meta": {}, "error": error})
             continue
         image_uri = image if storage.is_s3(image) or image.startswith("/") else storage.join(base, image)
-        items.append({"key": key, "uri": image_uri, "modality": "ocr", "meta": {"text": text}})
+        provenance = {"source": source, "table": uri, "row": n}
+        items.append(
+            {
+                "key": key,
+                "uri": image_uri,
+                "modality": "ocr",
+                "meta": {"text": text, "provenance": provenance},
+            }
+        )
     return items
 
 
-def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], Counter]:
-    """All inputs of all sources, key-sorted, each with its partition number.
+def source_units(src: SourceConfig) -> tuple[list[dict], Counter]:
+    """A source's listing units (what one listing task reads), and the files passed over here.
+
+    A folder source is one unit (its task lists the folder); a shard set has a unit per tar, a
+    table source one per table or parquet row group. Units are JSON, in a fixed order.
+    """
+    try:
+        if src.format == "webdataset":
+            return shard_units(src)
+        if src.format != "files":
+            return table_units(src)
+    except (FileNotFoundError, TableError) as exc:
+        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    return [{"kind": "folder", "uri": src.uri}], Counter()
+
+
+def list_unit(src: SourceConfig, unit: dict) -> tuple[list[dict], Counter]:
+    """The inputs of one unit, and the files it passed over.
+
+    Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
+    table row, byte offset); an input the listing already knows to be unusable (a truncated tar
+    member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+    """
+    try:
+        if unit["kind"] == "tar":
+            return tar_items(src, unit, make_key), Counter()
+        if unit["kind"] == "table":
+            return table_items(src, unit, make_key), Counter()
+    except TableError as exc:
+        raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    return list_source(src)
+
+
+def plan_units(sources) -> tuple[list[tuple[int, dict]], Counter]:
+    """``(source index, unit)`` for every unit of every source, and the files passed over; two
+    sources naming the same file or folder, or one inside the other, are an error (their inputs
+    would be listed twice)."""
+    units, skipped, owner = [], Counter(), {}
+    for i, src in enumerate(sources):
+        found, passed = source_units(src)
+        skipped += passed
+        for unit in found:
+            if owner.setdefault(unit["uri"], i) != i:
+                raise SourceError(f"input {unit['uri']} is listed twice (two sources overlap)")
+            units.append((i, unit))
+    folders = [(i, u["uri"].rstrip("/") + "/") for i, u in units if u["kind"] == "folder"]
+    for i, unit in units:
+        inside = next((f for j, f in folders if j != i and unit["uri"].startswith(f)), None)
+        if inside:
+            raise SourceError(f"input {unit['uri']} is listed twice (two sources overlap: it is inside {inside})")
+    return units, skipped
+
+
+def assign_partitions(items: list[dict], first: int, partition_size: int, partition_bytes: int = 0) -> int:
+    """Sort one unit's inputs by key and number their partitions from ``first``; return the next free one.
 
     A partition closes at ``partition_size`` inputs or, when ``partition_bytes`` is set, once its
     inputs' file sizes reach it: a file's size is the cost predictor known before any decode (long
-    or high-bitrate videos are big), so no partition, and so no task, dominates the run.
+    or high-bitrate videos are big), so no partition, and so no task, dominates the run. Partitions
+    never span units, so each unit's listing task forms its own.
     """
-    items, skipped = [], Counter()
-    for src in sources:
-        found, passed = list_source(src)
-        items += found
-        skipped += passed
     items.sort(key=lambda it: it["key"])
     check_unique_keys(items)
-    partition, count, size = 0, 0, 0
+    partition, count, size = first, 0, 0
     for it in items:
         cost = it["meta"].get("bytes", 0)
         if count and (count >= partition_size or (partition_bytes and size + cost > partition_bytes)):
             partition, count, size = partition + 1, 0, 0
         it["partition"] = partition
         count, size = count + 1, size + cost
+    return partition + 1 if items else first
+
+
+def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], Counter]:
+    """All inputs of all sources in this process, unit by unit, each with its partition number
+    (the partitions ``curate.listing`` forms in Ray tasks); and the files passed over."""
+    units, skipped = plan_units(sources)
+    items, partition = [], 0
+    for i, unit in units:
+        found, passed = list_unit(sources[i], unit)
+        partition = assign_partitions(found, partition, partition_size, partition_bytes)
+        items += found
+        skipped += passed
     return items, skipped
 
 

@@ -5,9 +5,14 @@ One sample per key; each field is one tar member ``{key}.{field}``:
 
 ========== ==============================================================================
 ``json``   modality, source URI and hash, sizes, codec facts, saliency stats, dedup group,
-           concept bank version (always present)
+           concept bank version (always present); ``provenance`` (the source, and the shard and
+           byte offset, or the table, row and byte offset, the sample came from); ``source_meta``
+           (the source's own metadata: an img2dataset sample's ``.json``, a table's kept columns)
 ``jpg``    image or OCR page at the curated resolution
-``txt``    OCR text (UTF-8)
+``txt``    UTF-8 text: for OCR pages the transcript (the text *in* the picture, which OCR labels and
+           ``words.npy`` are built from); for images and video clips the caption (text *about* the
+           picture, from the source: img2dataset's ``.txt`` or a table's caption column), never
+           tokenised into labels. Absent where the source has no caption.
 ``patches.jpg``  video codec tokens: the K selected 16x16 patches packed as a mosaic, row-major,
            ``MOSAIC_COLS`` patches per row, in the order of ``pos.npy``
 ``pos.npy``  int16 array (K, 3) of (t, h, w) grid positions of those patches

@@ -14,6 +14,7 @@ import functools
 import io
 import mmap
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -145,8 +146,57 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     return sorted((str(p), p.stat().st_size) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+_MEMBER = re.compile(r"^(?P<uri>.+)#bytes=(?P<start>\d+)-(?P<end>\d+)$")
+
+
+def member_uri(uri: str, start: int, end: int) -> str:
+    """A URI for bytes ``[start, end)`` of ``uri``: one member of a tar shard, read by one ranged read.
+
+    Every reader of this module takes it where it takes a file (``read_bytes``, ``file_digest``), so
+    a stage reads a sample of an existing shard set without fetching the rest of the tar.
+    """
+    return f"{uri}#bytes={start}-{end}"
+
+
+def split_member(uri: str) -> tuple[str, int, int] | None:
+    """``(file, start, end)`` of a :func:`member_uri`, or None for a whole file."""
+    match = _MEMBER.match(str(uri))
+    return None if match is None else (match["uri"], int(match["start"]), int(match["end"]))
+
+
+def size_of(uri: str) -> int:
+    """Bytes of one file or object; a missing one is ``FileNotFoundError``."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return retrying(uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))["ContentLength"]
+    return Path(uri).stat().st_size
+
+
+def list_pattern(uri: str) -> list[tuple[str, int]]:
+    """:func:`list_files` of each expansion of a brace pattern (``shard-{00000..00099}.tar``,
+    ``{a,b}/``), in the pattern's order: a name that is a file is itself, else the files under it."""
+    from braceexpand import braceexpand
+
+    out = []
+    for one in braceexpand(str(uri)):
+        if is_s3(one) and split_s3(one)[1] and not one.endswith("/"):
+            try:
+                out.append((one, size_of(one)))
+                continue
+            except FileNotFoundError:
+                pass  # a prefix, not an object
+        out += list_files(one)
+    return out
+
+
 def read_bytes(uri: str) -> bytes:
-    """The whole object; on S3 retried with backoff, a missing key is ``FileNotFoundError`` as locally."""
+    """The whole object (or tar member); on S3 retried with backoff, a missing key is ``FileNotFoundError``."""
+    member = split_member(uri)
+    if member is not None:
+        data = read_range(*member)
+        if len(data) != member[2] - member[1]:
+            raise EOFError(f"{uri}: the file ends after {len(data)} of the member's {member[2] - member[1]} bytes")
+        return data
     if is_s3(uri):
         bucket, key = split_s3(uri)
         return retrying(uri, lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -176,6 +226,8 @@ def file_digest(uri: str) -> str:
     out of the worker's resident set. S3 streams through :func:`open_stream`, so a body that breaks
     mid-read resumes where it stopped.
     """
+    if split_member(uri) is not None:
+        return digest(read_bytes(uri))  # a tar member: small, read in one ranged read
     hasher = blake3.blake3()
     if is_s3(uri):
         with open_stream(uri) as stream:

@@ -43,7 +43,8 @@ EXCEPTIONS = {
 FENCED = ("curate.demo", "train.experimental")
 DOMAIN = ("curate.codec", "curate.dedup", "curate.ocr", "curate.concepts")
 APP = ("curate.stage", "curate.stages", "curate.ray_runner", "curate.pipeline", "curate.report", "curate.sink")
-APP += ("curate.sources", "curate.config", "curate.ledger", "curate.__main__")
+APP += ("curate.sources", "curate.sources_shards", "curate.sources_tables", "curate.listing")
+APP += ("curate.config", "curate.ledger", "curate.__main__")
 CLIS = ("curate.codec.cli", "curate.concepts.cli")  # command lines living beside their domain code
 
 

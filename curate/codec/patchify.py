@@ -100,14 +100,18 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
     return _select(clip, source, cfg, native, stride, cut_ids)
 
 
-def patchify_all(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_clips: int = 0, not_taken=None):
+def patchify_all(
+    data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_clips: int = 0, not_taken=None, span=None
+):
     """Every clip of ``data``: yields ``(clip number, Patchified or VideoError)``, one per shot of at
     least ``min_frames`` frames (a clip never straddles a hard cut), at most ``max_clips`` (0: all),
     one at a time (a long video never holds more than one decoded clip). Clips start on keyframes;
     where a shot begins inside a clip on a keyframe (encoders put one at a cut), the next clip starts
     there, so the shot is taken whole. ``not_taken`` (a dict) counts the clips left out and why:
     ``short_shot`` (a shot under ``min_frames`` between cuts), ``short_tail`` (the video's last
-    frames), ``max_clips``.
+    frames), ``max_clips``. ``span`` ``(start, end)`` in seconds (end None: to the end) restricts the
+    video to the frames shown in ``[start, end)``: a clip table's row; its first clip starts at the
+    span's first frame (decoding from the keyframe before it) and no clip reaches past its end.
     """
     not_taken = {} if not_taken is None else not_taken
     not_taken.update(short_shot=0, short_tail=0, max_clips=0)
@@ -115,12 +119,14 @@ def patchify_all(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_
     with open_video(data) as container:
         source, native, stride, _ = _plan(container, cfg)
         sequence = sampling.frame_sequence(source, stride, cfg.fps)
-        start = 0
+        start, stop = sampling.span_frames(source, *span) if span else (0, source.frame_count)
         while start is not None:
             ids = sampling.clip_ids(source, start, cfg.frames, stride, sequence)
+            ids = ids[ids < stop]
             if not len(ids):
                 break
             resume = sampling.next_keyframe(source, ids[-1] + 1)
+            resume = resume if resume is not None and resume < stop else None
             if max_clips and taken >= max_clips:  # the rest are not decoded at all
                 not_taken["max_clips"] += 1
                 start = resume

@@ -142,6 +142,19 @@ def clip_ids(source: Source, start: int, frames: int, stride: int, sequence: np.
     return sequence[sequence >= start][:frames]
 
 
+def span_frames(source: Source, start: float, end: float | None) -> tuple[int, int]:
+    """Display indices ``[first, stop)`` of the frames shown in ``[start, end)`` seconds (times from
+    the first frame, as clip tables give them; ``end`` None: to the end of the video)."""
+    t = (source.pts - source.pts[0]) * (source.time_base or 1 / _rate(source))
+    first = int(np.searchsorted(t, start - 1e-6))
+    stop = len(t) if end is None else int(np.searchsorted(t, end - 1e-6))
+    if first >= stop:
+        raise VideoError(
+            f"the clip [{start:g}, {end if end is None else f'{end:g}'}) s holds no frame of a {t[-1]:.3f} s video"
+        )
+    return first, stop
+
+
 def next_keyframe(source: Source, at_or_after: int) -> int | None:
     later = source.keyframes[source.keyframes >= at_or_after]
     return int(later[0]) if len(later) else None

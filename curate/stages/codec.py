@@ -15,8 +15,8 @@ class CodecPatchify(Stage, PatchifyConfig):
     """Select the salient 16x16 patches of every clip of a video (parameters: :class:`PatchifyConfig`).
 
     A video gives all its clips (``frames`` frames each, starting on keyframes, never across a hard
-    cut; at most ``max_clips``, 0 = all). One clip keeps the video's row and key; several become
-    samples ``{key}-c{n}`` of their own, and the video's ledger row says how many it gave and why
+    cut; at most ``max_clips``, 0 = all), within ``meta["span"]`` where a clip table gave one. One
+    clip keeps the video's row and key; several become samples ``{key}-c{n}`` of their own, and the video's ledger row says how many it gave and why
     others were not taken (``meta["clips"]``). Each sample holds ``patches_jpg`` (mosaic JPEG),
     ``pos_npy`` (int16 (K, 3) positions) and ``frames_jpg`` (whole frames stacked vertically), with
     ``meta["codec"]`` (codec facts, signal path, saliency statistics, clip times) and
@@ -35,8 +35,9 @@ class CodecPatchify(Stage, PatchifyConfig):
     def process_row(self, row: dict) -> list[dict]:
         data = row["uri"]  # a path or s3:// URI: decoded as a seekable stream, never read whole
         not_taken: dict = {}
+        span = row["meta"].get("span")  # a clip table's row: only [start, end) seconds of the video
         try:
-            results = patchify_all(data, self, self.max_clips, not_taken)
+            results = patchify_all(data, self, self.max_clips, not_taken, span)
             samples = [self._sample(row, n, result) for n, result in results]
         except VideoError as exc:
             if exc.code not in TOO_SMALL_OR_SHORT:

@@ -42,14 +42,22 @@ class AspectRatio(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class TextLength(Filter):
-    """Drop OCR pages with fewer than ``min_chars`` characters of text."""
+    """Drop samples with fewer than ``min_chars`` characters of text: an OCR page's transcript, or the
+    caption of an image or video from a captioned source (a missing caption counts as empty). Images
+    and videos of uncaptioned sources (folders of files) have no text to measure and pass."""
 
     name = "text_length"
-    modalities = ("ocr",)
+    modalities = ("image", "video", "ocr")
     min_chars: NonNegativeInt = 20
 
     def reason(self, row: dict) -> str | None:
-        n = row["meta"].get("text_chars", 0)
+        meta = row["meta"]
+        if row["modality"] == "ocr":
+            n = meta.get("text_chars", 0)
+        elif "caption" in meta:
+            n = len((meta["caption"] or "").strip())
+        else:
+            return None
         if n < self.min_chars:
             return f"too_little_text: {n} < {self.min_chars} characters"
         return None
@@ -57,7 +65,8 @@ class TextLength(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class Duration(Filter):
-    """Drop videos shorter than ``min_seconds`` or longer than ``max_seconds``."""
+    """Drop videos shorter than ``min_seconds`` or longer than ``max_seconds`` (a clip table's row:
+    the part of its ``[start, end)`` span the video covers)."""
 
     name = "duration"
     modalities = ("video",)
@@ -66,6 +75,9 @@ class Duration(Filter):
 
     def reason(self, row: dict) -> str | None:
         d = row["meta"]["duration"]
+        if row["meta"].get("span"):
+            start, end = row["meta"]["span"]
+            d = max(0.0, min(d, d if end is None else end) - start)
         if not self.min_seconds <= d <= self.max_seconds:
             return f"duration: {d:.2f}s outside [{self.min_seconds}, {self.max_seconds}]"
         return None

@@ -19,7 +19,7 @@ import pytest
 
 from curate.ledger import read_ledger
 
-ARGS = ["--quiet"]  # the demo manifest's 16 inputs per partition: six partitions, so a run can die between them
+ARGS = ["--quiet"]  # the demo manifest's 16 inputs per partition: seven partitions, so a run can die between them
 
 
 def _curate(out: Path, corpus: Path, executor: str = "local", **kw) -> subprocess.Popen:
