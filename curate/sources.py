@@ -90,7 +90,7 @@ def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
             meta["text_uri"] = text_uri if text_uri in names else None
             used.add(text_uri)
         items.append({"key": make_key(uri), "uri": uri, "modality": src.modality, "meta": meta})
-    return items, Counter(_suffix(uri) or "(none)" for uri, _ in files if uri not in used)
+    return items, storage.by_extension(uri for uri, _ in files if uri not in used)
 
 
 def _suffix(uri: str) -> str:

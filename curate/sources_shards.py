@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,15 +30,15 @@ SMALL = ("txt", "json")  # members read at listing time (the rest is read by the
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
 
-def shard_units(src) -> tuple[list[dict], int]:
-    """The listing units of a shard source, one per tar, and how many other files were passed over
-    (the ``.parquet`` beside each tar is not passed over: its tar's unit reads it)."""
+def shard_units(src) -> tuple[list[dict], Counter]:
+    """The listing units of a shard source, one per tar, and the other files passed over, counted by
+    extension (the ``.parquet`` beside each tar is not passed over: its tar's unit reads it)."""
     files = storage.list_pattern(src.uri)
     tars = [(uri, size) for uri, size in files if uri.lower().endswith(".tar")]
     if not tars:
         raise FileNotFoundError(f"no .tar shards among {len(files)} files")
     passed = [u for u, _ in files if not u.lower().endswith((".tar", ".parquet"))]
-    return [{"kind": "tar", "uri": uri, "size": size} for uri, size in tars], len(passed)
+    return [{"kind": "tar", "uri": uri, "size": size} for uri, size in tars], storage.by_extension(passed)
 
 
 def tar_items(src, unit: dict, make_key) -> list[dict]:

@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import posixpath
+from collections import Counter
 
 import pyarrow.parquet as pq
 
@@ -26,9 +27,9 @@ SUFFIXES = {"parquet": (".parquet",), "csv": (".csv",), "jsonl": (".jsonl", ".js
 READABLE = ("s3://",)  # URI schemes storage reads; anything else with "://" is not fetched here
 
 
-def table_units(src) -> tuple[list[dict], int]:
+def table_units(src) -> tuple[list[dict], Counter]:
     """The listing units of a table source (one per parquet row group, else one per table), and
-    how many other files were passed over. Only parquet footers are read here."""
+    the other files, passed over, counted by extension. Only parquet footers are read here."""
     files = storage.list_pattern(src.uri)
     tables = [u for u, _ in files if u.lower().endswith(SUFFIXES[src.format])]
     if not tables:
@@ -42,7 +43,8 @@ def table_units(src) -> tuple[list[dict], int]:
             sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
         starts = [0, *itertools.accumulate(sizes)][:-1]
         units += [{"kind": "table", "uri": table, "row_group": g, "first_row": n} for g, n in enumerate(starts)]
-    return units, len(files) - len(tables)
+    taken = set(tables)
+    return units, storage.by_extension(u for u, _ in files if u not in taken)
 
 
 def table_items(src, unit: dict, make_key) -> list[dict]:

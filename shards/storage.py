@@ -17,7 +17,8 @@ import os
 import re
 import tempfile
 import time
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath
 
 import blake3
 
@@ -33,6 +34,12 @@ def is_s3(uri: str) -> bool:
     if uri[:3].lower() == "s3:":
         raise ValueError(f"{uri}: not an S3 URI; write s3://BUCKET/KEY")
     return False
+
+
+def by_extension(uris) -> Counter:
+    """How many of ``uris`` end in each extension (lower case; ``(none)`` for a name without one):
+    how the sources report the files they pass over."""
+    return Counter(PurePosixPath(str(u).replace("\\", "/")).suffix.lower() or "(none)" for u in uris)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

@@ -79,7 +79,7 @@ def img2dataset_corpus(root: Path) -> dict:
         "samples": truth,
         "kept": sorted(k for k in truth if k not in ("000000003", "000010002", "000010003")),
         "failed": {
-            "000000003": "image_decode/ValueError",
+            "000000003": "image_decode/unreadable",
             "000010002": "source/truncated",
             "000010003": "source/missing_from_tar",
         },

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -172,6 +173,7 @@ def test_force_removes_only_what_the_project_wrote(tmp_path):
     _run(manifest)
     (out / "notes.txt").write_text("mine")
     (outside / "empty").mkdir()
+    shutil.rmtree(out / "_work")  # the run's listing is there: replaced by a link
     (out / "_work").symlink_to(outside)  # a project folder linked elsewhere: neither entered nor emptied
     (out / "ledger" / "linked").symlink_to(outside)
     (out / "_partitions" / "000007.json").write_text("{}")  # a stale marker of ours
