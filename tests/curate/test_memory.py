@@ -10,14 +10,17 @@ import numpy as np
 from PIL import Image
 
 SCRIPT = """
-import json, sys
+import json, os, sys
 from curate.config import load_run
 from curate.pipeline import run
 cfg, stages = load_run(sys.argv[1])
 summary = run(cfg, stages, progress=False, report=False)
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak
 peak_kib = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
-print(json.dumps({"kept": summary["kept"], "peak_mib": peak_kib / 1024}))
+print(json.dumps({"kept": summary["kept"], "peak_mib": peak_kib / 1024}), flush=True)
+# measured; leave without interpreter teardown, which once aborted in a library's C++ thread pool
+# ("terminate called without an active exception", after the run had finished): not what this measures
+os._exit(0)
 """
 
 
