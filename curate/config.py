@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Literal
 
 import manifests
 from curate.stage import Stage
 from curate.stages import build_stage
-from shards import storage
 
 Modality = Literal["image", "video", "ocr"]
 
@@ -108,18 +106,6 @@ class RunConfig:
 
 
 def load_run(path: str, overrides: dict | None = None) -> tuple[RunConfig, list[Stage]]:
-    """Load and fully validate a run manifest, stages included, before any work starts.
-
-    Local paths (sources, output) become absolute here, against the driver's working directory, so
-    every worker, whatever its own working directory, reads and writes the same files."""
+    """Load and fully validate a run manifest, stages included, before any work starts."""
     cfg = manifests.load(RunConfig, path, overrides)
-    cfg = dataclasses.replace(
-        cfg,
-        sources=tuple(dataclasses.replace(src, uri=_absolute(src.uri)) for src in cfg.sources),
-        output=dataclasses.replace(cfg.output, dir=_absolute(cfg.output.dir)),
-    )
     return cfg, cfg.build_stages(str(path))
-
-
-def _absolute(uri: str) -> str:
-    return uri if storage.is_s3(uri) else os.path.abspath(uri)

@@ -147,17 +147,3 @@ def test_raw_video_streams_are_passed_over_by_name_not_failed(tmp_path):
     make_clip(folder / "b.h264", size=64, frames=8)
     items, skipped = list_inputs([SourceConfig(modality="video", uri=str(folder))], 8)
     assert [os.path.basename(it["uri"]) for it in items] == ["a.mp4"] and skipped == {".h264": 1}
-
-
-def test_relative_paths_become_absolute_on_the_driver(tmp_path, monkeypatch):
-    """A worker resolves paths against its own working directory: the driver hands out absolute ones."""
-    from curate.config import load_run
-
-    (tmp_path / "m.toml").write_text(
-        'name = "m"\n[output]\ndir = "out/run"\n[[sources]]\nmodality = "image"\nuri = "corpus/images"\n'
-        '[[sources]]\nmodality = "video"\nuri = "s3://bucket/videos"\n[[stages]]\nname = "image_decode"\n'
-    )
-    monkeypatch.chdir(tmp_path)
-    cfg, _ = load_run("m.toml")
-    assert cfg.output.dir == str(tmp_path / "out" / "run")
-    assert [s.uri for s in cfg.sources] == [str(tmp_path / "corpus" / "images"), "s3://bucket/videos"]
