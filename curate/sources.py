@@ -69,7 +69,9 @@ def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
     except FileNotFoundError as exc:
         raise SourceError(f"source {src.modality} {src.uri}: {exc}") from None
     by_content = src.modality == "image" and not src.extensions
-    chosen = [(uri, size) for uri, size in files if uri.lower().endswith(exts) or (by_content and not _suffix(uri))]
+    chosen = [
+        (uri, size) for uri, size in files if uri.lower().endswith(exts) or (by_content and not storage.suffix(uri))
+    ]
     if not chosen:
         raise SourceError(
             f"source {src.modality} {src.uri}: no files ending in {', '.join(exts)} ({len(files)} others)"
@@ -91,10 +93,6 @@ def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
             used.add(text_uri)
         items.append({"key": make_key(uri), "uri": uri, "modality": src.modality, "meta": meta})
     return items, storage.by_extension(uri for uri, _ in files if uri not in used)
-
-
-def _suffix(uri: str) -> str:
-    return PurePosixPath(uri.replace("\\", "/")).suffix.lower()
 
 
 def _utf8(uri: str) -> bool:

@@ -36,10 +36,15 @@ def is_s3(uri: str) -> bool:
     return False
 
 
+def suffix(uri: str) -> str:
+    """A file name's extension, lower case (``""`` for a name without one), for paths and S3 keys alike."""
+    return PurePosixPath(str(uri).replace("\\", "/")).suffix.lower()
+
+
 def by_extension(uris) -> Counter:
-    """How many of ``uris`` end in each extension (lower case; ``(none)`` for a name without one):
-    how the sources report the files they pass over."""
-    return Counter(PurePosixPath(str(u).replace("\\", "/")).suffix.lower() or "(none)" for u in uris)
+    """How many of ``uris`` end in each extension (``(none)`` for a name without one): how the
+    sources report the files they pass over."""
+    return Counter(suffix(u) or "(none)" for u in uris)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

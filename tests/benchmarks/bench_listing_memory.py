@@ -84,6 +84,10 @@ def main() -> None:
                     f"{rows:>11,} {name:<28} {r['peak_mib']:>15,.0f} {r['base_mib']:>13,.0f} "
                     f"{r['partitions']:>10,} {r['seconds']:>6.0f}"
                 )
+            if len(runs) == 2:
+                print(
+                    f"{'':>11} driver peak, Ray tasks / on the driver: {runs[0][1]['peak_mib'] / runs[1][1]['peak_mib']:.2f}"
+                )
             print(f"{'':>11} (table of {Path(table).stat().st_size / 2**20:,.0f} MiB made in {made:.0f} s)")
 
 
