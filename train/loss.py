@@ -38,6 +38,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Shard
 
 from train.config import HeadConfig
+from train.scored_rows import RowGrad, ScoredRows, gemm_dtype
 
 
 def _world() -> tuple[int, int]:
@@ -163,7 +164,7 @@ class PartialFC(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.sampled_update = sampled_update
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (row index, scored rows leaf) per forward
+        self.pending: list[RowGrad] = []  # the scored rows' gradient of each backward since the optimizer's step
         rank, world = _world()
         self.lo, self.hi = shard_range(cfg.num_classes, rank, world)
         if cfg.bank:
@@ -203,31 +204,27 @@ class PartialFC(nn.Module):
     def local_weight(self) -> torch.Tensor:
         return local_tensor(self.weight)
 
-    def _rows(self, w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The centre rows this step scores; under ``sampled_update`` a leaf whose gradient waits in ``pending``."""
-        if not self.sampled_update:
-            return w[index]
-        rows = w.detach()[index]
-        if torch.is_grad_enabled():
-            rows.requires_grad_(True)
-            self.pending.append((index, rows))
-        return rows
-
-    def take_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sorted local row ids, their summed gradient) from every forward since the last call (sampled_update).
+    def take_row_grad(self) -> RowGrad:
+        """The scored rows' gradient from every forward since the last call (sampled_update), factored if one.
 
         Micro-batches of one step score different rows; rows scored twice add up, as the dense gradient would.
         """
-        pending = [(i, r.grad) for i, r in self.pending if r.grad is not None]
-        self.pending = []
+        pending, self.pending = self.pending, []
         w = self.local_weight()
-        if not pending:
-            return torch.zeros(0, dtype=torch.long, device=w.device), w.new_zeros(0, w.shape[1])
         if len(pending) == 1:
             return pending[0]  # one forward: its rows are already sorted and distinct
-        rows, inverse = torch.cat([i for i, _ in pending]).unique(return_inverse=True)
-        grad = w.new_zeros(rows.numel(), w.shape[1]).index_add_(0, inverse, torch.cat([g for _, g in pending]))
-        return rows, grad
+        rows, inverse = torch.cat([g.rows for g in pending] + [w.new_zeros(0, dtype=torch.long)]).unique(
+            return_inverse=True
+        )
+        grad = w.new_zeros(rows.numel(), w.shape[1])
+        if pending:
+            grad.index_add_(0, inverse, torch.cat([g.materialize(w) for g in pending]))
+        return RowGrad(rows, grad, w.new_zeros(rows.numel()))
+
+    def take_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted local row ids, their summed fp32 gradient): ``take_row_grad`` written out."""
+        grad = self.take_row_grad()
+        return grad.rows, grad.materialize(self.local_weight())
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor, gen_draw, gen_neg) -> torch.Tensor:
         """emb (b, D) local rows, labels (b, k) global ids (-1 pad) -> global-batch mean loss.
@@ -260,16 +257,16 @@ class PartialFC(nn.Module):
             remap[index] = torch.arange(n_sample, device=dev)
             target = to_device(target, dev)
             target = torch.where(target >= 0, remap[target.clamp(min=0)], -1)
-            w = self._rows(w, index)
         else:
             target = to_device(target, dev)
-            if self.sampled_update and n_local > 0:
-                w = self._rows(w, torch.arange(n_local, device=dev))
+            index = torch.arange(n_local, device=dev)
         valid = to_device(valid, dev)
         has = target >= 0
         t_idx = target.clamp(min=0)
+        sink = self.pending if self.sampled_update and torch.is_grad_enabled() else None
+        raw, inv_norm = ScoredRows.apply_to(F.normalize(emb.float(), dim=1), w, index, gemm_dtype(w.device), sink)
         scores, terms = _kernels(dev)
-        base, t_margin, row_max = scores(emb, w, t_idx, has, cfg.filter, cfg.margin, cfg.scale)
+        base, t_margin, row_max = scores(raw, inv_norm, t_idx, has, cfg.filter, cfg.margin, cfg.scale)
         if world > 1:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
         total = _sum(terms(base, t_margin, row_max, target, t_idx, has))  # (B, J), identical on every rank
@@ -278,15 +275,13 @@ class PartialFC(nn.Module):
         return loss.sum() / valid.sum()
 
 
-def _scores(emb, w, t_idx, has, filter: float, margin: float, scale: float):
+def _scores(raw, inv_norm, t_idx, has, filter: float, margin: float, scale: float):
     """(B, S) filtered, scaled logits; (B, J) margin target logits; (B,) row maxima of both (no gradient).
 
-    Cosines as (emb / |emb|) . c / |c|: the (S, D) normalised centres are never written; the GEMM
-    may run in bf16 under autocast, everything after it is fp32.
+    Cosines as (emb / |emb|) . c * (1 / |c|) from ``ScoredRows``: the (S, D) normalised centres are
+    never written; the GEMM may run in bf16 under autocast, everything after it is fp32.
     """
-    w = w.float()
-    inv_norm = w.norm(dim=1).clamp_min(1e-12).reciprocal()  # F.normalize's eps
-    cos = ((F.normalize(emb.float(), dim=1) @ w.T).float() * inv_norm).clamp(-1, 1)  # (B, S)
+    cos = (raw.float() * inv_norm).clamp(-1, 1)  # (B, S)
     base = torch.where(cos > filter, torch.zeros_like(cos), cos) * scale
     t_margin = (cos.gather(1, t_idx) - margin) * scale  # (B, J)
     # stabiliser: the row max of every logit that can appear (all-reduced across ranks by the caller)

@@ -7,7 +7,6 @@ jumps on resume).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ from torch import nn
 
 from train.config import OptimConfig
 from train.loss import ConceptHeads, local_tensor
+from train.scored_rows import RowGrad
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
@@ -79,11 +79,11 @@ class SampledRowAdamW:
     @torch.no_grad()
     def clip(self, max_norm: float) -> torch.Tensor:
         """Collect every head's row gradients; their global norm, and clip_grad_norm_'s coefficient for ``step``."""
-        self.grads = [head.take_grad() for head in self.heads]
+        self.grads = [head.take_row_grad() for head in self.heads]
         w = self.heads[0].local_weight()
         sq = torch.zeros((), device=w.device)
-        for _, g in self.grads:
-            sq = sq + g.float().square().sum()
+        for head, g in zip(self.heads, self.grads, strict=True):
+            sq = sq + row_grad_sq(head.local_weight(), g)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sq)  # ranks own disjoint rows: squares add up
         norm = sq.sqrt()
@@ -93,17 +93,17 @@ class SampledRowAdamW:
     @torch.no_grad()
     def step(self):
         if not self.grads:  # not clipped: collect the gradients unscaled
-            self.grads = [head.take_grad() for head in self.heads]
+            self.grads = [head.take_row_grad() for head in self.heads]
             self.coef = None
         group = self.param_groups[0]
         b1, b2 = self.betas
-        for head, (rows, g) in zip(self.heads, self.grads, strict=True):
-            if rows.numel() == 0:
+        for head, g in zip(self.heads, self.grads, strict=True):
+            if g.rows.numel() == 0:
                 continue
             head.updates += 1  # on the device: reading it back would make the host wait for the step
             w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
             coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
-            adamw_rows(w, m, v, rows, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
+            adamw_rows(w, m, v, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
         self.grads, self.coef = [], None
 
     def zero_grad(self, set_to_none: bool = True):
@@ -112,78 +112,47 @@ class SampledRowAdamW:
             head.pending = []
 
 
-def adamw_rows(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
-    """torch AdamW's update of ``w[rows]`` and its moments, with the gradient ``g * coef``, in place.
+def row_grad_sq(w: torch.Tensor, g: RowGrad) -> torch.Tensor:
+    """Squared norm of the rows' gradient; on CUDA one pass over its factors, never written out."""
+    if g.rows.numel() == 0:
+        return torch.zeros((), device=w.device)
+    if w.is_cuda:
+        from train.row_kernels import row_squares
+
+        return row_squares(w, g).sum()
+    return g.materialize(w).square().sum()
+
+
+def adamw_rows(w, m, v, g: RowGrad, coef, lr, wd, b1, b2, eps, step):
+    """torch AdamW's update of ``w[g.rows]`` and its moments, with the gradient ``g`` times ``coef``, in place.
 
     ``step``: the update count (a 0-d integer tensor, this update included) for the bias corrections.
-    On CUDA one Triton pass reads each scored row's weight, moments and gradient once and writes
-    them back (eager torch makes three gathers, six elementwise passes and three scatters), and the
-    bias corrections are computed on the device, so the host never waits; elsewhere the same
-    formulas in torch.
+    On CUDA one Triton pass reads each scored row's weight, moments and gradient factors once and
+    writes them back (eager torch makes three gathers, six elementwise passes and three scatters),
+    and the bias corrections are computed on the device, so the host never waits; elsewhere the
+    same formulas in torch.
     """
-    fn = _adamw_rows_triton if w.is_cuda else _adamw_rows_torch
-    fn(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step)
+    if w.is_cuda:
+        from train.row_kernels import adamw_rows_cuda
+
+        adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step)
+    else:
+        _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step)
 
 
-def _adamw_rows_torch(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
+def _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step):
     t = int(step)
     bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
-    g = g * coef
+    rows = g.rows
+    grad = g.materialize(w) * coef
     wr, mr, vr = w[rows], m[rows], v[rows]
     wr.mul_(1 - lr * wd)
-    mr.lerp_(g, 1 - b1)
-    vr.mul_(b2).addcmul_(g, g, value=1 - b2)
+    mr.lerp_(grad, 1 - b1)
+    vr.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     wr.addcdiv_(mr, (vr.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
     w.index_copy_(0, rows, wr)
     m.index_copy_(0, rows, mr)
     v.index_copy_(0, rows, vr)
-
-
-BLOCK_R, BLOCK_D = 8, 256
-
-
-@functools.cache
-def _row_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(
-        W, M, V, ROWS, G, COEF, BC, n_rows, D, lr, wd, b1, b2, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
-    ):
-        bc1, bc2_sqrt = tl.load(BC), tl.load(BC + 1)
-        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask = (r[:, None] < n_rows) & (d[None, :] < D)
-        row = tl.load(ROWS + r, mask=r < n_rows, other=0).to(tl.int64)
-        at = row[:, None] * D + d[None, :]
-        g = tl.load(G + r[:, None].to(tl.int64) * D + d[None, :], mask=mask, other=0.0) * tl.load(COEF)
-        w = tl.load(W + at, mask=mask, other=0.0)
-        m = tl.load(M + at, mask=mask, other=0.0)
-        v = tl.load(V + at, mask=mask, other=0.0)
-        w = w * (1 - lr * wd)
-        m = m + (1 - b1) * (g - m)
-        v = v * b2 + (1 - b2) * g * g
-        # IEEE-rounded sqrt and division (Triton's defaults are approximate), as torch computes them
-        w = w - tl.div_rn((lr / bc1) * m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-        tl.store(W + at, w, mask=mask)
-        tl.store(M + at, m, mask=mask)
-        tl.store(V + at, v, mask=mask)
-
-    return kernel
-
-
-def _adamw_rows_triton(w, m, v, rows, g, coef, lr, wd, b1, b2, eps, step):
-    for t in (w, m, v, g):
-        if not t.is_contiguous() or t.dtype != torch.float32:
-            raise ValueError("adamw_rows: centres, moments and gradient must be contiguous fp32 matrices")
-    n, d = g.shape
-    t = step.to(device=w.device, dtype=torch.float64)  # the host's float64 formulas, rounded to fp32 at the end
-    bc = torch.stack([1 - b1**t, (1 - b2**t).sqrt()]).float()
-    grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
-    _row_kernel()[grid](
-        w, m, v, rows, g, coef.float().reshape(1), bc, n, d, lr, wd, b1, b2, eps, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D
-    )
 
 
 def set_lr(optimizers: Sequence, step: int, total: int, cfg: OptimConfig) -> float:

@@ -39,17 +39,19 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     from train.config import HeadConfig, OptimConfig
     from train.loss import ConceptHeads
     from train.optim import SampledRowAdamW, _adamw_rows_torch, adamw_rows
+    from train.scored_rows import RowGrad
 
     g = torch.Generator(device="cuda").manual_seed(0)
     n, d = 100_003, 1024
     w, m = torch.randn(n, d, device="cuda", generator=g), torch.randn(n, d, device="cuda", generator=g) * 1e-3
     v = torch.rand(n, d, device="cuda", generator=g) * 1e-6
     rows = torch.randperm(n, device="cuda", generator=g)[: n // 10].sort().values
-    grad = torch.randn(len(rows), d, device="cuda", generator=g) * 1e-3
+    p = (torch.randn(len(rows), d, device="cuda", generator=g) * 1e-3).bfloat16()
+    grad = RowGrad(rows, p, torch.randn(len(rows), device="cuda", generator=g) * 1e-4)
     hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, torch.tensor(5, device="cuda"))
     ref = [t.clone() for t in (w, m, v)]
-    _adamw_rows_torch(*ref, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)
-    adamw_rows(w, m, v, rows, grad, torch.tensor(0.5, device="cuda"), *hyper)
+    _adamw_rows_torch(*ref, grad, torch.tensor(0.5, device="cuda"), *hyper)
+    adamw_rows(w, m, v, grad, torch.tensor(0.5, device="cuda"), *hyper)
     for got, want in zip((w, m, v), ref, strict=True):  # equal up to fp32 rounding (the kernel fuses multiply-adds)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
@@ -109,3 +111,33 @@ def test_compiled_head_equals_the_eager_head_on_cuda(monkeypatch):
     for a, b in ((e1, e0), (g1, g0)):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2 * float(b.abs().max()))
         assert float((a - b).norm() / b.norm()) < 5e-3
+
+
+def test_scored_rows_on_cuda_give_the_autograd_gradient_of_normalised_cosines():
+    """The one-pass row gather (bf16 rows, inverse norms) and the factored row gradient against autograd in fp32."""
+    import torch.nn.functional as F
+
+    from train.scored_rows import ScoredRows, rows_for_gemm
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w = torch.randn(30_011, 1024, device="cuda", generator=g) * 0.01
+    index = torch.randperm(30_011, device="cuda", generator=g)[:3_001].sort().values
+    rows, s = rows_for_gemm(w, index, torch.bfloat16)
+    assert torch.equal(rows, w[index].bfloat16())  # rounded to nearest, as torch casts
+    torch.testing.assert_close(s, w[index].norm(dim=1).reciprocal(), rtol=1e-6, atol=0)
+
+    emb = torch.randn(256, 1024, device="cuda", generator=g)
+    weight = torch.randn(256, 3_001, device="cuda", generator=g)  # a fixed linear loss on the cosines
+    sink = []
+    e = emb.clone().requires_grad_(True)
+    raw, inv = ScoredRows.apply_to(F.normalize(e, dim=1), w, index, torch.bfloat16, sink)
+    ((raw.float() * inv).clamp(-1, 1) * weight).sum().backward()
+    got = sink[0].materialize(w)
+
+    ref_w = w[index].clone().requires_grad_(True)
+    ref_e = emb.clone().requires_grad_(True)
+    cos = (F.normalize(ref_e, dim=1) @ (ref_w / ref_w.norm(dim=1, keepdim=True)).T).clamp(-1, 1)
+    (cos * weight).sum().backward()
+    assert torch.equal(sink[0].rows, index)
+    for a, b in ((got, ref_w.grad), (e.grad, ref_e.grad)):  # bf16 GEMMs against fp32: bf16-level agreement
+        assert float((a - b).norm() / b.norm()) < 1e-2

@@ -93,14 +93,14 @@ def test_below_rate_one_only_scored_rows_move_and_their_gradient_is_the_dense_on
     head = heads.heads["image"]
     seen = torch.zeros(C, dtype=torch.bool)
     rows_of_step = []
-    real_take = head.take_grad
+    real_take = head.take_row_grad
 
     def take():
-        rows, grad = real_take()
-        rows_of_step.append(rows)
-        return rows, grad
+        grad = real_take()
+        rows_of_step.append(grad.rows)
+        return grad
 
-    head.take_grad = take
+    head.take_row_grad = take
 
     def check(before, after):
         moved = (before != after).any(dim=1)
@@ -130,22 +130,35 @@ def test_a_skipped_step_drops_the_row_gradients():
     assert torch.equal(head.weight, before)
 
 
-def test_the_cuda_row_kernel_equals_the_torch_update(tmp_path):
-    """The Triton kernel itself, run by Triton's CPU interpreter (on before triton is imported), ragged shapes."""
+def test_the_cuda_kernels_equal_the_torch_formulas(tmp_path):
+    """The Triton kernels themselves (row gather, gradient norm, AdamW), run by Triton's CPU interpreter
+    (on before triton is imported), ragged shapes, a factored gradient with a norm term."""
     script = """
 import torch
-from train.optim import _adamw_rows_triton, adamw_rows
+from train.optim import _adamw_rows_torch
+from train.row_kernels import adamw_rows_cuda, gather_rows_cuda, row_squares
+from train.scored_rows import RowGrad, rows_for_gemm
 g = torch.Generator().manual_seed(0)
-n, d = 53, 300  # neither a multiple of the kernel's blocks
+n, d = 53, 300  # neither a multiple of the kernels' blocks
 w, m, v = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g), torch.rand(n, d, generator=g)
+w[7] = 0.0  # a zero row: its inverse norm is clamped, as F.normalize clamps
 rows = torch.randperm(n, generator=g)[:19].sort().values
-grad = torch.randn(19, d, generator=g)
+rows[0] = 7
+rows = rows.sort().values
+for dtype in (torch.float32, torch.bfloat16):
+    got, s = gather_rows_cuda(w, rows, dtype)
+    want, s_ref = rows_for_gemm(w, rows, dtype)
+    # the interpreter truncates to bf16 where the GPU rounds to nearest (exact there: test_train_gpu.py)
+    assert got.dtype == dtype and torch.allclose(got.float(), want.float(), rtol=2**-7, atol=0)
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+grad = RowGrad(rows, torch.randn(19, d, generator=g), torch.randn(19, generator=g))
+torch.testing.assert_close(row_squares(w, grad).sum(), grad.materialize(w).square().sum(), rtol=1e-5, atol=0)
 hyper = (1e-2, 0.05, 0.9, 0.999, 1e-8, torch.tensor(3))
 coef = torch.tensor(0.7)
 orig = w.clone()
 ref = [t.clone() for t in (w, m, v)]
-adamw_rows(*ref, rows, grad, coef, *hyper)
-_adamw_rows_triton(w, m, v, rows, grad, coef, *hyper)
+_adamw_rows_torch(*ref, grad, coef, *hyper)
+adamw_rows_cuda(w, m, v, grad, coef, *hyper)
 for got, want in zip((w, m, v), ref):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 moved = (w != orig).any(dim=1)
