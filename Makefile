@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint
+.PHONY: demo test lint browser
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m shards verify out/demo > out/demo/verify.json && echo "shards verified: out/demo/verify.json"
 	$(VENV)/bin/python -m shards inspect out/demo/shards
 
-test: $(STAMP)
+# Debian's Chromium for the report's browser test; where it cannot be installed (not root, not Debian) that test
+# is skipped and says so
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium not installed: the report's browser test will be skipped"
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

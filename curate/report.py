@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
 from curate.ledger import format_summary, read_ledger
 from curate.media import decode_image, open_video
@@ -28,10 +29,10 @@ from shards.tools import iter_tar
 STATUS_COLOURS = {"kept": "#3a7d44", "dropped": "#d9a400", "failed": "#c0392b"}
 
 
-def _subplots(*grid: int, figsize: tuple[float, float]):
+def _subplots(*grid: int, figsize: tuple[float, float], **kw):
     """A figure of its own (no pyplot, so no global backend or figure registry) and its axes."""
     fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid)
+    return fig, fig.subplots(*grid, **kw)
 
 
 def _png(fig) -> str:
@@ -78,13 +79,21 @@ def _reasons(ledger) -> str:
 
 
 def _throughput(summary: dict) -> str:
+    """Rows per busy second of each stage, and where the workers' time went (busy seconds, share of all)."""
     stages = {k: v for k, v in summary.get("stages", {}).items() if v.get("rows_per_second")}
     if not stages:
         return "<p>No stage timings recorded.</p>"
-    fig, ax = _subplots(figsize=(6, 0.35 * len(stages) + 0.8))
-    ax.barh(list(stages), [v["rows_per_second"] for v in stages.values()], color="#34607f")
-    ax.set_xscale("log")
-    ax.set_xlabel("rows per busy second of one worker (log)")
+    fig, (rate, spent) = _subplots(1, 2, figsize=(10, 0.35 * len(stages) + 1.0), sharey=True)
+    names = list(stages)
+    rate.barh(names, [v["rows_per_second"] for v in stages.values()], color="#34607f")
+    rate.set_xscale("log")
+    rate.set_xlabel("rows per busy second of one worker (log)")
+    seconds = np.array([v["seconds"] for v in stages.values()], dtype=float)
+    spent.barh(names, seconds, color="#7f5a34")
+    rate.invert_yaxis()  # the stages in pipeline order, top down
+    spent.set_xlabel("busy seconds (all workers)")
+    for y, sec in enumerate(seconds):
+        spent.annotate(f" {100 * sec / seconds.sum():.0f} %", (sec, y), va="center", fontsize=8)
     return _png(fig)
 
 
@@ -143,6 +152,59 @@ def _overlay(fields: dict, meta: dict) -> str:
     return _png(fig)
 
 
+def _jpeg_uri(picture, side: int = 160) -> str:
+    picture = picture.copy()
+    picture.thumbnail((side, side))
+    buf = io.BytesIO()
+    picture.convert("RGB").save(buf, format="JPEG", quality=80)
+    return f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _figure(picture, caption: str, side: int = 160) -> str:
+    return (
+        f'<figure style="display:inline-block;margin:4px;max-width:{side + 10}px"><img src="{_jpeg_uri(picture, side)}">'
+        f'<figcaption style="font-size:11px">{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _gallery(out: str, modality: str, count: int = 12) -> str:
+    """The first kept samples of a modality as stored: images and pages (``jpg``), clips (first stored frame)."""
+    tiles = []
+    for key, fields, meta in _samples(out, modality, limit_shards=2):
+        if len(tiles) == count:
+            break
+        if "jpg" in fields:
+            picture = Image.open(io.BytesIO(fields["jpg"]))
+        elif "frames.jpg" in fields:
+            picture = Image.fromarray(shard_fields.frames(fields["frames.jpg"], meta)[0][0])
+        else:
+            continue
+        tiles.append(_figure(picture, f"{key} {picture.width}x{picture.height}"))
+    return "".join(tiles) or f"<p>No {modality} samples kept.</p>"
+
+
+def _ocr_pages(out: str, examples: int = 4, side: int = 480) -> str:
+    """Stored pages with the OCR line boxes drawn over them (green: confident, red: below 0.85), and what was read."""
+    parts = []
+    for key, fields, meta in _samples(out, "ocr", limit_shards=2):
+        ocr = meta.get("ocr") or {}
+        if len(parts) == examples:
+            break
+        if "jpg" not in fields or not ocr.get("lines"):
+            continue
+        page = Image.open(io.BytesIO(fields["jpg"])).convert("RGB")
+        read_w, read_h = ocr.get("size") or page.size  # boxes are in the pixels of the picture read
+        sx, sy = page.width / read_w, page.height / read_h
+        draw = ImageDraw.Draw(page)
+        for line in ocr["lines"]:
+            x0, y0, x1, y1 = line["box"]
+            colour = (40, 160, 60) if line["conf"] >= 0.85 else (200, 40, 40)
+            draw.rectangle((x0 * sx, y0 * sy, x1 * sx, y1 * sy), outline=colour, width=2)
+        text = " / ".join(line["text"] for line in ocr["lines"][:6])
+        parts.append(_figure(page, f"{key}: {len(ocr['lines'])} lines; {text[:160]}", side))
+    return "".join(parts) or "<p>No OCR lines in this run's shards.</p>"
+
+
 def _duplicates(ledger, limit: int = 20) -> str:
     """The run's duplicate groups, largest first: each member's thumbnail (from its source), status,
     and for a dropped member what it duplicates and by which kind of match."""
@@ -186,10 +248,7 @@ def _thumbnail(uri: str, modality: str, side: int = 96) -> str:
             picture, _ = decode_image(storage.read_bytes(uri), uri)
     except (OSError, ValueError, StopIteration) as exc:
         return f"<div>(no thumbnail: {html.escape(str(exc)[:80])})</div>"
-    picture.thumbnail((side, side))
-    buf = io.BytesIO()
-    picture.convert("RGB").save(buf, format="JPEG", quality=80)
-    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img src="{_jpeg_uri(picture, side)}">'
 
 
 def _concepts(out: str) -> str:
@@ -222,8 +281,11 @@ def build_report(out: str) -> str:
         ("Summary", f"<pre>{html.escape(format_summary(summary))}</pre>"),
         ("Outcomes by modality", _outcomes(ledger)),
         ("Why inputs were dropped or failed", _reasons(ledger)),
-        ("Per-stage throughput", _throughput(summary)),
+        ("Per-stage throughput and time", _throughput(summary)),
         ("Video codec tokens", _video(out)),
+        ("Kept images", _gallery(out, "image")),
+        ("Kept clips", _gallery(out, "video")),
+        ("OCR pages and the lines read", _ocr_pages(out)),
         ("Duplicate groups", _duplicates(ledger)),
         ("Concept clusters", _concepts(out)),
     ]

@@ -220,7 +220,7 @@ def test_report_is_self_contained_and_names_every_failure(ray_demo):
     page = (out / "report.html").read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing fetched
     assert page.count("data:image/png;base64,") >= 5
-    for section in ("Outcomes by modality", "Per-stage throughput", "Video codec tokens", "Duplicate groups"):
+    for section in ("Outcomes by modality", "Per-stage throughput and time", "Video codec tokens", "Duplicate groups"):
         assert f"<h2>{section}</h2>" in page
     ledger = read_ledger(str(out))
     for uri in ledger.loc[ledger.status != "kept", "uri"]:
