@@ -27,6 +27,7 @@ from shards import storage
 
 BLOCK = tarfile.BLOCKSIZE
 SMALL = ("txt", "json")  # members read at listing time (the rest is read by the stages)
+ZERO_PADDING = 64 << 10  # the most zero bytes between two members read to tell padding from damage
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 
 
@@ -50,19 +51,21 @@ def tar_items(src, unit: dict, make_key) -> list[dict]:
 def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> list[dict]:
     """One input (or failed input) per sample of one tar."""
     members, gaps, error = _scan(tar, size)
-    by_key: dict[str, dict] = defaultdict(dict)
-    order = []
+    gaps = [(start, end) for start, end in gaps if not _zero_filled(tar, start, end)]
+    by_key: dict[tuple[str, int], dict] = defaultdict(dict)
+    met: Counter = Counter()
     for m in members:
         key, ext = base_plus_ext(m["name"])
         if key is None:
             continue
-        if key not in by_key:
-            order.append(key)
-        by_key[key].setdefault(ext.lower(), m)
+        # the n-th member of this key and type belongs to the key's n-th copy of the sample: two shards
+        # concatenated, or members appended to a tar, repeat names; each copy is an input of its own
+        m["sample"] = (key, met[key, ext.lower()])
+        met[key, ext.lower()] += 1
+        by_key[m["sample"]][ext.lower()] = m
     suspects = _next_to_gaps(members, gaps)
     items = []
-    for key in order:
-        group = by_key[key]
+    for (key, copy), group in by_key.items():
         first = min(m["offset"] for m in group.values())
         image_ext = next((e for e in exts if e in group), None)
         image = group.get(image_ext)
@@ -73,18 +76,18 @@ def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> 
         else:
             uri = tar
         item = {
-            "key": make_key(f"{tar}/{key}"),
+            "key": make_key(f"{tar}/{key}" + (f"#{copy}" if copy else "")),
             "uri": uri,
             "modality": src.modality,
             "meta": {"bytes": image["size"] if image else 0, "provenance": provenance},
         }
-        problem = _problem(key, group, image, size, suspects.get(key), error)
+        problem = _problem(key, group, image, size, suspects.get((key, copy)), error)
         if problem is None:
             problem = _small_members(item["meta"], group)
         if problem is not None:
             item["error"] = problem
         items.append(item)
-    seen, listed = set(by_key), _listed_keys(tar)
+    seen, listed = {key for key, _ in by_key}, _listed_keys(tar)
     if not members and not listed:  # not a tar at all (tarfile skips blocks it cannot parse), or empty
         provenance = {"source": src.uri, "shard": tar, "offset": 0}
         meta = {"bytes": 0, "provenance": provenance}
@@ -134,16 +137,21 @@ def _scan(tar: str, size: int) -> tuple[list[dict], list[tuple[int, int]], str |
     return members, gaps, error
 
 
-def _next_to_gaps(members: list[dict], gaps: list[tuple[int, int]]) -> dict[str, str]:
-    """Sample key -> why it is suspect: its members border an unreadable region (a member of it or
-    of its neighbour lost its header there; which one cannot be told, so both are failed)."""
+def _zero_filled(tar: str, start: int, end: int) -> bool:
+    """A region of zero blocks between members is a tar's end-of-archive padding (two tars
+    concatenated), not damage; larger regions than a tar's padding are not read to tell."""
+    return end - start <= ZERO_PADDING and not storage.read_range(tar, start, end).strip(b"\0")
+
+
+def _next_to_gaps(members: list[dict], gaps: list[tuple[int, int]]) -> dict[tuple[str, int], str]:
+    """Sample (key, copy) -> why it is suspect: its members border an unreadable region (a member of
+    it or of its neighbour lost its header there; which one cannot be told, so both are failed)."""
     out = {}
     for start, end in gaps:
-        before = [m for m in members if m["offset"] < start]
-        after = [m for m in members if m["offset"] >= end]
+        before = [m for m in members if m["offset"] < start and "sample" in m]
+        after = [m for m in members if m["offset"] >= end and "sample" in m]
         for m in ([before[-1]] if before else []) + ([after[0]] if after else []):
-            key = base_plus_ext(m["name"])[0]
-            out[key] = f"tar bytes {start}-{end} are unreadable (corrupt header) next to this sample's members"
+            out[m["sample"]] = f"tar bytes {start}-{end} are unreadable (corrupt header) next to this sample's members"
     return out
 
 

@@ -128,6 +128,31 @@ def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):
     assert "unreadable" in next(it for it in items if it.get("error"))["error"][1]
 
 
+def test_two_crawls_concatenated_into_one_tar_are_all_inputs(tmp_path):
+    """``cat`` of two shards both holding 000000000..2: the first tar's end-of-archive zeros are
+    padding, not damage, and each crawl's sample is an input of its own, with its own key and caption."""
+    crawls = {}
+    for crawl in ("a", "b"):
+        samples = [
+            {"image": photo(n + 10 * len(crawls)), "caption": f"crawl {crawl} {n}", "json": {}} for n in range(3)
+        ]
+        write_shard(tmp_path / crawl / "00000.tar", 0, samples)
+        crawls[crawl] = samples
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "00000.tar").write_bytes(b"".join((tmp_path / c / "00000.tar").read_bytes() for c in "ab"))
+    out = tmp_path / "out"
+    summary = _curate(str(tmp_path / "both"), out)
+    assert (summary["inputs"], summary["kept"]) == (6, 6)
+    by_caption = {s["txt"].decode(): json.loads(s["json"])["provenance"] for s in _shard_samples(out).values()}
+    assert sorted(by_caption) == sorted(s["caption"] for c in "ab" for s in crawls[c])
+    for c in "ab":
+        for n, sample in enumerate(crawls[c]):
+            prov = by_caption[sample["caption"]]
+            assert prov["member"] == f"00000000{n}.jpg"
+            image = storage.read_range(prov["shard"], prov["data_offset"], prov["data_offset"] + prov["size"])
+            assert image == sample["image"]  # the right crawl's picture
+
+
 def test_a_file_that_is_not_a_tar_is_a_failed_input(tmp_path):
     (tmp_path / "00000.tar").write_bytes(b"not a tar at all" * 100)
     (tmp_path / "00001.parquet").write_bytes(b"not parquet either")
