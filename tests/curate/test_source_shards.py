@@ -117,6 +117,24 @@ def test_caption_filters_apply_to_image_captions(corpus, tmp_path):
     assert len(kept) == 6 and all(m["dedup"]["minhash"] == "sha1/3-gram/seed1" for m in kept)  # captions signed
 
 
+def test_near_duplicate_captions_of_different_pictures_are_grouped(tmp_path, ray_cluster):
+    """MinHash dedup on captions alone: two photos whose captions differ by one word are duplicates
+    (the larger picture kept), a third caption and a sample without one are not."""
+    fox = "a red fox jumps over the lazy dog near the river bank at dawn"
+    captions = [fox, fox + " today", "two dogs playing in the snow", None]
+    samples = [{"image": photo(n, size=72 + 8 * n), "caption": c, "json": {"n": n}} for n, c in enumerate(captions)]
+    write_shard(tmp_path / "shards" / "00000.tar", 0, samples)
+    stages = '[[stages]]\nname = "dedup_signatures"\nexact = false\npixel = false\nperceptual = false\n'
+    stages += '[[stages]]\nname = "dedup_group"\nkinds = ["minhash"]\n'
+    out = tmp_path / "out"
+    summary = _curate(str(tmp_path / "shards"), out, stages)
+    assert (summary["kept"], summary["dropped_by_reason"]) == (3, {"dedup_apply/duplicate": 1})
+    ledger = read_ledger(str(out))
+    n_of = {k: json.loads(m)["source_meta"]["n"] for k, m in zip(ledger["key"], ledger["meta"], strict=True)}
+    dropped = json.loads(ledger[ledger["status"] == "dropped"]["meta"].iloc[0])
+    assert (dropped["source_meta"]["n"], n_of[dropped["dup_of"]], dropped["dup_kind"]) == (0, 1, "minhash")
+
+
 def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):
     """tarfile skips blocks whose header does not parse; the samples bordering the gap fail with it,
     the rest of the shard is listed."""
