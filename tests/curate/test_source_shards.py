@@ -236,3 +236,15 @@ def test_video_members_are_patchified_in_place_locally_and_on_s3(tmp_path, s3_se
             kept[tuple(decode_npy(row["pos_npy"]).T)] = True
             assert (kept & share).sum() / share.sum() >= 0.9
         assert rows[2]["status"] == "failed" and rows[2]["reason"].startswith("video_probe/")
+    manifest = tmp_path / "run.toml"  # a run: the caption is each clip sample's txt
+    manifest.write_text(
+        f'name = "v"\nexecutor = "local"\n[output]\ndir = "{tmp_path / "out"}"\n[[sources]]\nmodality = "video"\n'
+        f'format = "webdataset"\nuri = "{tmp_path / "shards"}"\n[[stages]]\nname = "video_probe"\n'
+        '[[stages]]\nname = "codec_patchify"\nbudget = 0.125\n'
+    )
+    summary = run(*load_run(str(manifest)), progress=False, report=False)
+    assert (summary["kept"], summary["failed"]) == (2, 1)
+    tars = sorted(str(p) for p in (tmp_path / "out" / "shards" / "video").glob("*.tar"))
+    got = {s["txt"].decode(): s["pos.npy"] for s in wds.WebDataset(tars, shardshuffle=False)}
+    assert sorted(got) == ["clip 0", "clip 1"]
+    assert all(np.array_equal(decode_npy(got[f"clip {n}"]), alone[n].positions) for n in range(2))
