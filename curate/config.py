@@ -30,7 +30,7 @@ class SourceConfig:
     modality: Modality
     uri: str
     format: SourceFormat = "files"
-    # file name endings to take as inputs (for webdataset: the image member's); empty = the modality's defaults
+    # file name endings to take as inputs (for webdataset: the image or video member's); empty = the modality's defaults
     extensions: tuple[str, ...] = ()
     uri_column: str = ""  # tables: the column holding the media's URI (required)
     caption_column: str = ""  # tables: the caption, written as the sample's ``txt``
@@ -52,8 +52,8 @@ class SourceConfig:
             raise ValueError("start_column and end_column cut video clips: they need modality = 'video'")
         if table and self.modality == "ocr":
             raise ValueError("table formats list images or videos; OCR pages come as files or JSONL {image, text}")
-        if self.format == "webdataset" and self.modality != "image":
-            raise ValueError("format 'webdataset' reads image shards (img2dataset layout): it needs modality = 'image'")
+        if self.format == "webdataset" and self.modality == "ocr":
+            raise ValueError("format 'webdataset' reads image or video shards; OCR pages come as files or JSONL")
 
 
 @dataclasses.dataclass(frozen=True)

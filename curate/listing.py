@@ -15,11 +15,12 @@ import json
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.cluster import init_ray, worker_env
 from curate.sink import keys_digest
-from curate.sources import SourceError, assign_partitions, list_unit, plan_units
+from curate.sources import SourceError, assign_partitions, list_unit, plan_units, rename_repeats
 from shards import storage
 
 
@@ -53,7 +54,62 @@ def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], Counter]:
         for local, count, digest in result["partitions"]:
             partitions[p] = {"listing": result["uri"], "local": local, "count": count, "keys_sha256": digest}
             p += 1
+    inputs = sum(d["count"] for d in partitions.values())
+    _rename_repeats(partitions, _holding_repeats([r["uri"] for r in results], inputs, in_ray))
     return partitions, skipped
+
+
+KEYS_ON_DRIVER = 250_000  # up to this many inputs the driver counts their keys itself (~20 MB in Arrow)
+
+
+def _holding_repeats(listings: list[str], inputs: int, in_ray: bool) -> set[str]:
+    """The listing files holding a key that more than one input of the run has. Beyond
+    ``KEYS_ON_DRIVER`` inputs a Ray shuffle counts the keys (the driver gets only the few repeated
+    ones); below, the driver counts them in Arrow, sparing a small run the shuffle's start-up."""
+    if not listings:
+        return set()
+    if not in_ray or inputs <= KEYS_ON_DRIVER:
+        keys = {uri: pa.array(_keys(uri), pa.string()) for uri in listings}
+        counts = pc.value_counts(pa.concat_arrays(list(keys.values())))
+        repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        return {uri for uri, ks in keys.items() if pc.any(pc.is_in(ks, repeated)).as_py()}
+    import ray
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(listings, include_paths=True, filesystem=storage.arrow_filesystem(listings[0]))
+    ds = ds.select_columns(["key", "path"])
+    repeated = [r["key"] for r in ds.groupby("key").count().filter(expr=col("count()") > 1).take_all()]
+    if not repeated:
+        return set()
+    paths = {r["path"] for r in ds.filter(expr=col("key").is_in(repeated)).take_all()}  # s3: without s3://
+    return {uri for uri in listings if uri.removeprefix("s3://") in paths}
+
+
+def _keys(listing: str, row_group: int | None = None) -> list[str]:
+    source = storage.open_media(listing)
+    try:
+        f = pq.ParquetFile(source)
+        table = f.read(columns=["key"]) if row_group is None else f.read_row_group(row_group, columns=["key"])
+    finally:
+        if not isinstance(source, str):
+            source.close()
+    return table["key"].to_pylist()
+
+
+def _rename_repeats(partitions: dict[int, dict], holding: set[str]) -> None:
+    """Give each input whose key an earlier one has its own key (``sources.rename_repeats``): its
+    partition's descriptor lists the renamed rows, which ``partition_items`` applies, and its key
+    hash covers the new keys. Only the partitions of ``holding`` are read."""
+    seen: Counter = Counter()
+    for p in sorted(partitions):
+        desc = partitions[p]
+        if desc["listing"] not in holding:
+            continue
+        keys = _keys(desc["listing"], desc["local"])
+        renamed = rename_repeats(keys, seen)
+        if renamed:
+            desc["renamed"] = {str(n): key for n, key in renamed.items()}
+            desc["keys_sha256"] = keys_digest(renamed.get(n, key) for n, key in enumerate(keys))
 
 
 def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
@@ -95,7 +151,7 @@ def partition_items(desc: dict, partition: int) -> list[dict]:
     finally:
         if not isinstance(source, str):
             source.close()
-    return [
+    items = [
         {
             "key": r["key"],
             "uri": r["uri"],
@@ -106,3 +162,7 @@ def partition_items(desc: dict, partition: int) -> list[dict]:
         }
         for r in rows
     ]
+    for n, key in desc.get("renamed", {}).items():
+        item = items[int(n)]
+        item["meta"]["renamed_from"], item["key"] = item["key"], key
+    return items

@@ -204,8 +204,7 @@ def assign_partitions(items: list[dict], first: int, partition_size: int, partit
     or high-bitrate videos are big), so no partition, and so no task, dominates the run. Partitions
     never span units, so each unit's listing task forms its own.
     """
-    items.sort(key=lambda it: it["key"])
-    check_unique_keys(items)
+    items.sort(key=lambda it: it["key"])  # stable: inputs sharing a key keep their listing order
     partition, count, size = first, 0, 0
     for it in items:
         cost = it["meta"].get("bytes", 0)
@@ -217,8 +216,9 @@ def assign_partitions(items: list[dict], first: int, partition_size: int, partit
 
 
 def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], Counter]:
-    """All inputs of all sources in this process, unit by unit, each with its partition number
-    (the partitions ``curate.listing`` forms in Ray tasks); and the files passed over."""
+    """All inputs of all sources in this process, unit by unit, each with its partition number and
+    its run-wide unique key (the partitions and keys ``curate.listing`` forms in Ray tasks); and the
+    files passed over."""
     units, skipped = plan_units(sources)
     items, partition = [], 0
     for i, unit in units:
@@ -226,18 +226,25 @@ def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple
         partition = assign_partitions(found, partition, partition_size, partition_bytes)
         items += found
         skipped += passed
+    for n, key in rename_repeats([it["key"] for it in items], Counter()).items():
+        items[n]["meta"]["renamed_from"] = items[n]["key"]
+        items[n]["key"] = key
     return items, skipped
 
 
-def check_unique_keys(items: list[dict]) -> None:
-    """Key-sorted inputs have distinct keys: the same input twice is an overlap of sources; two
-    different inputs with one key are a collision of the key's hash, said as such."""
-    for a, b in zip(items, items[1:], strict=False):
-        if a["key"] != b["key"]:
-            continue
-        if a["uri"] == b["uri"]:
-            raise SourceError(f"input {a['uri']} is listed twice (two sources overlap)")
-        raise SourceError(
-            f"inputs {a['uri']} and {b['uri']} have the same key {a['key']} (a collision of its 48-bit hash): "
-            "rename one of them"
-        )
+def rename_repeats(keys: list[str], seen: Counter) -> dict[int, str]:
+    """Position -> new key of each of ``keys`` (in listing order: units, then partitions, then key
+    order) that an earlier input already has; ``seen`` counts the keys met before these.
+
+    Two inputs share a key only when 48 bits of their identities' hashes collide (a shard's URI is
+    in its samples' keys, so two crawls' ``000000001`` never do; at 400M inputs ~280 pairs are
+    expected). The first keeps its key and the n-th becomes ``{key}-{n}``, which no listed key can
+    be (stems have no ``-``): the listing order is fixed, so reruns rename the same inputs, and
+    sources or shards added after the others never rename what an earlier run already curated.
+    """
+    renamed = {}
+    for n, key in enumerate(keys):
+        seen[key] += 1
+        if seen[key] > 1:
+            renamed[n] = f"{key}-{seen[key]}"
+    return renamed

@@ -4,7 +4,9 @@ img2dataset writes ``{key}.jpg`` (any image type), ``{key}.txt`` (the caption) a
 (its metadata) into each tar, and a ``.parquet`` beside each shard with every sample's download
 status. Listing reads each tar's headers once (locally it seeks past the payloads; on S3 it streams)
 and keeps the small members (caption and json) in the input's meta; an input's ``uri`` names its
-image member by byte range (``storage.member_uri``), so a stage reads only that member.
+image member by byte range (``storage.member_uri``), so a stage reads only that member. Shards of
+video samples (``{key}.mp4`` + caption + json) list alike; the video stages demux the member in
+place (``curate.media.open_video``), seeking within it, never reading the tar whole.
 
 A damaged shard fails only the samples it touches, each with its reason: a member cut by the end
 of a truncated tar, a sample next to a region whose headers do not parse (``tarfile`` skips such
@@ -27,7 +29,9 @@ from shards import storage
 
 BLOCK = tarfile.BLOCKSIZE
 SMALL = ("txt", "json")  # members read at listing time (the rest is read by the stages)
+ZERO_PADDING = 64 << 10  # the most zero bytes between two members read to tell padding from damage
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+VIDEO_EXTS = ("mp4", "mkv", "mov", "webm", "avi", "ts")  # read in place by the video stages
 
 
 def shard_units(src) -> tuple[list[dict], Counter]:
@@ -43,48 +47,51 @@ def shard_units(src) -> tuple[list[dict], Counter]:
 
 def tar_items(src, unit: dict, make_key) -> list[dict]:
     """The inputs of one tar (a unit of :func:`shard_units`)."""
-    exts = tuple(e.lower().lstrip(".") for e in src.extensions) or IMAGE_EXTS
+    exts = tuple(e.lower().lstrip(".") for e in src.extensions) or (
+        VIDEO_EXTS if src.modality == "video" else IMAGE_EXTS
+    )
     return shard_samples(src, unit["uri"], unit["size"], exts, make_key)
 
 
 def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> list[dict]:
     """One input (or failed input) per sample of one tar."""
     members, gaps, error = _scan(tar, size)
-    by_key: dict[str, dict] = defaultdict(dict)
-    order = []
+    gaps = [(start, end) for start, end in gaps if not _zero_filled(tar, start, end)]
+    by_key: dict[tuple[str, int], dict] = defaultdict(dict)
+    met: Counter = Counter()
     for m in members:
         key, ext = base_plus_ext(m["name"])
         if key is None:
             continue
-        if key not in by_key:
-            order.append(key)
-        by_key[key].setdefault(ext.lower(), m)
+        # the n-th member of this key and type belongs to the key's n-th copy of the sample: two shards
+        # concatenated, or members appended to a tar, repeat names; each copy is an input of its own
+        m["sample"] = (key, met[key, ext.lower()])
+        met[key, ext.lower()] += 1
+        by_key[m["sample"]][ext.lower()] = m
     suspects = _next_to_gaps(members, gaps)
     items = []
-    for key in order:
-        group = by_key[key]
+    for (key, copy), group in by_key.items():
         first = min(m["offset"] for m in group.values())
-        image_ext = next((e for e in exts if e in group), None)
-        image = group.get(image_ext)
+        media = group.get(next((e for e in exts if e in group), None))
         provenance = {"source": src.uri, "shard": tar, "offset": first}
-        if image is not None:
-            provenance.update(member=image["name"], data_offset=image["data"], size=image["size"])
-            uri = storage.member_uri(tar, image["data"], image["data"] + image["size"])
+        if media is not None:
+            provenance.update(member=media["name"], data_offset=media["data"], size=media["size"])
+            uri = storage.member_uri(tar, media["data"], media["data"] + media["size"])
         else:
             uri = tar
         item = {
-            "key": make_key(f"{tar}/{key}"),
+            "key": make_key(f"{tar}/{key}" + (f"#{copy}" if copy else "")),
             "uri": uri,
             "modality": src.modality,
-            "meta": {"bytes": image["size"] if image else 0, "provenance": provenance},
+            "meta": {"bytes": media["size"] if media else 0, "provenance": provenance},
         }
-        problem = _problem(key, group, image, size, suspects.get(key), error)
+        problem = _problem(key, group, media, src.modality, size, suspects.get((key, copy)), error)
         if problem is None:
             problem = _small_members(item["meta"], group)
         if problem is not None:
             item["error"] = problem
         items.append(item)
-    seen, listed = set(by_key), _listed_keys(tar)
+    seen, listed = {key for key, _ in by_key}, _listed_keys(tar)
     if not members and not listed:  # not a tar at all (tarfile skips blocks it cannot parse), or empty
         provenance = {"source": src.uri, "shard": tar, "offset": 0}
         meta = {"bytes": 0, "provenance": provenance}
@@ -134,29 +141,34 @@ def _scan(tar: str, size: int) -> tuple[list[dict], list[tuple[int, int]], str |
     return members, gaps, error
 
 
-def _next_to_gaps(members: list[dict], gaps: list[tuple[int, int]]) -> dict[str, str]:
-    """Sample key -> why it is suspect: its members border an unreadable region (a member of it or
-    of its neighbour lost its header there; which one cannot be told, so both are failed)."""
+def _zero_filled(tar: str, start: int, end: int) -> bool:
+    """A region of zero blocks between members is a tar's end-of-archive padding (two tars
+    concatenated), not damage; larger regions than a tar's padding are not read to tell."""
+    return end - start <= ZERO_PADDING and not storage.read_range(tar, start, end).strip(b"\0")
+
+
+def _next_to_gaps(members: list[dict], gaps: list[tuple[int, int]]) -> dict[tuple[str, int], str]:
+    """Sample (key, copy) -> why it is suspect: its members border an unreadable region (a member of
+    it or of its neighbour lost its header there; which one cannot be told, so both are failed)."""
     out = {}
     for start, end in gaps:
-        before = [m for m in members if m["offset"] < start]
-        after = [m for m in members if m["offset"] >= end]
+        before = [m for m in members if m["offset"] < start and "sample" in m]
+        after = [m for m in members if m["offset"] >= end and "sample" in m]
         for m in ([before[-1]] if before else []) + ([after[0]] if after else []):
-            key = base_plus_ext(m["name"])[0]
-            out[key] = f"tar bytes {start}-{end} are unreadable (corrupt header) next to this sample's members"
+            out[m["sample"]] = f"tar bytes {start}-{end} are unreadable (corrupt header) next to this sample's members"
     return out
 
 
-def _problem(key: str, group: dict, image: dict | None, size: int, suspect: str | None, error: str | None):
+def _problem(key: str, group: dict, media: dict | None, modality: str, size: int, suspect, error: str | None):
     cut = [m["name"] for m in group.values() if m["data"] + m["size"] > size]
     if cut:
         return ["source/truncated", f"{', '.join(cut)}: the tar ends at byte {size}, inside the member"]
     if suspect:
         return ["source/corrupt_member", f"{key}: {suspect}"]
-    if image is None:
+    if media is None:
         return [
-            "source/no_image",
-            f"{key}: members {sorted(group)} but none is an image" + (f"; {error}" if error else ""),
+            f"source/no_{modality}",
+            f"{key}: members {sorted(group)} but no {modality} member" + (f"; {error}" if error else ""),
         ]
     return None
 

@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "min_resolution": "curate.stages.filters:MinResolution",
     "aspect_ratio": "curate.stages.filters:AspectRatio",
     "text_length": "curate.stages.filters:TextLength",
+    "language": "curate.stages.language:Language",
     "duration": "curate.stages.filters:Duration",
     "motion_filter": "curate.stages.filters:MotionFilter",
     "dedup_signatures": "curate.stages.dedup:DedupSignatures",

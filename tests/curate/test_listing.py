@@ -9,13 +9,21 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 from source_kit import photo, write_shard
 
 from curate.config import OutputConfig, RunConfig, SourceConfig, load_run
-from curate.listing import list_run, partition_items
+from curate.listing import KEYS_ON_DRIVER, _holding_repeats, list_run, partition_items
 from curate.pipeline import run
 from curate.sink import keys_digest
 from curate.sources import SourceError, list_inputs
+from shards import storage
+
+# Two crawls' shards whose sample 000000001 gets one key, 000000001-1babe30f9d17: the SHA-1 digests of
+# "s3://crawl/c10659100/00000.tar/000000001" and of ".../c27500933/..." share their first 48 bits
+# (found by hashing 2**25 such names; keys carry 48 bits, so 400M inputs hold ~280 such pairs)
+COLLIDING = ("c10659100", "c27500933")
+SHARED_KEY = "000000001-1babe30f9d17"
 
 
 def _sources(root):
@@ -62,6 +70,7 @@ def test_units_list_in_ray_tasks_into_the_partitions_listed_in_process(tmp_path,
 def test_a_rerun_redoes_only_the_partition_whose_marker_is_gone(tmp_path):
     table = _sources(tmp_path / "corpus")[0]  # 150 rows in three row groups: nine partitions of up to 20
     out = tmp_path / "out"
+    out = tmp_path / "out"
     manifest = tmp_path / "run.toml"
     manifest.write_text(
         f'name = "t"\nexecutor = "local"\npartition_size = 20\n[output]\ndir = "{out}"\n[[sources]]\n'
@@ -83,3 +92,52 @@ def test_a_source_inside_another_is_refused(tmp_path):
     outer = SourceConfig(modality="image", uri=str(tmp_path / "corpus"))
     with pytest.raises(SourceError, match="listed twice .*inside"):
         list_inputs([outer, sources[2]], 8)  # the shard set lies inside the folder
+
+
+def test_inputs_of_two_tars_sharing_a_key_each_get_their_own(tmp_path, s3_server, ray_cluster):
+    """The first in listing order keeps the key, the second becomes key-2 (its old key in its meta),
+    alike from the run's listing and from listing in one go; the keys shared are found by a Ray
+    shuffle as on the driver; a run keeps both inputs and a rerun finds it done."""
+    s3 = storage.s3_client()
+    s3.create_bucket(Bucket="crawl")
+    captions = {}
+    for i, crawl in enumerate(("c0", *COLLIDING)):  # c0's keys are its own
+        local = tmp_path / crawl / "00000.tar"
+        samples = [{"image": photo(10 * i + n), "caption": f"{crawl} {n}", "json": {"crawl": crawl}} for n in range(2)]
+        write_shard(local, 0, samples)
+        captions[crawl] = [s["caption"] for s in samples]
+        for path in (local, local.with_suffix(".parquet")):
+            s3.put_object(Bucket="crawl", Key=f"{crawl}/{path.name}", Body=path.read_bytes())
+    src = SourceConfig(modality="image", uri="s3://crawl/", format="webdataset")
+    items, _ = list_inputs([src], 8)
+    shared = [
+        (it["key"], it["meta"].get("renamed_from"), it["meta"]["caption"]) for it in items if "1babe" in it["key"]
+    ]
+    assert shared == [(SHARED_KEY, None, f"{COLLIDING[0]} 1"), (f"{SHARED_KEY}-2", SHARED_KEY, f"{COLLIDING[1]} 1")]
+    assert len({it["key"] for it in items}) == 6
+    s3.create_bucket(Bucket="runs")  # listing files on S3: the Ray tasks that count keys read them there
+    cfg = RunConfig(name="x", sources=(src,), stages=(), output=OutputConfig(dir="s3://runs/x"), partition_size=8)
+    partitions, _ = list_run(cfg, "s3://runs/x", in_ray=False)  # listing in Ray tasks: the test above
+    listings = sorted({d["listing"] for d in partitions.values()})  # one per tar, c0's first
+    assert _holding_repeats(listings, 6, in_ray=False) == set(listings[1:])  # counted on the driver
+    assert _holding_repeats(listings, KEYS_ON_DRIVER + 1, in_ray=True) == set(listings[1:])  # by a Ray shuffle
+    listed = [it for p in sorted(partitions) for it in partition_items(partitions[p], p)]
+    assert [(it["key"], it["meta"]) for it in listed] == [(it["key"], it["meta"]) for it in items]
+    assert [d["keys_sha256"] for _, d in sorted(partitions.items())] == [
+        keys_digest(it["key"] for it in items if it["partition"] == p) for p in sorted(partitions)
+    ]
+    out = tmp_path / "out"
+    manifest = tmp_path / "run.toml"
+    manifest.write_text(
+        f'name = "t"\nexecutor = "local"\n[output]\ndir = "{out}"\n[[sources]]\nmodality = "image"\n'
+        f'format = "webdataset"\nuri = "{src.uri}"\n[[stages]]\nname = "image_decode"\nsize = 32\n'
+    )
+    summary = run(*load_run(str(manifest)), progress=False, report=False)
+    assert (summary["inputs"], summary["kept"], summary["shard_samples"]) == (6, 6, 6)
+    tars = sorted(str(p) for p in (out / "shards" / "image").glob("*.tar"))
+    got = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(tars, shardshuffle=False)}
+    assert got[SHARED_KEY] == f"{COLLIDING[0]} 1" and got[f"{SHARED_KEY}-2"] == f"{COLLIDING[1]} 1"
+    assert sorted(got.values()) == sorted(c for cs in captions.values() for c in cs)
+    markers = {p: p.stat().st_mtime_ns for p in (out / "_partitions").iterdir()}
+    again = run(*load_run(str(manifest)), progress=False, report=False)
+    assert again["kept"] == 6 and {p: p.stat().st_mtime_ns for p in (out / "_partitions").iterdir()} == markers

@@ -7,16 +7,23 @@ from __future__ import annotations
 import json
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
 from source_kit import img2dataset_corpus, photo, write_shard
 
+from curate.codec import PatchifyConfig, patchify
 from curate.config import SourceConfig, load_run
+from curate.demo.synthetic_video import make_clip
 from curate.ledger import read_ledger
 from curate.pipeline import run
 from curate.sources import list_inputs
+from curate.stage import new_rows, run_in_process, to_rows
+from curate.stages.codec import CodecPatchify
+from curate.stages.video import VideoProbe
 from shards import storage
+from shards.format import decode_npy
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +117,24 @@ def test_caption_filters_apply_to_image_captions(corpus, tmp_path):
     assert len(kept) == 6 and all(m["dedup"]["minhash"] == "sha1/3-gram/seed1" for m in kept)  # captions signed
 
 
+def test_near_duplicate_captions_of_different_pictures_are_grouped(tmp_path, ray_cluster):
+    """MinHash dedup on captions alone: two photos whose captions differ by one word are duplicates
+    (the larger picture kept), a third caption and a sample without one are not."""
+    fox = "a red fox jumps over the lazy dog near the river bank at dawn"
+    captions = [fox, fox + " today", "two dogs playing in the snow", None]
+    samples = [{"image": photo(n, size=72 + 8 * n), "caption": c, "json": {"n": n}} for n, c in enumerate(captions)]
+    write_shard(tmp_path / "shards" / "00000.tar", 0, samples)
+    stages = '[[stages]]\nname = "dedup_signatures"\nexact = false\npixel = false\nperceptual = false\n'
+    stages += '[[stages]]\nname = "dedup_group"\nkinds = ["minhash"]\n'
+    out = tmp_path / "out"
+    summary = _curate(str(tmp_path / "shards"), out, stages)
+    assert (summary["kept"], summary["dropped_by_reason"]) == (3, {"dedup_apply/duplicate": 1})
+    ledger = read_ledger(str(out))
+    n_of = {k: json.loads(m)["source_meta"]["n"] for k, m in zip(ledger["key"], ledger["meta"], strict=True)}
+    dropped = json.loads(ledger[ledger["status"] == "dropped"]["meta"].iloc[0])
+    assert (dropped["source_meta"]["n"], n_of[dropped["dup_of"]], dropped["dup_kind"]) == (0, 1, "minhash")
+
+
 def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):
     """tarfile skips blocks whose header does not parse; the samples bordering the gap fail with it,
     the rest of the shard is listed."""
@@ -126,6 +151,31 @@ def test_a_corrupt_header_fails_the_samples_beside_it(tmp_path):
     assert len(items) == 5 and len(by_name) == 5
     assert errors == [("source/corrupt_member", "000000002")]
     assert "unreadable" in next(it for it in items if it.get("error"))["error"][1]
+
+
+def test_two_crawls_concatenated_into_one_tar_are_all_inputs(tmp_path):
+    """``cat`` of two shards both holding 000000000..2: the first tar's end-of-archive zeros are
+    padding, not damage, and each crawl's sample is an input of its own, with its own key and caption."""
+    crawls = {}
+    for crawl in ("a", "b"):
+        samples = [
+            {"image": photo(n + 10 * len(crawls)), "caption": f"crawl {crawl} {n}", "json": {}} for n in range(3)
+        ]
+        write_shard(tmp_path / crawl / "00000.tar", 0, samples)
+        crawls[crawl] = samples
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "00000.tar").write_bytes(b"".join((tmp_path / c / "00000.tar").read_bytes() for c in "ab"))
+    out = tmp_path / "out"
+    summary = _curate(str(tmp_path / "both"), out)
+    assert (summary["inputs"], summary["kept"]) == (6, 6)
+    by_caption = {s["txt"].decode(): json.loads(s["json"])["provenance"] for s in _shard_samples(out).values()}
+    assert sorted(by_caption) == sorted(s["caption"] for c in "ab" for s in crawls[c])
+    for c in "ab":
+        for n, sample in enumerate(crawls[c]):
+            prov = by_caption[sample["caption"]]
+            assert prov["member"] == f"00000000{n}.jpg"
+            image = storage.read_range(prov["shard"], prov["data_offset"], prov["data_offset"] + prov["size"])
+            assert image == sample["image"]  # the right crawl's picture
 
 
 def test_a_file_that_is_not_a_tar_is_a_failed_input(tmp_path):
@@ -151,3 +201,50 @@ def test_listing_reads_only_headers_and_small_members(corpus):
     assert pd.Series([it["partition"] for it in items]).tolist() == [0, 0, 0, 0, 1, 1]
     with pytest.raises(EOFError, match="ends after"):
         storage.read_bytes(storage.member_uri(str(root / "00001.tar"), 0, 10**9))
+
+
+def test_video_members_are_patchified_in_place_locally_and_on_s3(tmp_path, s3_server):
+    """Clips with a known moving object packed in a shard (``{key}.mp4`` + caption + json) beside a
+    truncated one: each clip is demuxed where it lies in the tar (a seek locally, ranged GETs on S3)
+    and gives exactly the tokens of the same clip read as a file of its own, on the moving object."""
+    specs = [{"pan": (2, 1), "seed": 2}, {"seed": 1}, {"seed": 3}]
+    clips, masks = [], []
+    for n, spec in enumerate(specs):
+        path = tmp_path / "clips" / f"{n}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        masks.append(make_clip(path, **spec))
+        clips.append(path.read_bytes())
+    clips[2] = clips[2][: len(clips[2]) // 3]  # a clip cut short inside the tar: what decodes, or a reason
+    samples = [{"image": c, "ext": "mp4", "caption": f"clip {n}", "json": {"n": n}} for n, c in enumerate(clips)]
+    write_shard(tmp_path / "shards" / "00000.tar", 0, samples)
+    s3 = storage.s3_client()
+    s3.create_bucket(Bucket="videos")
+    s3.put_object(Bucket="videos", Key="00000.tar", Body=(tmp_path / "shards" / "00000.tar").read_bytes())
+    stages = [VideoProbe(), CodecPatchify(budget=0.125)]
+    alone = [patchify(str(tmp_path / "clips" / f"{n}.mp4"), PatchifyConfig(budget=0.125)) for n in range(2)]
+    for uri in (str(tmp_path / "shards"), "s3://videos/00000.tar"):
+        items, _ = list_inputs([SourceConfig(modality="video", uri=uri, format="webdataset")], 8)
+        assert [storage.split_member(it["uri"]) is not None for it in items] == [True] * 3
+        rows = sorted(to_rows(run_in_process(stages, new_rows(items))), key=lambda r: r["meta"]["source_meta"]["n"])
+        for n in range(2):
+            row, mask = rows[n], masks[n]
+            assert row["status"] == "live" and row["meta"]["caption"] == f"clip {n}"
+            assert np.array_equal(decode_npy(row["pos_npy"]), alone[n].positions)
+            t, h, w = mask.shape
+            share = mask.reshape(t, h // 16, 16, w // 16, 16).mean(axis=(2, 4)) >= 0.5  # object patches
+            kept = np.zeros(share.shape, bool)
+            kept[tuple(decode_npy(row["pos_npy"]).T)] = True
+            assert (kept & share).sum() / share.sum() >= 0.9
+        assert rows[2]["status"] == "failed" and rows[2]["reason"].startswith("video_probe/")
+    manifest = tmp_path / "run.toml"  # a run: the caption is each clip sample's txt
+    manifest.write_text(
+        f'name = "v"\nexecutor = "local"\n[output]\ndir = "{tmp_path / "out"}"\n[[sources]]\nmodality = "video"\n'
+        f'format = "webdataset"\nuri = "{tmp_path / "shards"}"\n[[stages]]\nname = "video_probe"\n'
+        '[[stages]]\nname = "codec_patchify"\nbudget = 0.125\n'
+    )
+    summary = run(*load_run(str(manifest)), progress=False, report=False)
+    assert (summary["kept"], summary["failed"]) == (2, 1)
+    tars = sorted(str(p) for p in (tmp_path / "out" / "shards" / "video").glob("*.tar"))
+    got = {s["txt"].decode(): s["pos.npy"] for s in wds.WebDataset(tars, shardshuffle=False)}
+    assert sorted(got) == ["clip 0", "clip 1"]
+    assert all(np.array_equal(decode_npy(got[f"clip {n}"]), alone[n].positions) for n in range(2))

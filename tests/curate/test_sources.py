@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from PIL import Image
 from curate.config import SourceConfig, load_run
 from curate.ledger import format_summary, read_ledger
 from curate.pipeline import run
-from curate.sources import SourceError, check_unique_keys, list_inputs, make_key
+from curate.sources import SourceError, list_inputs, make_key, rename_repeats
 
 
 def _files(root, sizes):
@@ -125,16 +126,14 @@ def test_a_file_name_that_is_not_utf8_fails_that_input_not_the_run(tmp_path):
     assert ledger[ledger.status == "kept"].iloc[0]["uri"].endswith("good.jpg")
 
 
-def test_a_key_collision_is_named_as_such_not_as_an_overlap():
-    a = {"key": "x-0123456789ab", "uri": "/data/a/x.jpg"}
-    b = {"key": "x-0123456789ab", "uri": "/data/b/x.jpg"}  # two inputs, one key: as a hash collision gives
-    with pytest.raises(
-        SourceError, match=r"/data/a/x.jpg and /data/b/x.jpg have the same key x-0123456789ab \(a collision"
-    ):
-        check_unique_keys([a, b])
-    with pytest.raises(SourceError, match="listed twice"):
-        check_unique_keys([a, dict(a)])
-    check_unique_keys([a, dict(b, key="x-0123456789ac")])
+def test_repeated_keys_are_renamed_in_listing_order():
+    """The first input with a key keeps it; the n-th becomes key-n; ``seen`` carries the count from
+    earlier partitions, so renaming partition by partition gives what renaming all at once does."""
+    keys = ["a-1", "b-2", "a-1", "c-3", "a-1", "b-2"]
+    assert rename_repeats(keys, Counter()) == {2: "a-1-2", 4: "a-1-3", 5: "b-2-2"}
+    seen = Counter()
+    assert rename_repeats(keys[:3], seen) == {2: "a-1-2"}
+    assert rename_repeats(keys[3:], seen) == {1: "a-1-3", 2: "b-2-2"}
 
 
 def test_raw_video_streams_are_passed_over_by_name_not_failed(tmp_path):
