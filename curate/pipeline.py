@@ -4,7 +4,8 @@ pending partitions, publish indexes, account.
 Stages run through Ray Data (``executor = "ray"``) or in this process (``"local"``); either way
 every partition ends in ``write_partition``. Global steps (dedup grouping, k-means) split the
 stage list into passes: each pass but the last leaves its rows as parquet per partition (with a
-marker, so resume works per pass), the step reads them through Ray and returns the stage that
+marker, so resume works per pass), the step reads them (through Ray, or in this process for the
+local executor, which imports no Ray) and returns the stage that
 heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
 listing's count per partition: every input is kept, dropped or failed exactly once.
@@ -23,6 +24,7 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -129,17 +131,28 @@ def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
 
 
 def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, progress: bool) -> Stage:
+    if progress:
+        print(f"global step {step.name} over the rows of pass {k + 1}")
+    workdir = storage.join(out, "_work", f"step{k}-{step.name}")
+    columns = sorted(set(step.columns) | {"status"})
+    files = pass_files(out, k, partitions)
+    if cfg.executor == "local":
+        return step.run_local(_live_rows(files, columns), workdir)
     import ray
 
     init_ray(cfg.ray)
-    if progress:
-        print(f"global step {step.name} over the rows of pass {k + 1}")
-    columns = sorted(set(step.columns) | {"status"})
-    ds = ray.data.read_parquet(
-        pass_files(out, k, partitions), columns=columns, filesystem=storage.arrow_filesystem(out)
-    )
+    ds = ray.data.read_parquet(files, columns=columns, filesystem=storage.arrow_filesystem(out))
     ds = ds.filter(lambda row: row["status"] == LIVE)
-    return step.run(ds, storage.join(out, "_work", f"step{k}-{step.name}"))
+    return step.run(ds, workdir)
+
+
+def _live_rows(files: list[str], columns: list[str]) -> pa.Table:
+    """The live rows of a pass's files as one table, in this process (the local executor's global steps)."""
+    tables = []
+    for uri in files:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+        tables.append(table.filter(pc.equal(table["status"], LIVE)))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _finish(batch: dict, cfg: RunConfig, pass_index: int | None) -> dict:
