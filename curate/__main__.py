@@ -9,10 +9,10 @@ import sys
 USAGE = """python -m curate COMMAND ...
 
 commands:
-  run MANIFEST [--address ADDR] [--force] [--key=value ...]
+  run MANIFEST [--address ADDR] [--force] [--quiet | --verbose] [--key=value ...]
                       curate the corpus a manifest describes into shards, ledger and summary;
                       reruns skip finished partitions (--force redoes everything, removing
-                      only what earlier runs wrote)
+                      only what earlier runs wrote); Ray's own output goes to OUT/_logs/ray.log
   demo-corpus OUT_DIR build the demo corpus (clips with motion masks, photos with duplicate
                       families, OCR pages with known text) from what ships with the project
   motion-bench OUT_DIR [--seed N] [--size PX] [--frames N] [--train N] [--test N] [--pretrain N]
@@ -75,12 +75,19 @@ def _run(argv: list[str]) -> int:
         action="store_true",
         help="redo every partition instead of resuming; removes only what earlier runs wrote",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    shown.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's logging and progress bars (by default they go to OUTPUT_DIR/_logs/ray.log)",
+    )
     args, extra = parser.parse_known_args(argv)
 
     import manifests
     from curate.cluster import ClusterError
     from curate.config import load_run
+    from curate.console import Console, ray_output_to
     from curate.ledger import format_summary
     from curate.pipeline import RunStopped, run
     from curate.run_folder import RunFolderError
@@ -91,7 +98,11 @@ def _run(argv: list[str]) -> int:
         if args.address:
             overrides["ray.address"] = args.address
         cfg, stages = load_run(args.manifest, overrides)
-        summary = run(cfg, stages, force=args.force, progress=not args.quiet)
+        if args.verbose:
+            summary = run(cfg, stages, force=args.force, progress=Console())
+        else:
+            with ray_output_to(cfg.output.dir) as stream:
+                summary = run(cfg, stages, force=args.force, progress=Console(stream, quiet=args.quiet))
     except (manifests.ManifestError, SourceError, ClusterError, RunFolderError, RunStopped) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

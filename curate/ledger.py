@@ -98,6 +98,23 @@ def stage_throughput(markers) -> dict:
     }
 
 
+SCALE = 100_000_000  # inputs the projection is for
+
+
+def projected_cost(stages: dict, steps: dict, inputs: int) -> dict:
+    """Core-seconds per 1,000 inputs of each stage (its busy seconds in workers, a worker holding one
+    core, from the markers) and of each global step (``steps``: core-seconds as the pipeline measured
+    them), and the core-hours ``SCALE`` inputs of this mix would take, scaled linearly."""
+    seconds = {name: st["seconds"] for name, st in stages.items()} | steps
+    per_1000 = {name: round(1000 * sec / max(inputs, 1), 3) for name, sec in seconds.items()}
+    return {
+        "core_seconds_per_1000_inputs": per_1000,
+        "global_steps": sorted(steps),
+        "core_hours_at_scale": round(sum(per_1000.values()) * SCALE / 1000 / 3600, 1),
+        "scale_inputs": SCALE,
+    }
+
+
 def format_summary(summary: dict) -> str:
     """The end-of-run table a person reads."""
     lines = [
@@ -112,12 +129,27 @@ def format_summary(summary: dict) -> str:
         f"{'shards':<34}{summary['shards']:>10}",
         f"{'shard bytes':<34}{summary['shard_bytes']:>10,}",
         f"{'time (s)':<34}{summary['seconds']:>10}",
-        "stage throughput (rows per busy second of one worker):",
-        *[f"  {name:<32}{st['rows_per_second'] or 0:>10,.0f}" for name, st in summary.get("stages", {}).items()],
     ]
     rule = "-" * 46
     notes = [f"WARNING ({n} samples): {w}" for w, n in summary.get("warnings", {}).items()]
-    return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes])
+    return "\n".join([rule, *lines, rule, "inputs = kept + dropped + failed: checked", *notes, *_cost_lines(summary)])
+
+
+def _cost_lines(summary: dict) -> list[str]:
+    """The run's cost at scale, per stage as measured on this run, projected linearly."""
+    cost = summary.get("cost")
+    if not cost or not cost["core_seconds_per_1000_inputs"]:
+        return []
+    steps = set(cost["global_steps"])
+    return [
+        "cost: core-seconds per 1,000 inputs, measured on this run:",
+        *[
+            f"  {name + (' (global step)' if name in steps else ''):<32}{sec:>10,.2f}"
+            for name, sec in cost["core_seconds_per_1000_inputs"].items()
+        ],
+        f"{cost['scale_inputs']:,} inputs of this mix: {cost['core_hours_at_scale']:,.0f} core-hours "
+        "(scaled linearly; a global step on Ray counts its wall time x the cluster's CPUs)",
+    ]
 
 
 def _passed_over_lines(summary: dict) -> list[str]:

@@ -4,7 +4,8 @@ pending partitions, publish indexes, account.
 Stages run through Ray Data (``executor = "ray"``) or in this process (``"local"``); either way
 every partition ends in ``write_partition``. Global steps (dedup grouping, k-means) split the
 stage list into passes: each pass but the last leaves its rows as parquet per partition (with a
-marker, so resume works per pass), the step reads them through Ray and returns the stage that
+marker, so resume works per pass), the step reads them (through Ray, or in this process for the
+local executor, which imports no Ray) and returns the stage that
 heads the next pass. After all partitions, each modality's shard index
 is published (last, so a reader never sees a partial set) and the ledger is checked against the
 listing's count per partition: every input is kept, dropped or failed exactly once.
@@ -23,14 +24,15 @@ from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 import manifests
 from curate import run_folder
-from curate.cluster import init_ray, worker_env
+from curate.cluster import cluster_cpus, init_ray, worker_env
 from curate.config import RunConfig
-from curate.ledger import account, read_ledger, stage_throughput
+from curate.console import Console
+from curate.ledger import account, projected_cost, read_ledger, stage_throughput
 from curate.listing import list_run, partition_items
 from curate.ray_runner import map_stage, to_arrow
 from curate.sink import (
@@ -49,7 +51,11 @@ class RunStopped(RuntimeError):
     wrong setting), not a property of the corpus. The next run redoes the partitions this one finished."""
 
 
-def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True, report: bool = True) -> dict:
+def run(
+    cfg: RunConfig, stages: list, force: bool = False, progress: bool | Console = True, report: bool = True
+) -> dict:
+    """``progress``: a :class:`Console` to show the run on, True for one on stdout, False for none."""
+    console = progress if isinstance(progress, Console) else Console(quiet=not progress)
     started = time.time()
     out = cfg.output.dir
     storage.configure(cfg.s3.endpoint_url)
@@ -69,11 +75,11 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
         else:
             todo.append(p)
     gone = run_folder.forget(out, set(by_partition), todo)
-    if progress:
-        inputs = sum(d["count"] for d in by_partition.values())
-        print(f"{inputs} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
-        if gone:
-            print(f"{len(gone)} partitions of an earlier run no longer exist (fewer inputs): removed")
+    inputs = sum(d["count"] for d in by_partition.values())
+    console.line(f"{inputs} inputs in {len(by_partition)} partitions; {len(markers)} already done, {len(todo)} to run")
+    if gone:
+        console.line(f"{len(gone)} partitions of an earlier run no longer exist (fewer inputs): removed")
+    steps_cost: dict[str, float] = {}
     if todo:
         segments, steps = split_passes(stages)
         for k, segment in enumerate(segments):
@@ -90,15 +96,26 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
                         {"partition": p, "items": "", "uri": u}
                         for p, u in zip(need, pass_files(out, k - 1, need), strict=True)
                     ]
-                if progress:
-                    print(f"pass {k + 1}/{len(segments)}: {len(segment)} stages over {len(need)} partitions")
+                label = f"pass {k + 1}/{len(segments)}"
+                console.line(f"{label}: {len(segment)} stages over {len(need)} partitions")
                 executor = _run_local if cfg.executor == "local" else _run_ray
-                watch = _FailFast(cfg.stop_after_failing, stopped)  # per pass: each sees the inputs once
-                done = executor(source, segment, cfg, None if last else k, progress, watch)
+                fail_fast = _FailFast(cfg.stop_after_failing, stopped)  # per pass: each sees the inputs once
+                shown = console.progress(label, len(need), sum(by_partition[p]["count"] for p in need))
+
+                def watch(finished: dict, fail_fast=fail_fast, shown=shown) -> None:
+                    shown.update(finished)
+                    fail_fast(finished)
+
+                try:
+                    done = executor(source, segment, cfg, None if last else k, watch)
+                finally:
+                    shown.close()
                 if last:
                     markers.update({m["partition"]: m for m in done})
             if not last:
-                segments[k + 1].insert(0, _global_step(steps[k], out, k, sorted(by_partition), cfg, progress))
+                stage, seconds = _global_step(steps[k], out, k, sorted(by_partition), cfg, console)
+                segments[k + 1].insert(0, stage)
+                steps_cost[steps[k].name] = steps_cost.get(steps[k].name, 0.0) + seconds
 
     indexes = run_folder.publish(out, cfg.name, cfg.output.set_name, cfg.output.version, markers)
     ledger = read_ledger(out)
@@ -108,6 +125,7 @@ def run(cfg: RunConfig, stages: list, force: bool = False, progress: bool = True
     throughput = stage_throughput(markers.values())
     order = [s.name for s in stages] + sorted(throughput)  # manifest order; steps' apply stages last
     summary["stages"] = {name: throughput[name] for name in dict.fromkeys(order) if name in throughput}
+    summary["cost"] = projected_cost(summary["stages"], steps_cost, summary["inputs"])
     storage.write_bytes(storage.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
     if report:
         from curate.report import build_report
@@ -128,18 +146,34 @@ def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
     return segments, steps
 
 
-def _global_step(step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, progress: bool) -> Stage:
-    import ray
-
-    init_ray(cfg.ray)
-    if progress:
-        print(f"global step {step.name} over the rows of pass {k + 1}")
+def _global_step(
+    step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, console: Console
+) -> tuple[Stage, float]:
+    """The stage ``step`` returns, and the core-seconds it took: this process's CPU time in process;
+    on Ray, its wall time times the cluster's CPUs (an upper bound: the workers' CPU is not measured)."""
+    workdir = storage.join(out, "_work", f"step{k}-{step.name}")
     columns = sorted(set(step.columns) | {"status"})
-    ds = ray.data.read_parquet(
-        pass_files(out, k, partitions), columns=columns, filesystem=storage.arrow_filesystem(out)
-    )
-    ds = ds.filter(lambda row: row["status"] == LIVE)
-    return step.run(ds, storage.join(out, "_work", f"step{k}-{step.name}"))
+    files = pass_files(out, k, partitions)
+    started, cpu = time.perf_counter(), time.process_time()
+    with console.phase(f"global step {step.name} over the rows of pass {k + 1}"):
+        if cfg.executor == "local":
+            return step.run_local(_live_rows(files, columns), workdir), time.process_time() - cpu
+        import ray
+
+        init_ray(cfg.ray)
+        ds = ray.data.read_parquet(files, columns=columns, filesystem=storage.arrow_filesystem(out))
+        ds = ds.filter(lambda row: row["status"] == LIVE)
+        stage = step.run(ds, workdir)
+    return stage, (time.perf_counter() - started) * cluster_cpus()
+
+
+def _live_rows(files: list[str], columns: list[str]) -> pa.Table:
+    """The live rows of a pass's files as one table, in this process (the local executor's global steps)."""
+    tables = []
+    for uri in files:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+        tables.append(table.filter(pc.equal(table["status"], LIVE)))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _finish(batch: dict, cfg: RunConfig, pass_index: int | None) -> dict:
@@ -188,19 +222,18 @@ class _FailFast:
             raise RunStopped(message)
 
 
-def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool, watch):
+def _run_local(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, watch):
     """Partition by partition in this process: memory holds one partition at a time."""
     for stage in stages:
         stage.setup()
     done = []
-    label = "final pass" if pass_index is None else f"pass {pass_index + 1}"
-    for desc in tqdm(source, desc=label, unit="partition", disable=not progress):
+    for desc in source:
         done.append(_finish(run_in_process(stages, load_partition(desc), setup=False), cfg, pass_index))
         watch(done[-1])
     return done
 
 
-def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, progress: bool, watch):
+def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index: int | None, watch):
     """Stream partitions through the stages; a partition is one block from load to sink.
 
     Blocks are never split (``target_max_block_size = None``), so no shuffle is needed to bring a
@@ -231,7 +264,6 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
     finish.__name__ = "WriteShards" if pass_index is None else f"WritePass{pass_index + 1}"
     ctx = DataContext.get_current()
     saved, ctx.target_max_block_size = ctx.target_max_block_size, None
-    ctx.enable_progress_bars = progress  # one bar per stage, with rows/s
     try:
         ds = ray.data.from_items(source, override_num_blocks=len(source))
         ds = ds.map_batches(load, batch_size=1, batch_format="numpy", **worker_env())

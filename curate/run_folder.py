@@ -21,7 +21,7 @@ from shards.writer import write_index
 PROJECT_FILE = re.compile(
     r"(_partitions/\d{6}\.json|ledger/part-\d{6}\.parquet|_work/.+"
     r"|shards/(image|video|ocr)/([^/]+-v\d+-\d{6}\.tar|index\.json)"
-    r"|summary\.json|report\.html|manifest\.resolved\.toml)"
+    r"|summary\.json|report\.html|manifest\.resolved\.toml|_logs/ray\.log)"
 )
 TEMPORARY = re.compile(r"(?P<dir>(.*/)?)\.(?P<name>[^/]+)\.[a-z0-9_]{8}")  # storage.temp_file's names
 PARTITION_FILE = re.compile(r"(_partitions/|ledger/part-|_work/pass\d+/part-)(?P<partition>\d{6})\.\w+")

@@ -88,6 +88,13 @@ def failures(rows: list[dict]) -> dict:
     return {"inputs": len(inputs), "by_reason": dict(Counter(r["reason"] for r in failed)), "examples": examples}
 
 
+def outcomes(rows: list[dict]) -> dict:
+    """A partition's inputs by outcome, for the progress display: before the last pass, live (and
+    split) inputs count as kept so far."""
+    counts = Counter(r["status"] for r in rows if not r.get("parent"))
+    return {"kept": counts[KEPT] + counts[LIVE] + counts[SPLIT], "dropped": counts[DROPPED], "failed": counts[FAILED]}
+
+
 def marker_uri(out: str, partition: int) -> str:
     return storage.join(out, "_partitions", f"{partition:06d}.json")
 
@@ -130,7 +137,7 @@ def write_pass(batch: dict, out: str, pass_index: int) -> dict:
     storage.write_bytes(pass_uri(out, pass_index, partition, "parquet"), buf.getvalue())
     digest = keys_digest(input_keys(rows))
     storage.write_bytes(pass_uri(out, pass_index, partition, "done"), digest.encode())
-    return {"partition": partition, "keys_sha256": digest, "failures": failures(rows)}
+    return {"partition": partition, "keys_sha256": digest, "failures": failures(rows), "outcomes": outcomes(rows)}
 
 
 def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
@@ -175,6 +182,7 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
         "keys_sha256": keys_digest(input_keys(rows)),
         "shards": shards,
         "failures": failures(rows),
+        "outcomes": outcomes(rows),
         "stage_stats": {stage: {"rows": n, "seconds": round(sec, 6)} for stage, (n, sec) in sorted(stats.items())},
     }
     storage.write_bytes(marker_uri(out, partition), fmt.encode_json(marker))

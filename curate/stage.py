@@ -107,9 +107,11 @@ class GlobalStep:
 
     The pipeline ends the pass before it, writes that pass's rows to parquet per partition, and
     calls ``run(ds, workdir)`` with a Ray dataset of those rows restricted to ``columns`` (live
-    rows only). ``run`` writes what it computed under ``workdir`` and returns the stage that
-    applies it (a ``Stage`` whose parameters name those files); the pipeline puts that stage at
-    the head of the next pass. It never collects every row on the driver.
+    rows only), or, for the local executor, ``run_local(table, workdir)`` with the same rows as one
+    Arrow table (the data must fit in this process; no Ray is imported). Both drivers call the same
+    functions of the domain code. The step writes what it computed under ``workdir`` and returns the
+    stage that applies it (a ``Stage`` whose parameters name those files); the pipeline puts that
+    stage at the head of the next pass. On Ray it never collects every row on the driver.
     """
 
     name: ClassVar[str] = ""
@@ -117,6 +119,9 @@ class GlobalStep:
 
     def run(self, ds, workdir: str) -> Stage:
         raise NotImplementedError
+
+    def run_local(self, table, workdir: str) -> Stage:
+        raise NotImplementedError(f"global step {self.name} has no in-process path; run it with executor = 'ray'")
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses would make reruns' ledgers differ

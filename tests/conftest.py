@@ -72,13 +72,33 @@ def demo_corpus(tmp_path_factory):
     return _shared(tmp_path_factory, "demo-corpus", lambda root: build(str(root)))
 
 
+# ``python -m curate`` in a process where ``import ray`` fails, as on a machine without Ray
+WITHOUT_RAY = """
+import runpy, sys
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "ray":
+            raise ImportError(f"No module named {name!r} (this test's process has no Ray)")
+sys.meta_path.insert(0, NoRay())
+runpy.run_module("curate", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture(scope="session")
 def demo_local(demo_corpus, tmp_path_factory):
-    """The demo manifest curated once by the local executor in a fresh process: the reference that the
-    Ray, cluster and resume tests compare with. Read it only; copy it to change it."""
+    """The demo manifest curated once by the local executor in a fresh process that cannot import Ray:
+    the reference that the Ray, cluster and resume tests compare with. Read it only; copy it to change it."""
 
     def curate(out: Path) -> None:
-        cmd = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", f"--output.dir={out}", "--executor=local"]
+        cmd = [
+            sys.executable,
+            "-c",
+            WITHOUT_RAY,
+            "run",
+            "manifests/demo.toml",
+            f"--output.dir={out}",
+            "--executor=local",
+        ]
         env = dict(os.environ, DEMO_CORPUS=str(demo_corpus))
         done = subprocess.run([*cmd, "--quiet"], env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -7,6 +7,8 @@ pairs of the rest against the real signatures (Hamming distance, MinHash Jaccard
 overlap) and emits only a spanning forest of the verified pairs. Only those edges reach the driver
 (O(duplicate members), never O(rows)); connected components and the keep choice run there
 (``keep.group_table``). Tests check it against an all-pairs oracle (``tests/curate/dedup_oracle.py``).
+In one process (the local executor, no Ray) :func:`local_edges` runs the same records and
+per-bucket verification over one table, all buckets in one partition.
 """
 
 from __future__ import annotations
@@ -362,3 +364,9 @@ def ray_edges(ds, cfg: DedupConfig, rows: int = 0):
     """
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)
+
+
+def local_edges(table: pa.Table, cfg: DedupConfig) -> pa.Table:
+    """:func:`ray_edges` in this process: the same band records and verification, one partition."""
+    records = [band_records(batch.to_pandas(), cfg) for batch in table.to_batches(max_chunksize=4096)]
+    return partition_edges(pa.concat_tables([RECORD.empty_table(), *records]).to_pandas(), cfg)

@@ -4,7 +4,8 @@ every pair with cosine >= 1 - eps is a duplicate edge.
 The embedding is any float32 vector column (bytes). Centroids are fitted on the driver from a
 deterministic, key-hashed sample of at most ``kmeans_sample`` vectors (bounded, never all rows);
 assignment and the per-cluster pairwise step (cosine in row blocks) run on Ray through the same
-hash shuffle as the band keys, the cluster id being the key.
+hash shuffle as the band keys, the cluster id being the key (in one process, without Ray: the same
+steps over one table, :func:`local_semantic_edges`).
 Duplicates split across two clusters are missed, as in SemDeDup; more clusters = fewer comparisons.
 """
 
@@ -24,6 +25,7 @@ from curate.dedup.grouping import (
     EDGE,
     DedupConfig,
     _rows,
+    partition_edges,
     partitions_for,
     shuffle_by_bucket,
     spanning_edges,
@@ -123,11 +125,29 @@ def ray_semantic_edges(ds, cfg: DedupConfig):
     if total < 2:
         return None
     fraction = min(1.0, cfg.kmeans_sample / total)
-    sample = vectors.filter(lambda r: _sampled(r["key"], fraction)).to_pandas().sort_values("key")
+    sample = vectors.filter(lambda r: _sampled(r["key"], fraction)).to_pandas()
     if len(sample) < 2:
-        sample = vectors.limit(cfg.kmeans_sample).to_pandas().sort_values("key")
-    centroids = fit_centroids(
-        np.stack([np.frombuffer(v, dtype=np.float32) for v in sample["vec"]]), cfg.semantic_clusters, cfg.seed
-    )
+        sample = vectors.limit(cfg.kmeans_sample).to_pandas()
+    centroids = sample_centroids(sample, cfg)
     assigned = vectors.map_batches(assign, fn_kwargs={"centroids": centroids}, batch_format="pandas", **worker_env())
     return shuffle_by_bucket(assigned, partitions_for(cfg), verify=cluster_edges, cfg=cfg)
+
+
+def local_semantic_edges(table: pa.Table, cfg: DedupConfig) -> pa.Table | None:
+    """:func:`ray_semantic_edges` in this process, over one table: the same sample, fit and pairs."""
+    vectors = vector_records(table.to_pandas(), cfg).to_pandas()
+    if len(vectors) < 2:
+        return None
+    fraction = min(1.0, cfg.kmeans_sample / len(vectors))
+    sample = vectors[[_sampled(k, fraction) for k in vectors["key"]]]
+    if len(sample) < 2:
+        sample = vectors.head(cfg.kmeans_sample)
+    return partition_edges(assign(vectors, sample_centroids(sample, cfg)), cfg, verify=cluster_edges)
+
+
+def sample_centroids(sample: pd.DataFrame, cfg: DedupConfig) -> np.ndarray:
+    """Centroids fitted on the sampled vector records, in key order (the same whatever order they came in)."""
+    sample = sample.sort_values("key")
+    return fit_centroids(
+        np.stack([np.frombuffer(v, dtype=np.float32) for v in sample["vec"]]), cfg.semantic_clusters, cfg.seed
+    )

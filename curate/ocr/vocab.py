@@ -1,4 +1,4 @@
-"""The corpus word vocabulary (a Ray aggregation) and the word-id labels of one image.
+"""The corpus word vocabulary (a Ray aggregation, or one in this process) and the word-id labels of one image.
 
 A word's count is the number of images it appears in (document frequency), so one page that
 repeats a word fifty times does not put it in the vocabulary. Words are ranked by count, ties
@@ -64,8 +64,13 @@ def rank(counts: pd.DataFrame, size: int, min_count: int) -> pd.DataFrame:
     return frame[["id", "word", "count"]]
 
 
-def build_vocab(ds, size: int, min_count: int, cjk: str = "char") -> pd.DataFrame:
-    return rank(count_words(ds, cjk, min_count), size, min_count)
+def count_words_local(table, cjk: str = "char") -> pd.DataFrame:
+    """:func:`count_words` in this process over one Arrow table with a ``meta`` column (the local executor)."""
+    counts = [
+        _document_counts({"meta": b.column("meta").to_pylist()}, cjk) for b in table.to_batches(max_chunksize=256)
+    ]
+    frame = pd.concat([c.to_pandas() for c in counts]) if counts else pd.DataFrame({"word": [], "n": []})
+    return frame.groupby("word", as_index=False)["n"].sum().rename(columns={"n": "count"}).astype({"count": "int64"})
 
 
 def write_vocab(frame: pd.DataFrame, uri: str) -> str:

@@ -11,9 +11,12 @@ frame embeddings are wider) take one step each, as the reference's separate bank
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.concepts.bank import BankError, assign_labels, config_hash, fit_bank, load_bank, unusable_rows
 from curate.concepts.config import Device, EmbedConfig, KMeansConfig, Precision
@@ -119,26 +122,33 @@ class Concepts(GlobalStep, KMeansConfig):
         import ray
 
         from curate.cluster import worker_env
-        from curate.concepts import store
 
         folder = storage.join(workdir, "embeddings")
         wanted = set(self.modalities)
-
-        def write(batch):
-            keys, mods, metas = list(batch["key"]), list(batch["modality"]), list(batch["meta"])
-            missing = [k for k, e in zip(keys, batch["emb"], strict=True) if e is None]
-            if missing:
-                raise ValueError(f"{len(missing)} rows (e.g. {missing[0]}) have no emb; put embed before concepts")
-            emb = np.stack([fmt.decode_npy(bytes(e)) for e in batch["emb"]])
-            models = {json.dumps({k: v for k, v in json.loads(m)["embedding"].items() if k != "dim"}) for m in metas}
-            part = store.write_part(folder, keys, mods, emb)
-            return {"part": [json.dumps(part)], "embedding": [json.dumps(sorted(models))]}
-
+        write = functools.partial(_write_part, folder=folder)
         rows = (
             ds.filter(lambda r: r["modality"] in wanted)
-            .map_batches(write, batch_format="numpy", batch_size=4096, **worker_env())
+            .map_batches(write, batch_format="numpy", batch_size=PART_ROWS, **worker_env())
             .take_all()
         )
+        remote = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(fit_bank).options(**worker_env())
+        return self._fit(rows, folder, workdir, lambda *args: ray.get(remote.remote(*args)))
+
+    def run_local(self, table: pa.Table, workdir: str) -> Stage:
+        folder = storage.join(workdir, "embeddings")
+        table = table.filter(pc.is_in(table["modality"], pa.array(sorted(self.modalities))))
+        rows = []
+        for batch in table.combine_chunks().to_batches(max_chunksize=PART_ROWS):  # as Ray batches them
+            written = _write_part(batch.to_pydict(), folder)
+            rows += [dict(zip(written, values, strict=True)) for values in zip(*written.values(), strict=True)]
+        return self._fit(rows, folder, workdir, fit_bank)
+
+    def _fit(self, rows: list[dict], folder: str, workdir: str, fit) -> Stage:
+        """Index the written parts, fit the bank with ``fit`` (a Ray task or a call here) unless an earlier
+        attempt fitted it on the same embeddings, and return the stage that assigns it."""
+        from curate.concepts import store
+
+        wanted = set(self.modalities)
         if not rows:
             raise BankError(f"concepts: no live {sorted(wanted)} rows to fit a bank on")
         models = {m for r in rows for m in json.loads(r["embedding"])}
@@ -157,8 +167,7 @@ class Concepts(GlobalStep, KMeansConfig):
         if result.get("fingerprint") == fingerprint and storage.exists(storage.join(result["bank"], "bank.json")):
             print(f"concepts: reusing bank {result['version']} (same embeddings and settings)")
             return self._assign(result["bank"])
-        fit = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(fit_bank)
-        bank, meta = ray.get(fit.options(**worker_env()).remote(folder, self, bank_root, config_hash(params)))
+        bank, meta = fit(folder, self, bank_root, config_hash(params))
         random = bool(index["embedding"].get("random_weights"))
         result = {
             "bank": bank,
@@ -187,3 +196,20 @@ class Concepts(GlobalStep, KMeansConfig):
             precision=self.precision,
             gpus=self.gpus,
         )
+
+
+PART_ROWS = 4096  # embeddings per stored part
+
+
+def _write_part(batch: dict, folder: str) -> dict:
+    """Store one batch of rows' embeddings as a part; its descriptor and the embedding models it holds."""
+    from curate.concepts import store
+
+    keys, mods, metas = list(batch["key"]), list(batch["modality"]), list(batch["meta"])
+    missing = [k for k, e in zip(keys, batch["emb"], strict=True) if e is None]
+    if missing:
+        raise ValueError(f"{len(missing)} rows (e.g. {missing[0]}) have no emb; put embed before concepts")
+    emb = np.stack([fmt.decode_npy(bytes(e)) for e in batch["emb"]])
+    models = {json.dumps({k: v for k, v in json.loads(m)["embedding"].items() if k != "dim"}) for m in metas}
+    part = store.write_part(folder, keys, mods, emb)
+    return {"part": [json.dumps(part)], "embedding": [json.dumps(sorted(models))]}

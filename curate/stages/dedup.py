@@ -22,12 +22,13 @@ import json
 from typing import Literal
 
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
 from curate.dedup import signatures as sg
-from curate.dedup.grouping import DedupConfig, ray_edges
+from curate.dedup.grouping import DedupConfig, local_edges, ray_edges
 from curate.dedup.keep import group_table
-from curate.dedup.semantic import ray_semantic_edges, tiny_image_embedding
+from curate.dedup.semantic import local_semantic_edges, ray_semantic_edges, tiny_image_embedding
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import NonNegativeInt, PositiveFloat, PositiveInt
 from shards import storage
@@ -136,7 +137,7 @@ class TinyEmbed(Stage):
 
 @dataclasses.dataclass(frozen=True)
 class DedupGroup(GlobalStep, DedupConfig):
-    """Group duplicates on Ray and return ``dedup_apply`` for the next pass.
+    """Group duplicates (on Ray, or in this process for the local executor); return ``dedup_apply``.
 
     ``kinds`` picks the signature kinds to link on (exact, pixel, perceptual, video, minhash,
     semantic); ``keep`` is the rule for the one member kept per group.
@@ -158,7 +159,19 @@ class DedupGroup(GlobalStep, DedupConfig):
         if "semantic" in cfg.kinds:
             semantic = ray_semantic_edges(ds, cfg)
             edges = edges if semantic is None else edges.union(semantic)
-        table = group_table(edges.to_pandas())
+        return self._groups(edges.to_pandas(), workdir)
+
+    def run_local(self, table: pa.Table, workdir: str) -> Stage:
+        cfg = self.config()
+        edges = [local_edges(table, cfg)]
+        if "semantic" in cfg.kinds:
+            edges.append(local_semantic_edges(table, cfg))
+        return self._groups(pa.concat_tables([e for e in edges if e is not None]).to_pandas(), workdir)
+
+    def _groups(self, edges: pd.DataFrame, workdir: str) -> Stage:
+        """Groups from the verified edges: the group table, its summary, and the stage that applies it."""
+        cfg = self.config()
+        table = group_table(edges)
         uri = storage.join(workdir, "dedup_groups.parquet")
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)

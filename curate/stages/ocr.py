@@ -18,7 +18,7 @@ from curate.media import decode_image
 from curate.ocr import crops
 from curate.ocr.engines import load_engine
 from curate.ocr.text import tokenize
-from curate.ocr.vocab import build_vocab, label, lines_of, read_vocab, write_vocab
+from curate.ocr.vocab import count_words, count_words_local, label, lines_of, rank, read_vocab, write_vocab
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from shards import fields, storage
@@ -177,7 +177,14 @@ class OcrVocab(GlobalStep):
     cjk: Literal["char", "bigram"] = "char"
 
     def run(self, ds, workdir: str) -> Stage:
-        frame = build_vocab(ds, self.size, self.min_count, self.cjk)
+        return self._vocab(count_words(ds, self.cjk, self.min_count), workdir)
+
+    def run_local(self, table, workdir: str) -> Stage:
+        return self._vocab(count_words_local(table, self.cjk), workdir)
+
+    def _vocab(self, counts, workdir: str) -> Stage:
+        """The ``size`` most frequent words of ``counts`` (word, images holding it) as the vocabulary."""
+        frame = rank(counts, self.size, self.min_count)
         uri = storage.join(workdir, "ocr_vocab.tsv")
         digest = write_vocab(frame, uri)
         summary = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 from ports import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+RAY_LINE = re.compile(r"^\S+ [\d:,]+\s+(INFO|WARNING|ERROR) \S+\.py:\d+ -- ", re.M)  # Ray's logging format
 
 
 def _tars(out: Path) -> dict:
@@ -96,7 +98,7 @@ def _wait_for(check, what: str, seconds: float = 90):
 def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, demo_corpus, demo_local, tmp_path):
     address, env = two_nodes
     env = dict(env, DEMO_CORPUS=str(demo_corpus))
-    base = [sys.executable, "-m", "curate", "run", "manifests/demo.toml", "--quiet"]
+    base = [sys.executable, "-m", "curate", "run", "manifests/demo.toml"]
     cluster = subprocess.run(
         [*base, f"--output.dir={tmp_path / 'cluster'}", "--address", address],
         env=env,
@@ -107,9 +109,17 @@ def test_demo_manifest_on_a_two_node_cluster_equals_the_local_run(two_nodes, dem
     assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
     assert "inputs = kept + dropped + failed: checked" in cluster.stdout
     assert _tars(tmp_path / "cluster") == _tars(demo_local) != {}
+    # the console shows our progress and summary only (166 lines of Ray's and ours before); Ray's is in _logs
+    lines = cluster.stdout.splitlines()
+    assert 40 < len(lines) < 100 and cluster.stderr == "", cluster.stdout + cluster.stderr
+    assert [line for line in lines if RAY_LINE.search(line)] == []
+    assert sum(line.startswith("pass 4/4: 7/7 partitions, 90 inputs (kept 64,") for line in lines) == 1
+    assert "global step concepts over the rows of pass 2: done in " in cluster.stdout
+    log = (tmp_path / "cluster" / "_logs" / "ray.log").read_text()
+    assert "Starting execution of Dataset" in log and len(RAY_LINE.findall(log)) > 10
     # a driver holding another token is refused with one line that says where the token comes from
     wrong = subprocess.run(
-        [*base, f"--output.dir={tmp_path / 'refused'}", "--address", address],
+        [*base, "--quiet", f"--output.dir={tmp_path / 'refused'}", "--address", address],
         env=dict(env, RAY_AUTH_TOKEN="0" * 64),
         capture_output=True,
         text=True,

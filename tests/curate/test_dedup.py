@@ -170,10 +170,32 @@ def test_minhash_signatures_and_lsh_candidates_equal_datasketch(corpus):
     assert index.b == bands and ours == expected and len(expected) > 50
 
 
-def test_a_pipeline_run_groups_on_ray_like_the_driver_reference_and_the_ledger_names_the_kept(
-    corpus, demo_corpus, ray_cluster, tmp_path, monkeypatch
+def _groups_as_sets(table: pd.DataFrame) -> list:
+    return sorted((sorted(g["key"]), g["kept"].iloc[0]) for _, g in table.groupby("group"))
+
+
+def test_the_ray_and_the_local_driver_group_like_the_reference(corpus, ray_cluster, tmp_path):
+    """dedup_group over the same live rows as a Ray dataset and as one Arrow table (no Ray): same groups."""
+    import pyarrow as pa
+
+    step = build_stage({"name": "dedup_group", "kinds": list(ALL_KINDS), "keep": "resolution"})
+    rows = [r for r in corpus[0] if r["status"] == LIVE]
+    frame = pd.DataFrame([{c: json.dumps(r[c]) if c == "meta" else r.get(c) for c in step.columns} for r in rows])
+    got = {}
+    for driver, data in (("ray", ray_cluster.data.from_pandas([frame[:40], frame[40:]])), ("local", frame)):
+        run = (
+            step.run if driver == "ray" else lambda table, workdir: step.run_local(pa.Table.from_pandas(table), workdir)
+        )
+        stage = run(data, str(tmp_path / driver))
+        got[driver] = _groups_as_sets(pd.read_parquet(stage.table))
+    assert got["ray"] == got["local"] == _groups_as_sets(reference_groups(rows, step.config()))
+    assert sum(len(keys) for keys, _ in got["local"]) > 20  # members of every kind's groups
+
+
+def test_a_pipeline_run_groups_like_the_driver_reference_and_the_ledger_names_the_kept(
+    corpus, demo_corpus, tmp_path, monkeypatch
 ):
-    """demo.toml + dedup_signatures, tiny_embed, dedup_group: two passes, the grouping on Ray."""
+    """demo.toml + dedup_signatures, tiny_embed, dedup_group: two passes, the grouping in process (local)."""
     from curate.config import load_run
     from curate.ledger import read_ledger
     from curate.pipeline import run
@@ -192,8 +214,7 @@ def test_a_pipeline_run_groups_on_ray_like_the_driver_reference_and_the_ledger_n
     demo_keys = set(ledger["key"])
     rows = [r for r in corpus[0] if r["status"] == LIVE and r["key"] in demo_keys]
     ref = reference_groups(rows, step.config())
-    as_sets = lambda t: sorted((sorted(g["key"]), g["kept"].iloc[0]) for _, g in t.groupby("group"))  # noqa: E731
-    assert as_sets(got) == as_sets(ref) and len(ref) > 20
+    assert _groups_as_sets(got) == _groups_as_sets(ref) and len(ref) > 20
 
     by_name = {Path(u).name: r for u, r in zip(ledger["uri"], ledger.to_dict("records"), strict=True)}
     group_of = dict(zip(got["key"], got["group"], strict=True))

@@ -1,4 +1,5 @@
-"""The ``ocr_vocab`` global step on a real Ray dataset, and the ``ocr_labels`` stage it returns."""
+"""The ``ocr_vocab`` global step on a real Ray dataset and in process (one Arrow table), and the
+``ocr_labels`` stage it returns."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pytest
 
 from curate.ocr.vocab import rank
 from curate.stage import run_in_process, to_batch
@@ -37,10 +40,18 @@ ROWS = [
 ]
 
 
-def test_vocab_step_through_ray_then_labels(ray_cluster, tmp_path):
+def _vocab_step(step: OcrVocab, frame: pd.DataFrame, workdir, driver: str, request):
+    """``step`` over ``frame``'s rows on Ray (in three blocks: counts must merge across them) or in process."""
+    if driver == "local":
+        return step.run_local(pa.Table.from_pandas(frame), workdir)
+    ray = request.getfixturevalue("ray_cluster")
+    return step.run(ray.data.from_pandas([frame[:2], frame[2:4], frame[4:]]), workdir)
+
+
+@pytest.mark.parametrize("driver", ["ray", "local"])
+def test_vocab_step_then_labels(driver, request, tmp_path):
     frame = pd.DataFrame([{**r, "meta": json.dumps(r["meta"])} for r in ROWS])[list(OcrVocab.columns)]
-    ds = ray_cluster.data.from_pandas([frame[:2], frame[2:4], frame[4:]])  # counts must merge across blocks
-    stage = OcrVocab(size=4, min_count=2, max_words=100).run(ds, str(tmp_path / "step"))
+    stage = _vocab_step(OcrVocab(size=4, min_count=2, max_words=100), frame, str(tmp_path / "step"), driver, request)
     assert isinstance(stage, OcrLabels)
     vocab = (tmp_path / "step" / "ocr_vocab.tsv").read_text().splitlines()
     # alpha: 4 images, beta: 2, gamma: 2; 東 and 京 once each, epsilon once, delta once -> below min_count
@@ -59,9 +70,10 @@ def test_vocab_step_through_ray_then_labels(ray_cluster, tmp_path):
     assert not meta["a"]["ocr_no_words"] and len(meta["a"]["ocr_vocab"]) == 16
 
 
-def test_vocab_with_no_word_common_enough_labels_nothing(ray_cluster, tmp_path):
+@pytest.mark.parametrize("driver", ["ray", "local"])
+def test_vocab_with_no_word_common_enough_labels_nothing(driver, request, tmp_path):
     frame = pd.DataFrame([{**r, "meta": json.dumps(r["meta"])} for r in ROWS])[list(OcrVocab.columns)]
-    stage = OcrVocab(min_count=100).run(ray_cluster.data.from_pandas(frame), str(tmp_path))
+    stage = _vocab_step(OcrVocab(min_count=100), frame, str(tmp_path), driver, request)
     assert (tmp_path / "ocr_vocab.tsv").read_text() == "id\tword\tcount\n"
     out = run_in_process([stage], to_batch(ROWS, list(ROWS[0])))
     assert all(decode_npy(bytes(v)).size == 0 for v in out["words_npy"])

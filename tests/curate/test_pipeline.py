@@ -170,13 +170,18 @@ def test_jsonl_ocr_source(tmp_path, demo_corpus, monkeypatch):
 
 @dataclasses.dataclass(frozen=True)
 class _CountSizes(GlobalStep):
-    """Test step: counts live rows per modality through Ray, hands the counts to the next pass."""
+    """Test step: counts live rows per modality (through Ray, or in process), hands the counts to the next pass."""
 
     name = "count_sizes"
     columns = ("key", "modality")
 
     def run(self, ds, workdir):
-        counts = {r["modality"]: r["count()"] for r in ds.groupby("modality").count().take_all()}
+        return self._annotate({r["modality"]: r["count()"] for r in ds.groupby("modality").count().take_all()}, workdir)
+
+    def run_local(self, table, workdir):
+        return self._annotate(dict(Counter(table["modality"].to_pylist())), workdir)
+
+    def _annotate(self, counts, workdir):
         storage.write_bytes(storage.join(workdir, "counts.json"), json.dumps(counts).encode())
         return _Annotate(counts_uri=storage.join(workdir, "counts.json"))
 
