@@ -21,7 +21,6 @@ from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from webdataset.tariterators import base_plus_ext
 
 from shards import storage
 
@@ -53,7 +52,7 @@ def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> 
     by_key: dict[str, dict] = defaultdict(dict)
     order = []
     for m in members:
-        key, ext = base_plus_ext(m["name"])
+        key, ext = _base_plus_ext(m["name"])
         if key is None:
             continue
         if key not in by_key:
@@ -142,7 +141,7 @@ def _next_to_gaps(members: list[dict], gaps: list[tuple[int, int]]) -> dict[str,
         before = [m for m in members if m["offset"] < start]
         after = [m for m in members if m["offset"] >= end]
         for m in ([before[-1]] if before else []) + ([after[0]] if after else []):
-            key = base_plus_ext(m["name"])[0]
+            key = _base_plus_ext(m["name"])[0]
             out[key] = f"tar bytes {start}-{end} are unreadable (corrupt header) next to this sample's members"
     return out
 
@@ -192,3 +191,11 @@ def _listed_keys(tar: str) -> list[str]:
     keys = table["key"].to_pylist()
     status = table["status"].to_pylist() if "status" in table.column_names else ["success"] * len(keys)
     return [str(k) for k, s in zip(keys, status, strict=True) if s == "success" and k is not None]
+
+
+def _base_plus_ext(name: str) -> tuple[str, str]:
+    """webdataset's split of a member name into sample key and field, imported only where a shard set
+    is listed (webdataset imports torch: a second of start-up for runs over plain files)."""
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)
