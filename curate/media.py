@@ -12,7 +12,6 @@ import io
 import math
 import os
 
-import av
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
@@ -67,6 +66,8 @@ def open_video(source, uri: str = ""):
         source = owned = storage.open_media(source)
         if isinstance(owned, str):
             owned = None
+    import av  # here, not with the module: image runs never load FFmpeg
+
     try:
         try:
             container = av.open(source, metadata_errors="ignore")
