@@ -154,6 +154,21 @@ def run_curate(root: Path, corpus: Path, executor: str, tag: str) -> tuple[tuple
     ), out / "shards" / "image"
 
 
+STARTUP = {
+    "local": "import curate.__main__, curate.config, curate.pipeline, curate.stages.images",
+    "plain1": "import multiprocessing, PIL.Image, webdataset",
+}
+
+
+def startup(repeat: int = 3) -> dict[str, float]:
+    """Seconds of a fresh interpreter importing what each contender needs before its first image (best of
+    ``repeat``); a bare interpreter's start is not subtracted."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return {
+        name: min(timed([sys.executable, "-c", code], env)[0] for _ in range(repeat)) for name, code in STARTUP.items()
+    }
+
+
 def outputs(folder: Path) -> dict[str, tuple[int, int, int]]:
     """Source file stem -> (width, height, JPEG bytes) of every sample in a folder of tars."""
     from PIL import Image
@@ -214,6 +229,7 @@ def main() -> None:
                 print(f"  {name:<7} {n:>6} images: {times[0]:6.1f} s wall, {times[1]:6.1f} s CPU", flush=True)
     walls = {k: min(t[0] for t in v) for k, v in runs.items()}
     cpus = {k: min(t[1] for t in v) for k, v in runs.items()}
+    imports = startup()
     small, big = args.sizes
     marginal = {name: 1000 * (walls[name, big] - walls[name, small]) / (big - small) for name in chosen}
     marginal_cpu = {name: 1000 * (cpus[name, big] - cpus[name, small]) / (big - small) for name in chosen}
@@ -223,6 +239,9 @@ def main() -> None:
     for name in chosen:
         cpu = "" if name == "ray" else f"{marginal_cpu[name]:.2f}"  # Ray's workers: not children it waits for
         print(f"| {name} | {walls[name, small]:.1f} s | {walls[name, big]:.1f} s | {marginal[name]:.2f} | {cpu} |")
+    print(
+        f"start-up, imports before the first image: local {imports['local']:.2f} s, plain loop {imports['plain1']:.2f} s"
+    )
     for ours, plain in (("local", "plain1"), ("ray", "plain2")):
         if ours in marginal and plain in marginal:
             cpu = f", marginal CPU {marginal_cpu[ours] / marginal_cpu[plain]:.2f}" if ours == "local" else ""
