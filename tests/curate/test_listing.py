@@ -4,7 +4,10 @@ as listing in this process, on every rerun."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +19,8 @@ from curate.listing import list_run, partition_items
 from curate.pipeline import run
 from curate.sink import keys_digest
 from curate.sources import SourceError, list_inputs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sources(root):
@@ -83,3 +88,22 @@ def test_a_source_inside_another_is_refused(tmp_path):
     outer = SourceConfig(modality="image", uri=str(tmp_path / "corpus"))
     with pytest.raises(SourceError, match="listed twice .*inside"):
         list_inputs([outer, sources[2]], 8)  # the shard set lies inside the folder
+
+
+def test_one_unit_on_a_cluster_started_here_lists_without_a_ray_job(tmp_path):
+    """A single folder has nothing to list in parallel: the driver lists it and no Ray cluster starts
+    before the first input (it took 5-15 s here); joining a cluster by address still lists in its tasks."""
+    root = tmp_path / "corpus"
+    _sources(root)
+    code = f"""
+import sys
+import ray
+from curate.config import OutputConfig, RunConfig, SourceConfig
+from curate.listing import list_run
+src = SourceConfig(modality="image", uri={str(root / "media")!r})
+cfg = RunConfig(name="x", sources=(src,), stages=(), output=OutputConfig(dir={str(tmp_path / "out")!r}))
+partitions, _ = list_run(cfg, cfg.output.dir, in_ray=True)
+print(sum(d["count"] for d in partitions.values()), ray.is_initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["5", "False"]
