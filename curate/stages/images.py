@@ -21,8 +21,8 @@ def resize_policy(img: Image.Image, size: int, mode: str, full: tuple[int, int] 
 
     Images smaller than ``size`` are never upscaled (a filter decides whether they are kept).
     ``full``: the picture's full-resolution size where ``img`` was decoded at a reduced scale, so
-    the output size is the same whichever scale the decoder chose. Large reductions first average
-    whole blocks (``reducing_gap``) and resample only the last factor of 3 or less bicubically.
+    the output size is the same whichever scale the decoder chose. Reductions of 6x or more first
+    average whole blocks (``reducing_gap``), leaving the bicubic pass a factor of at least 3.
     """
     w, h = full or img.size
     scale = min(1.0, size / min(w, h))
