@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter, defaultdict
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from shards import format as fmt
 from shards import storage
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a ledger is read: a second of start-up before the first input
 
 
 class AccountingError(RuntimeError):
@@ -19,6 +21,8 @@ class AccountingError(RuntimeError):
 
 
 def read_ledger(out: str) -> pd.DataFrame:
+    import pandas as pd
+
     parts = [uri for uri, _ in storage.list_files(storage.join(out, "ledger")) if uri.endswith(".parquet")]
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in parts], ignore_index=True)
 
@@ -30,6 +34,8 @@ def account(listed: dict[int, int], ledger: pd.DataFrame, indexes: dict, skipped
     summarise the run.
 
     ``skipped``: files the sources list but do not take as inputs, counted by extension."""
+    import pandas as pd
+
     parent = ledger["parent"] if "parent" in ledger else pd.Series([None] * len(ledger), index=ledger.index)
     derived = parent.notna() & (parent != "")
     inputs = ledger[~derived & ledger["partition"].isin(list(listed))]

@@ -36,7 +36,9 @@ def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], Counter]:
         except SourceError as exc:  # a unit that cannot be listed at all (a table without its columns)
             return {"result": json.dumps({"unit": task["unit"], "error": str(exc)})}
 
-    if in_ray and work:
+    # one unit on a cluster started here has no parallelism to gain and nowhere else to read from:
+    # listing it in this process saves a Ray job (seconds of start-up) before the first input
+    if in_ray and (len(work) > 1 or (work and cfg.ray.address)):
         import ray
 
         init_ray(cfg.ray)

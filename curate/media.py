@@ -12,15 +12,15 @@ import io
 import math
 import os
 
-import av
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from shards import storage
 
 MAX_PIXELS = 20_000 * 20_000  # larger images are refused before decoding (decompression bombs)
 WHITE = (255, 255, 255)  # what transparent pixels become, unless a stage says otherwise
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class MediaError(ValueError):
@@ -102,6 +102,8 @@ def open_video(source, uri: str = ""):
         source = owned = storage.open_media(source)
         if isinstance(owned, str):
             owned = None
+    import av  # here, not with the module: image runs never load FFmpeg
+
     try:
         try:
             container = av.open(source, metadata_errors="ignore")
@@ -139,6 +141,8 @@ def decode_image(
     sRGB; transparency is composited over ``background``. ``max_pixels`` refuses an image before
     its pixels are decoded; ``min_side`` lets a JPEG decode at a reduced scale (DCT scaling) whose
     shorter side is still at least that many pixels, so a huge photo never decodes in full.
+    ``facts["size"]``: the full-resolution size as displayed (after the EXIF turn), whatever scale
+    the decoder used, so a resize target computed from it does not depend on that scale.
     """
     try:
         with _pillow_limit_off():
@@ -158,13 +162,16 @@ def decode_image(
     facts["mode"] = img.mode
     icc = img.info.get("icc_profile")
     depth = _sample_depth(img)  # read before the transpose, which drops a TIFF's tags
-    img = ImageOps.exif_transpose(img)
+    turned = img.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+    facts["size"] = (facts["height"], facts["width"]) if turned else (facts["width"], facts["height"])
+    ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         img = _eight_bit(img, uri, *depth)
     colour, alpha = _split_alpha(img)
     if icc:
         colour, facts["icc"] = _to_srgb(colour, icc)
-    colour = colour.convert("RGB")
+    if colour.mode != "RGB":
+        colour = colour.convert("RGB")
     if alpha is not None:
         colour = Image.composite(colour, Image.new("RGB", colour.size, tuple(background)), alpha)
     return colour, facts

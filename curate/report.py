@@ -251,9 +251,11 @@ def _thumbnail(uri: str, modality: str, side: int = 96) -> str:
     return f'<img src="{_jpeg_uri(picture, side)}">'
 
 
-def _concepts(out: str) -> str:
+def _concepts(out: str, stages: dict) -> str:
+    """Top-1 concept sizes from the shards' ``cls.npy``; only ``assign_concepts`` writes those, so a run
+    without it reads no shard (reading up to 20 per modality cost more the larger the run)."""
     top1 = Counter()
-    for modality in fmt.MODALITIES:
+    for modality in fmt.MODALITIES if "assign_concepts" in stages else ():
         for _, fields, _ in _samples(out, modality):
             if "cls.npy" in fields:
                 labels = shard_fields.labels(fields["cls.npy"])
@@ -287,7 +289,7 @@ def build_report(out: str) -> str:
         ("Kept clips", _gallery(out, "video")),
         ("OCR pages and the lines read", _ocr_pages(out)),
         ("Duplicate groups", _duplicates(ledger)),
-        ("Concept clusters", _concepts(out)),
+        ("Concept clusters", _concepts(out, summary.get("stages", {}))),
     ]
     body = "".join(f"<h2>{title}</h2>{content}" for title, content in sections)
     page = (

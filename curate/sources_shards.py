@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from webdataset.tariterators import base_plus_ext
 
 from shards import storage
 
@@ -60,7 +59,7 @@ def shard_samples(src, tar: str, size: int, exts: tuple[str, ...], make_key) -> 
     by_key: dict[tuple[str, int], dict] = defaultdict(dict)
     met: Counter = Counter()
     for m in members:
-        key, ext = base_plus_ext(m["name"])
+        key, ext = _base_plus_ext(m["name"])
         if key is None:
             continue
         # the n-th member of this key and type belongs to the key's n-th copy of the sample: two shards
@@ -204,3 +203,11 @@ def _listed_keys(tar: str) -> list[str]:
     keys = table["key"].to_pylist()
     status = table["status"].to_pylist() if "status" in table.column_names else ["success"] * len(keys)
     return [str(k) for k, s in zip(keys, status, strict=True) if s == "success" and k is not None]
+
+
+def _base_plus_ext(name: str) -> tuple[str, str]:
+    """webdataset's split of a member name into sample key and field, imported only where a shard set
+    is listed (webdataset imports torch: a second of start-up for runs over plain files)."""
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)

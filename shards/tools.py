@@ -9,7 +9,6 @@ import tarfile
 from collections import Counter
 
 import numpy as np
-from webdataset import tariterators
 
 from shards import fields as shard_fields
 from shards import format as fmt
@@ -18,7 +17,10 @@ from shards.index import ShardSetError, find_sets, read_index, shard_uris
 
 
 def iter_tar(data: bytes, uri: str):
-    """Yield ``(key, {field: bytes})`` per sample of a tar held in memory (webdataset's own grouping)."""
+    """Yield ``(key, {field: bytes})`` per sample of a tar held in memory (webdataset's own grouping;
+    imported here, not with the module, because webdataset imports torch)."""
+    from webdataset import tariterators
+
     members = (dict(m, __url__=uri) for m in tariterators.tar_file_iterator(io.BytesIO(data)))
     try:
         for sample in tariterators.group_by_keys(members):

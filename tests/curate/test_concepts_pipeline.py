@@ -100,6 +100,7 @@ def test_run_labels_every_kept_image_with_the_fitted_bank(curated):
         ids = np.load(__import__("io").BytesIO(s["cls.npy"]))
         assert ids.dtype == np.int32 and ids.tolist() == expected[s["__key__"]].tolist()
         assert json.loads(s["json"])["concepts"]["bank"] == meta["version"]
+    assert "concepts used as top-1" in (out / "report.html").read_text()  # the report reads the labels
 
 
 def test_resumed_run_reuses_the_bank_instead_of_refitting(curated):

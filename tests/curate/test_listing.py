@@ -4,7 +4,10 @@ as listing in this process, on every rerun."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +27,8 @@ from shards import storage
 # (found by hashing 2**25 such names; keys carry 48 bits, so 400M inputs hold ~280 such pairs)
 COLLIDING = ("c10659100", "c27500933")
 SHARED_KEY = "000000001-1babe30f9d17"
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sources(root):
@@ -141,3 +146,22 @@ def test_inputs_of_two_tars_sharing_a_key_each_get_their_own(tmp_path, s3_server
     markers = {p: p.stat().st_mtime_ns for p in (out / "_partitions").iterdir()}
     again = run(*load_run(str(manifest)), progress=False, report=False)
     assert again["kept"] == 6 and {p: p.stat().st_mtime_ns for p in (out / "_partitions").iterdir()} == markers
+
+
+def test_one_unit_on_a_cluster_started_here_lists_without_a_ray_job(tmp_path):
+    """A single folder has nothing to list in parallel: the driver lists it and no Ray cluster starts
+    before the first input (it took 5-15 s here); joining a cluster by address still lists in its tasks."""
+    root = tmp_path / "corpus"
+    _sources(root)
+    code = f"""
+import sys
+import ray
+from curate.config import OutputConfig, RunConfig, SourceConfig
+from curate.listing import list_run
+src = SourceConfig(modality="image", uri={str(root / "media")!r})
+cfg = RunConfig(name="x", sources=(src,), stages=(), output=OutputConfig(dir={str(tmp_path / "out")!r}))
+partitions, _ = list_run(cfg, cfg.output.dir, in_ray=True)
+print(sum(d["count"] for d in partitions.values()), ray.is_initialized())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.split() == ["5", "False"]
