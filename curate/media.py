@@ -16,7 +16,7 @@ import av
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from shards import storage
+from shards.storage import open_media
 
 MAX_PIXELS = 20_000 * 20_000  # larger images are refused before decoding (decompression bombs)
 WHITE = (255, 255, 255)  # what transparent pixels become, unless a stage says otherwise
@@ -63,7 +63,7 @@ def open_video(source, uri: str = ""):
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
     elif isinstance(source, str):
-        source = owned = storage.open_media(source)
+        source = owned = open_media(source)
         if isinstance(owned, str):
             owned = None
     try:
