@@ -15,6 +15,7 @@ import io
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -335,6 +336,41 @@ def put_file(local: str, uri: str) -> None:
         os.unlink(local)
         return
     os.replace(local, uri)
+
+
+def place(src: str, uri: str) -> bool:
+    """Make ``uri`` hold ``src``'s bytes, atomically, leaving ``src``; False when it already did.
+
+    Locally a hard link (no second copy of the bytes; a copy where links are refused, e.g. across
+    filesystems) made under a temporary name, then renamed over ``uri``. On S3 a server-side copy,
+    skipped when both objects carry the same ETag and length.
+    """
+    if is_s3(src) != is_s3(uri):
+        raise ValueError(f"{src} -> {uri}: place stays on one store")
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        (sb, sk), (db, dk) = split_s3(src), split_s3(uri)
+        client = s3_client()
+        head = client.head_object(Bucket=sb, Key=sk)
+        try:
+            there = client.head_object(Bucket=db, Key=dk)
+            if (there["ETag"], there["ContentLength"]) == (head["ETag"], head["ContentLength"]):
+                return False
+        except ClientError:  # not there yet
+            pass
+        client.copy({"Bucket": sb, "Key": sk}, db, dk)  # multipart copy for large objects
+        return True
+    if os.path.exists(uri) and os.path.samefile(src, uri):
+        return False
+    tmp = temp_file(uri)
+    os.unlink(tmp)  # the name only: link and copy create the file
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, uri)
+    return True
 
 
 def remove(uri: str) -> None:
