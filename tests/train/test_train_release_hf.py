@@ -151,7 +151,7 @@ def test_release_folder_and_card(release):
     header = card.split("---\n")[1]
     for line in ("license: apache-2.0", "library_name: transformers", "pipeline_tag: image-feature-extraction"):
         assert line in header.splitlines()
-    assert "- ovforge" in header and "datasets:\n- image\n- video" in header
+    assert "- ovforge" in header and "datasets:\n- demo_image\n- demo_video" in header
     assert "trust_remote_code=True" in card and "import train" not in card
     assert str(release["tmp"]) not in card and "/tmp" not in card  # no local paths anywhere in the card
     # the copies import nothing of ovforge, and say where they come from

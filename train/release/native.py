@@ -18,6 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 
+from shards.index import ShardSetError, read_index
 from train.checkpoint import latest, read_meta
 from train.config import ModelConfig
 from train.model import Encoder
@@ -128,8 +129,14 @@ def export(checkpoint: str | Path, out_dir: str | Path, library: str = "ovforge"
 
 
 def set_name(path: str) -> str:
-    """A training shard set as the card names it: an ``s3://`` URI as is, a local folder by its name (no local paths)."""
-    return path if path.startswith("s3://") else PurePosixPath(path.replace("\\", "/").rstrip("/")).name
+    """A training shard set as the card names it, never by a local path: an ``s3://`` URI as is, a
+    local set by its index's name (``demo_image``), else by its folder's name."""
+    if path.startswith("s3://"):
+        return path
+    try:
+        return read_index(path)["set"]
+    except ShardSetError:  # the set has moved since training
+        return PurePosixPath(path.replace("\\", "/").rstrip("/")).name
 
 
 def checkpoint_encoder(folder: str | Path) -> tuple[Encoder, dict]:
