@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from shards import storage
+from shards.storage import is_s3, open_media, split_member
 
 MAX_PIXELS = 20_000 * 20_000  # larger images are refused before decoding (decompression bombs)
 WHITE = (255, 255, 255)  # what transparent pixels become, unless a stage says otherwise
@@ -53,7 +53,7 @@ class _Member(io.RawIOBase):
     move within the member (a local seek, or S3 blocks of ranged GETs), never the whole tar."""
 
     def __init__(self, tar: str, start: int, end: int):
-        self.file = open(tar, "rb") if not storage.is_s3(tar) else storage.open_media(tar)  # noqa: SIM115
+        self.file = open(tar, "rb") if not is_s3(tar) else open_media(tar)  # noqa: SIM115
         self.start, self.size, self.pos = start, end - start, 0
 
     def readable(self) -> bool:
@@ -96,10 +96,10 @@ def open_video(source, uri: str = ""):
         source = os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
-    elif isinstance(source, str) and storage.split_member(source):  # a video member of a tar shard
-        source = owned = io.BufferedReader(_Member(*storage.split_member(source)), buffer_size=1 << 16)
+    elif isinstance(source, str) and split_member(source):  # a video member of a tar shard
+        source = owned = io.BufferedReader(_Member(*split_member(source)), buffer_size=1 << 16)
     elif isinstance(source, str):
-        source = owned = storage.open_media(source)
+        source = owned = open_media(source)
         if isinstance(owned, str):
             owned = None
     import av  # here, not with the module: image runs never load FFmpeg

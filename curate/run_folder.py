@@ -12,7 +12,7 @@ import os
 import re
 from collections import defaultdict
 
-from curate.sink import shard_folder
+from curate.sink import place_shards, shard_folder
 from shards import format as fmt
 from shards import storage
 from shards.writer import write_index
@@ -24,7 +24,9 @@ PROJECT_FILE = re.compile(
     r"|summary\.json|report\.html|manifest\.resolved\.toml|_logs/ray\.log)"
 )
 TEMPORARY = re.compile(r"(?P<dir>(.*/)?)\.(?P<name>[^/]+)\.[a-z0-9_]{8}")  # storage.temp_file's names
-PARTITION_FILE = re.compile(r"(_partitions/|ledger/part-|_work/pass\d+/part-)(?P<partition>\d{6})\.\w+")
+PARTITION_FILE = re.compile(
+    r"(_partitions/|ledger/part-|_work/pass\d+/part-|_work/shards/(image|video|ocr)/part-)(?P<partition>\d{6})\.[\w.]+"
+)
 PROJECT_FOLDERS = ("_partitions", "ledger", "_work", "shards")
 
 
@@ -95,13 +97,14 @@ def forget(out: str, partitions: set[int], redo: list[int]) -> list[int]:
         for uri, relative in _files(storage.join(out, folder)):
             match = PARTITION_FILE.fullmatch(f"{folder}/{relative}")
             if match:
-                found[int(match["partition"])].append((folder, uri))
+                staged = folder == "_work" and relative.startswith("shards/")  # a staged tar: redone with its partition
+                found[int(match["partition"])].append(("staged" if staged else folder, uri))
     gone = sorted(p for p in found if p not in partitions)
     doomed = [
         (folder != "_partitions", uri)  # markers first
         for p in [*gone, *redo]
         for folder, uri in found.get(p, [])
-        if p in gone or folder in ("_partitions", "ledger")
+        if p in gone or folder in ("_partitions", "ledger", "staged")
     ]
     for _, uri in sorted(doomed):
         storage.remove(uri)
@@ -109,19 +112,19 @@ def forget(out: str, partitions: set[int], redo: list[int]) -> list[int]:
 
 
 def publish(out: str, run_name: str, set_name: str, version: str, markers: dict[int, dict]) -> dict[str, dict]:
-    """One index per modality, from the markers, then the removal of tars no index lists.
+    """One index per modality over the shards :func:`curate.sink.place_shards` numbers and places,
+    then the removal of tars no index lists.
 
-    The new index replaces the old one in one atomic write, so a reader sees the old set or the new
-    one, never an index that names a removed tar; a modality with no shards now loses its index first.
+    The new index replaces the old one in one atomic write, and tars it no longer lists go only after
+    it, so a reader never meets an index that names a removed tar; where numbers shift (a partition
+    that now keeps samples of a modality), a reader of the old index may meet the new tar under an
+    old name, which its sha256 tells. A modality with no shards now loses its index first.
     """
-    by_modality = defaultdict(list)
-    for marker in markers.values():
-        for shard in marker["shards"]:
-            by_modality[shard["modality"]].append({k: shard[k] for k in ("name", "samples", "bytes", "sha256")})
+    placed = place_shards(out, set_name, version, markers)
     indexes = {}
     for modality in fmt.MODALITIES:
         folder = shard_folder(out, modality)
-        shards = by_modality.get(modality)
+        shards = placed.get(modality)
         if shards:
             extra = {"modality": modality, "run": run_name}
             indexes[modality] = write_index(folder, f"{set_name}_{modality}", version, shards, extra)

@@ -2,6 +2,16 @@
 The marker is written last and records a hash of the partition's input keys, so a rerun skips
 exactly the partitions that finished with the same inputs and redoes the rest; everything a
 partition writes is deterministic, so redoing it yields the same bytes.
+
+Shard numbers are contiguous within a set (``demo_image-v1-{000000..000005}.tar`` names every
+shard), though partitions finish in any order and many keep nothing of a modality. So a partition
+stages its tars under ``_work/shards/<modality>/part-<partition>.tar.staged`` and names its ledger rows'
+``shard`` after them; the set's final step, :func:`place_shards`, numbers each modality's staged
+tars in partition order, places them in the set folder under those names (a hard link locally, a
+server-side copy on S3), records the partition of each in ``index.json`` and rewrites the ledger's
+``shard`` column to the published names. The numbering is a function of the finished partitions
+alone, so a killed run, rerun, publishes the same bytes; a rerun whose partitions changed renumbers
+from the staged tars, which stay as the partitions' own record.
 """
 
 from __future__ import annotations
@@ -111,6 +121,46 @@ def shard_folder(out: str, modality: str) -> str:
     return storage.join(out, "shards", modality)
 
 
+def staged_shard(modality: str, partition: int) -> str:
+    """Where a partition writes its tar of a modality (relative to the run folder), before the set's
+    final step numbers it; named ``.tar.staged``, so a glob for a run's ``*.tar`` finds each shard once."""
+    return f"_work/shards/{modality}/part-{partition:06d}.tar.staged"
+
+
+def place_shards(out: str, set_name: str, version: str, markers: dict[int, dict]) -> dict[str, list[dict]]:
+    """The set's final step (see the module docstring): {modality: index entries} of the placed tars.
+
+    Placing is idempotent (a tar already in place is left), so the step can be redone whole."""
+    entries, published = defaultdict(list), defaultdict(dict)  # partition -> {modality: ledger shard}
+    for partition in sorted(markers):
+        for shard in markers[partition]["shards"]:
+            modality = shard["modality"]
+            name = fmt.shard_name(f"{set_name}_{modality}", version, len(entries[modality]))
+            folder, staged = shard_folder(out, modality), staged_shard(modality, partition)
+            source = storage.join(out, *staged.split("/"))
+            if shard["name"] != staged.rsplit("/", 1)[-1] and not storage.exists(source):
+                storage.place(storage.join(folder, shard["name"]), source)  # a marker from before staging
+            storage.place(source, storage.join(folder, name))
+            facts = {k: shard[k] for k in ("samples", "bytes", "sha256")}
+            entries[modality].append({"name": name, **facts, "partition": partition})
+            published[partition][modality] = f"{modality}/{name}"
+    for partition, names in published.items():
+        _name_ledger_shards(storage.join(out, "ledger", f"part-{partition:06d}.parquet"), names)
+    return dict(entries)
+
+
+def _name_ledger_shards(uri: str, names: dict[str, str]) -> None:
+    """Rewrite a ledger part's ``shard`` column to the published names, when it does not hold them yet."""
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    modality, shard = table.column("modality").to_pylist(), table.column("shard").to_pylist()
+    named = [s if s is None else names[m] for m, s in zip(modality, shard, strict=True)]
+    if named != shard:
+        table = table.set_column(LEDGER_SCHEMA.get_field_index("shard"), "shard", pa.array(named, pa.string()))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(uri, buf.getvalue())
+
+
 def pass_uri(out: str, pass_index: int, partition: int, ext: str) -> str:
     return storage.join(out, "_work", f"pass{pass_index}", f"part-{partition:06d}.{ext}")
 
@@ -153,16 +203,16 @@ def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:
             row["status"] = KEPT
             by_modality.setdefault(row["modality"], []).append(row)
     for modality, kept in sorted(by_modality.items()):
-        name = fmt.shard_name(f"{set_name}_{modality}", version, partition)
+        staged = staged_shard(modality, partition)
         samples = []
         for row in kept:
             try:
                 samples.append(_sample(row, set_name, version))
-                row["shard"] = f"{modality}/{name}"
+                row["shard"] = staged
             except ValueError as exc:  # the contract refused it: account for it, never lose it
                 row.update(status=FAILED, reason="shard_writer/ContractError", detail=str(exc))
         if samples:
-            info = write_shard(samples, storage.join(shard_folder(out, modality), name))
+            info = write_shard(samples, storage.join(out, *staged.split("/")))
             shards.append({**info, "modality": modality, "partition": partition})
     settle_splits(rows)  # after the shard writer: a sample the contract refuses is failed first
     stats = defaultdict(lambda: [0, 0.0])
@@ -201,6 +251,7 @@ def _ledger_meta(meta: dict) -> dict:
 def _sample(row: dict, set_name: str, version: str) -> dict:
     meta = {k: v for k, v in row["meta"].items() if k not in NOT_IN_SAMPLE}
     meta.update(key=row["key"], modality=row["modality"], source=row["uri"], set=set_name, version=version)
+    meta["partition"] = row["partition"]  # the shard's number is the set's, not the partition's
     sample = {"__key__": fmt.check_key(row["key"]), "json": fmt.encode_json(meta)}
     for column, field in FIELD_OF_COLUMN.items():
         value = row.get(column)

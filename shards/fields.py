@@ -18,8 +18,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from shards import format as fmt
-from shards.format import MAX_WORDS, MOSAIC_COLS
+from shards.format import FIELDS, MAX_WORDS, MODALITIES, MOSAIC_COLS, REQUIRED
 
 PATCH = 16  # the codec patch: one 4:2:0 JPEG MCU, so mosaic tiles never bleed into each other
 LABEL_FIELDS = ("cls", "words")
@@ -113,14 +112,14 @@ def words(data: bytes) -> np.ndarray:
 
 def check_sample(sample: dict[str, bytes]) -> dict:
     """Validate one sample's fields against the contract (through the same decoders); return its json."""
-    unknown = set(sample) - set(fmt.FIELDS) - {"__key__"}
+    unknown = set(sample) - set(FIELDS) - {"__key__"}
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; the contract has {list(fmt.FIELDS)}")
+        raise ValueError(f"unknown field(s) {sorted(unknown)}; the contract has {list(FIELDS)}")
     meta = json.loads(sample["json"])
     modality = meta.get("modality")
-    if modality not in fmt.MODALITIES:
-        raise ValueError(f"json.modality {modality!r} is not one of {fmt.MODALITIES}")
-    missing = [f for f in fmt.REQUIRED[modality] if f not in sample]
+    if modality not in MODALITIES:
+        raise ValueError(f"json.modality {modality!r} is not one of {MODALITIES}")
+    missing = [f for f in REQUIRED[modality] if f not in sample]
     if missing:
         raise ValueError(f"{modality} sample lacks required field(s) {missing}")
     if "pos.npy" in sample:

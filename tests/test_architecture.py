@@ -193,7 +193,7 @@ def test_release_formats_build_on_the_native_one():
     ``import train.release`` never loads transformers or ONNX."""
     graph = import_graph()
     formats = {"train.release.hf", "train.release.onnx", "train.release.__main__"}
-    for name in ("train.release", "train.release.native", "train.release.processing"):
+    for name in ("train.release", "train.release.native", "train.release.processing", "train.release.modeling"):
         assert not graph[name] & formats, f"{name} imports {sorted(graph[name] & formats)}"
     assert "train.release.processing" not in graph["train.release.native"]
 

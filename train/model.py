@@ -84,12 +84,23 @@ class Encoder(nn.Module):
         self.head = PoolingHead(dim, heads, hidden)
         self.apply(_init)
 
-    def forward_features(self, packed: Packed) -> torch.Tensor:
-        """Packed patches -> per-token features (N, dim) after the final norm."""
+    def forward_features(self, packed: Packed, hidden_states: list | None = None, run_block=None) -> torch.Tensor:
+        """Packed patches -> per-token features (N, dim) after the final norm.
+
+        ``hidden_states``, when given, receives the embedded tokens and every block's output (N, dim)
+        each: the states a ``transformers`` model returns for ``output_hidden_states``.
+        ``run_block(block, x, cos, sin, packed)`` calls each block in place of ``block(...)``: the
+        release's hook for transformers' gradient checkpointing (training wraps the blocks instead,
+        in ``train.parallelize``).
+        """
         cos, sin = self.rope(packed.pos)
         x = self.norm_pre(self.patch_embed(packed.tokens))
         for block in self.blocks:
-            x = block(x, cos, sin, packed)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            x = block(x, cos, sin, packed) if run_block is None else run_block(block, x, cos, sin, packed)
+        if hidden_states is not None:
+            hidden_states.append(x)
         return self.norm_post(x)
 
     def forward(self, packed: Packed) -> torch.Tensor:

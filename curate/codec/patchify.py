@@ -14,8 +14,30 @@ from typing import Annotated, Literal
 import numpy as np
 from numba import njit
 
-from curate.codec import cuts, residual, saliency, sampling, selection, signals, tokens
-from curate.codec.sampling import Clip, decode_clip, inspect, plan_clips
+from curate.codec.cuts import first_shot, shot_changes
+from curate.codec.residual import cell_texture, half_size, mc_residual
+from curate.codec.saliency import (
+    camera_model,
+    centre_prior,
+    frame_medians,
+    moving_share,
+    normalise,
+    patch_scores,
+    percentile,
+)
+from curate.codec.sampling import (
+    Clip,
+    clip_ids,
+    decode_clip,
+    frame_sequence,
+    inspect,
+    next_keyframe,
+    plan_clips,
+    span_frames,
+)
+from curate.codec.selection import budget_k, top_k, uniform_frames
+from curate.codec.signals import CELL, MV_CODECS, grid_index, rasterize, reencode_vectors, reference_distance
+from curate.codec.tokens import MOSAIC_COLS, encode_jpeg, frames_ycbcr, gather, jpeg_ycbcr, mosaic
 from curate.media import VideoError, open_video
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 from shards.format import encode_npy
@@ -30,7 +52,7 @@ class PatchifyConfig:
     frames: PositiveInt = 64  # frames per clip
     stride: PositiveInt = 1  # take every stride-th frame ...
     fps: PositiveFloat | None = None  # ... or resample to this frame rate (overrides stride)
-    clip: NonNegativeInt = 0  # which clip of the video (clips start on keyframes, see sampling.plan_clips)
+    clip: NonNegativeInt = 0  # which clip of the video (clips start on keyframes, see plan_clips)
     size: PositiveInt = 256  # codec grid side in pixels (256 / 16 = the ViT's 16 x 16 grid)
     patch: PositiveInt = 16
     fit: Literal["stretch", "pad"] = "stretch"  # pad keeps the aspect ratio; padding is never selected
@@ -61,9 +83,9 @@ class PatchifyConfig:
     split_shots: bool = True  # a clip never crosses a hard cut: split at cuts (see codec.cuts)
 
     def __post_init__(self):
-        if self.size % self.patch or self.patch % (2 * signals.CELL):
+        if self.size % self.patch or self.patch % (2 * CELL):
             raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}, itself a multiple of 8")
-        selection.budget_k(self.budget, 1)
+        budget_k(self.budget, 1)
         if self.frames < 1 or self.stride < 1 or self.min_frames < 1:
             raise ValueError("frames, stride and min_frames must be positive")
 
@@ -87,10 +109,10 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
         if cfg.clip >= len(clips):
             raise VideoError(f"clip {cfg.clip} requested but the video has {len(clips)} clip(s)", "no_clip")
         clip = decode_clip(data, source, clips[cfg.clip], cfg.size, cfg.fit, native, cfg.threads, container)
-    changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
+    changes = shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
     cut_ids = clip.frame_ids[changes].tolist()
     if len(changes):  # a clip never straddles a hard cut: keep one shot of it
-        clip = _shot(clip, *cuts.first_shot(changes, len(clip.frame_ids), cfg.min_frames))
+        clip = _shot(clip, *first_shot(changes, len(clip.frame_ids), cfg.min_frames))
         if len(clip.frame_ids) < cfg.min_frames:
             raise VideoError(
                 f"no shot of {cfg.min_frames} frames in the clip (hard cuts at frames {cut_ids}; "
@@ -118,14 +140,14 @@ def patchify_all(
     taken = 0
     with open_video(data) as container:
         source, native, stride, _ = _plan(container, cfg)
-        sequence = sampling.frame_sequence(source, stride, cfg.fps)
-        start, stop = sampling.span_frames(source, *span) if span else (0, source.frame_count)
+        sequence = frame_sequence(source, stride, cfg.fps)
+        start, stop = span_frames(source, *span) if span else (0, source.frame_count)
         while start is not None:
-            ids = sampling.clip_ids(source, start, cfg.frames, stride, sequence)
+            ids = clip_ids(source, start, cfg.frames, stride, sequence)
             ids = ids[ids < stop]
             if not len(ids):
                 break
-            resume = sampling.next_keyframe(source, ids[-1] + 1)
+            resume = next_keyframe(source, ids[-1] + 1)
             resume = resume if resume is not None and resume < stop else None
             if max_clips and taken >= max_clips:  # the rest are not decoded at all
                 not_taken["max_clips"] += 1
@@ -138,10 +160,10 @@ def patchify_all(
                 yield taken - 1, exc
                 start = resume
                 continue
-            changes = cuts.shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
+            changes = shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
             cut_ids = clip.frame_ids[changes].tolist()
             bounds = [0, *changes.tolist(), len(clip.frame_ids)]
-            restart = sampling.next_keyframe(source, cut_ids[-1]) if cut_ids else None
+            restart = next_keyframe(source, cut_ids[-1]) if cut_ids else None
             if restart is not None and restart <= ids[-1]:  # the last shot goes on: take it whole next time
                 bounds, resume = bounds[:-1], restart
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -164,7 +186,7 @@ def _plan(container, cfg: PatchifyConfig):
     source = inspect(container, cfg.min_side)
     stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
     clips = plan_clips(source, cfg.frames, stride, cfg.fps)
-    native = source.codec in signals.MV_CODECS
+    native = source.codec in MV_CODECS
     if not native and cfg.hevc_policy == "refuse":
         raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'", "codec_refused")
     return source, native, stride, clips
@@ -189,33 +211,33 @@ def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, 
     if not native:
         if cfg.hevc_policy == "reencode":
             path = "reencode_h264"
-            mvs = signals.reencode_vectors(clip.y, clip.u, clip.v, cfg.reencode_gop, cfg.reencode_preset)
+            mvs = reencode_vectors(clip.y, clip.u, clip.v, cfg.reencode_gop, cfg.reencode_preset)
             clip.vectors, full = mvs, (clip.y.shape[2], clip.y.shape[1])
             velocity, has, distances = _vectors(clip, *full, cfg.size, (0, 0, cfg.size, cfg.size), b_frames=False)
         else:
             path = "frame_difference"
-            cells = cfg.size // signals.CELL
+            cells = cfg.size // CELL
             velocity = np.zeros((len(clip.frame_ids), cells, cells, 2), np.float32)
             has = np.zeros(velocity.shape[:3], bool)
 
     # pixel statistics run at 1/analysis_scale resolution: a 4x4 cell becomes (4/scale)^2 pixels
-    y, prev_y, cell = clip.y, clip.prev_y, signals.CELL // cfg.analysis_scale
+    y, prev_y, cell = clip.y, clip.prev_y, CELL // cfg.analysis_scale
     if cfg.analysis_scale == 2:
-        y, prev_y = residual.half_size(y), residual.half_size(prev_y)
-    has = has & (residual.cell_texture(y, cell) * cfg.analysis_scale >= cfg.min_texture)  # flat: vectors say nothing
-    model = saliency.camera_model(velocity, has, cfg.camera)
+        y, prev_y = half_size(y), half_size(prev_y)
+    has = has & (cell_texture(y, cell) * cfg.analysis_scale >= cfg.min_texture)  # flat: vectors say nothing
+    model = camera_model(velocity, has, cfg.camera)
     # residual: the better of two predictions, the block's own vector or the camera's motion;
     # the second covers blocks whose vector or reference frame we cannot know (B-frames, multi-ref)
     own, camera, motion = _fields(velocity, has, model, np.float32(cfg.analysis_scale))
-    res = residual.mc_residual(y, prev_y, own, camera, cell=cell)
-    e_motion = saliency.normalise(motion, cfg.motion_floor)
-    e_res = saliency.normalise(res, cfg.residual_floor)
+    res = mc_residual(y, prev_y, own, camera, cell=cell)
+    e_motion = normalise(motion, cfg.motion_floor)
+    e_res = normalise(res, cfg.residual_floor)
     fused = (cfg.motion_weight * e_motion + cfg.residual_weight * e_res) / (cfg.motion_weight + cfg.residual_weight)
     if cfg.centre_prior:
-        fused = fused * saliency.centre_prior(fused.shape[1], cfg.centre_prior)
+        fused = fused * centre_prior(fused.shape[1], cfg.centre_prior)
     if not clip.has_prev[0] and len(fused) > 1:
         fused[0] = fused[1]  # no predecessor: the neighbour's map is the best estimate of frame 0
-    scores = saliency.patch_scores(fused, cfg.patch // signals.CELL).astype(np.float32)
+    scores = patch_scores(fused, cfg.patch // CELL).astype(np.float32)
 
     grid = cfg.size // cfg.patch
     top, left, ch, cw = clip.content
@@ -226,15 +248,15 @@ def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, 
         cols = (edges >= left) & (edges + cfg.patch <= left + cw)
         valid = rows[:, None] & cols[None, :]
     candidates = len(scores) * (int(valid.sum()) if valid is not None else grid * grid)
-    k = selection.budget_k(cfg.budget, candidates)
-    motion_p95 = float(saliency.percentile(motion[has][None], 95)[0]) if has.any() else 0.0
-    res_p95 = float(saliency.percentile(res[clip.has_prev].reshape(1, -1), 95)[0]) if clip.has_prev.any() else 0.0
-    moving = saliency.moving_share(motion, has, res, cfg.static_motion, cfg.static_residual, cfg.static_region)
+    k = budget_k(cfg.budget, candidates)
+    motion_p95 = float(percentile(motion[has][None], 95)[0]) if has.any() else 0.0
+    res_p95 = float(percentile(res[clip.has_prev].reshape(1, -1), 95)[0]) if clip.has_prev.any() else 0.0
+    moving = moving_share(motion, has, res, cfg.static_motion, cfg.static_residual, cfg.static_region)
     static = moving < cfg.static_frames
     if static:
-        positions = selection.uniform_frames(scores, k, valid)
+        positions = uniform_frames(scores, k, valid)
     else:
-        positions = selection.top_k(scores, k, valid, cfg.first_frame)
+        positions = top_k(scores, k, valid, cfg.first_frame)
 
     kept = scores[positions[:, 0], positions[:, 1], positions[:, 2]]
     facts = {
@@ -268,8 +290,8 @@ def _select(clip: Clip, source, cfg: PatchifyConfig, native: bool, stride: int, 
             "motion_p95_px": round(motion_p95, 4),
             "moving_frames": round(moving, 4),
             "residual_p95": round(res_p95, 4),
-            "score_p50": round(float(saliency.percentile(scores.reshape(1, -1), 50)[0]), 4),
-            "score_p95": round(float(saliency.percentile(scores.reshape(1, -1), 95)[0]), 4),
+            "score_p50": round(float(percentile(scores.reshape(1, -1), 50)[0]), 4),
+            "score_p95": round(float(percentile(scores.reshape(1, -1), 95)[0]), 4),
             "kept_share": round(float(kept.sum() / max(scores.sum(), 1e-9)), 4),
             "vector_cells": round(float(has.mean()), 4),
         },
@@ -352,21 +374,21 @@ def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_fram
     ``b_frames=False`` (our P-only re-encode) takes every reference to be the previous frame.
     """
     content = content or clip.content
-    cells = size // signals.CELL
-    iy, ix = signals.grid_index((src_w, src_h), content, cells)
+    cells = size // CELL
+    iy, ix = grid_index((src_w, src_h), content, cells)
     gain = np.array([content[3] / src_w, content[2] / src_h], np.float32)
     n = len(clip.frame_ids)
-    disp, present = signals.rasterize(clip.vectors, src_w, src_h, iy, ix, gain)  # (T, 2, cells, cells[, 2]), grid px
+    disp, present = rasterize(clip.vectors, src_w, src_h, iy, ix, gain)  # (T, 2, cells, cells[, 2]), grid px
     dist = np.ones((n, 2), np.float32)
     if b_frames and "B" in clip.pict_types:  # B-frame streams: references may be several frames away
         t, dirs, rows, cols, _ = disp.shape  # median displacement of each frame and direction
-        shifts = saliency.frame_medians(disp.reshape(t * dirs, rows * cols, 2), present.reshape(t * dirs, -1))
+        shifts = frame_medians(disp.reshape(t * dirs, rows * cols, 2), present.reshape(t * dirs, -1))
         shifts = shifts.reshape(t, dirs, 2)
         for k, d in zip(*np.nonzero(present.any(axis=(2, 3))), strict=True):
             if d == 0 and clip.has_prev[k]:
-                dist[k, d] = signals.reference_distance(clip.y[k], clip.prev_y[k], shifts[k, d])
+                dist[k, d] = reference_distance(clip.y[k], clip.prev_y[k], shifts[k, d])
             elif d == 1 and k + 1 < n and clip.frame_ids[k + 1] == clip.frame_ids[k] + 1:
-                dist[k, d] = signals.reference_distance(clip.y[k + 1], clip.y[k], shifts[k, d])
+                dist[k, d] = reference_distance(clip.y[k + 1], clip.y[k], shifts[k, d])
     velocity, has = _combine(disp, present, dist)
     for k in range(1, n):  # an I-frame inside the clip: motion is smooth, borrow the previous field
         if not has[k].any() and clip.has_prev[k]:
@@ -377,17 +399,15 @@ def _vectors(clip: Clip, src_w: int, src_h: int, size: int, content=None, b_fram
 def encode(result: Patchified, cfg: PatchifyConfig = PatchifyConfig()) -> dict:
     """Shard fields of one clip: ``patches_jpg``, ``pos_npy``, ``frames_jpg`` bytes and the json facts."""
     clip = result.clip
-    patches = tokens.jpeg_ycbcr(
-        tokens.gather(clip.y, clip.u, clip.v, result.positions, cfg.patch), clip.full_range, clip.bt709
-    )
+    patches = jpeg_ycbcr(gather(clip.y, clip.u, clip.v, result.positions, cfg.patch), clip.full_range, clip.bt709)
     n = max(1, min(cfg.keep_frames, len(clip.frame_ids)))
     ids = np.unique(np.linspace(0, len(clip.frame_ids) - 1, n).round().astype(int))
-    meta = dict(result.facts, mosaic_cols=tokens.MOSAIC_COLS)
+    meta = dict(result.facts, mosaic_cols=MOSAIC_COLS)
     out = {
-        "patches_jpg": tokens.encode_jpeg(tokens.mosaic(patches), cfg.jpeg_quality),
+        "patches_jpg": encode_jpeg(mosaic(patches), cfg.jpeg_quality),
         "pos_npy": encode_npy(result.positions.astype(np.int16)),
-        "frames_jpg": tokens.encode_jpeg(
-            tokens.jpeg_ycbcr(tokens.frames_ycbcr(clip.y, clip.u, clip.v, ids), clip.full_range, clip.bt709),
+        "frames_jpg": encode_jpeg(
+            jpeg_ycbcr(frames_ycbcr(clip.y, clip.u, clip.v, ids), clip.full_range, clip.bt709),
             cfg.jpeg_quality,
         ),
         "codec": meta,

@@ -152,7 +152,7 @@ def curated(tmp_path_factory):
 
 def test_a_curated_sample_decodes_through_the_trainer_as_before(curated):
     """The trainer's codec and frame inputs equal its former decode, re-done here with PIL alone."""
-    from train.data import _square, codec_input, frame_images
+    from train.inputs import _square, codec_input, frame_images
     from train.packing import codec_tokens, normalise
 
     fields.check_sample({k: v for k, v in curated.items() if k != "meta"})

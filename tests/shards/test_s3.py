@@ -114,3 +114,14 @@ def test_a_malformed_s3_uri_is_an_error_never_a_local_folder(uri, tmp_path, monk
     with pytest.raises(ValueError, match="not an S3 URI|no bucket"):
         run(*load_run(str(manifest)), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.toml"]  # no folder named "s3:" anywhere
+
+
+def test_place_copies_once_and_again_when_the_source_changed(bucket):
+    """The set's final step places staged tars under their published names (curate.sink.place_shards)."""
+    src, dst = f"s3://{bucket}/_work/part-000003.tar", f"s3://{bucket}/shards/x-v1-000001.tar"
+    storage.write_bytes(src, b"first")
+    assert storage.place(src, dst) and storage.read_bytes(dst) == b"first"
+    assert not storage.place(src, dst)  # already there: no copy
+    storage.write_bytes(src, b"second")
+    assert storage.place(src, dst) and storage.read_bytes(dst) == b"second"
+    assert storage.read_bytes(src) == b"second"  # the staged object stays

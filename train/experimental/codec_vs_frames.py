@@ -263,7 +263,7 @@ def video_bank_shards(encoder, pretrain: Path, out: Path, classes: int, top_k: i
     from shards.format import encode_npy
     from shards.publish import ShardSetWriter
     from shards.reader import iter_samples
-    from train.data import codec_input
+    from train.inputs import codec_input
     from train.packing import pack
 
     if (out / "bank.json").is_file():

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shards.reader import iter_samples
-from train.data import image_input, video_tokens
+from train.inputs import image_input, video_tokens
 from train.packing import pack
 from train.release import load_encoder
 

@@ -1,5 +1,5 @@
-"""Encoder releases: ``native`` (safetensors; what this package re-exports), ``hf`` (transformers
-Auto classes), ``onnx`` (one ONNX graph), ``processing`` (the transformers image processor).
+"""Encoder releases: ``native`` (safetensors; what this package re-exports), ``hf`` (a folder transformers
+loads with remote code: ``modeling`` and ``processing`` copied in by ``bundle``), ``onnx`` (one ONNX graph).
 
 Only ``native`` is imported here, so ``import train.release`` needs neither transformers nor ONNX;
 ``hf`` and ``onnx`` build on ``native``, and only the CLI (``python -m train.release``) imports all three.

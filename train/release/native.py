@@ -12,18 +12,33 @@ from __future__ import annotations
 import json
 import tomllib
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 
+from shards.index import ShardSetError, read_index
 from train.checkpoint import latest, read_meta
 from train.config import ModelConfig
 from train.model import Encoder
 from train.packing import CLIP_MEAN, CLIP_STD
 
-CARD = """# ovforge encoder `{name}` ({flavour})
+CARD = """---
+license: apache-2.0
+library_name: {library}
+pipeline_tag: image-feature-extraction
+tags:
+- ovforge
+- vision
+- video
+- codec-tokens
+- feature-extraction
+datasets:
+{sets}
+---
+
+# ovforge encoder `{name}` ({flavour})
 
 A {flavour} ViT (width {dim}, depth {depth}, {heads} heads, patch {patch}) with 3D-RoPE over
 (t, h, w) token positions and a PMA pooling head, pretrained by partial-FC cluster
@@ -52,7 +67,7 @@ import torch
 from train.release import load_release
 from train.packing import normalise, pack, patchify
 
-model = load_release("{out}").eval()
+model = load_release("path/to/this/folder").eval()
 image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8)   # your RGB image, side divisible by {patch}
 with torch.no_grad():
     embedding = model(pack([patchify(normalise(image), {patch})]))   # (1, {dim})
@@ -63,7 +78,8 @@ samples of any lengths go through one call packed (`pack([...])`).
 """
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, library: str = "ovforge") -> Path:
+    """The native release of ``checkpoint`` in ``out_dir``; ``library`` is the card's ``library_name``."""
     folder, out = Path(checkpoint), Path(out_dir)
     encoder, meta = checkpoint_encoder(folder)
     weights = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
@@ -89,7 +105,10 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         for n, h in meta["heads"].items()
     )
     dim, depth, heads, _ = meta["dims"]
+    names = [set_name(s) for s in shards]
     card = CARD.format(
+        library=library,
+        sets="\n".join(f"- {n}" for n in names) or "[]",
         name=run.get("name", folder.parent.parent.name),
         flavour=meta["flavour"],
         dim=dim,
@@ -99,15 +118,25 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         params=sum(v.numel() for v in weights.values()) / 1e6,
         step=meta["step"],
         revision=revision,
-        shards="\n".join(f"- `{s}`" for s in shards) or "- (none recorded)",
+        shards="\n".join(f"- `{n}`" for n in names) or "- (none recorded)",
         banks=banks,
         metrics=json.dumps(meta.get("metrics", {}), indent=1),
-        out=out,
     )
     (out / "README.md").write_text(card)
     if run_text:
         (out / "train_config.toml").write_text(run_text)
     return out
+
+
+def set_name(path: str) -> str:
+    """A training shard set as the card names it, never by a local path: an ``s3://`` URI as is, a
+    local set by its index's name (``demo_image``), else by its folder's name."""
+    if path.startswith("s3://"):
+        return path
+    try:
+        return read_index(path)["set"]
+    except ShardSetError:  # the set has moved since training
+        return PurePosixPath(path.replace("\\", "/").rstrip("/")).name
 
 
 def checkpoint_encoder(folder: str | Path) -> tuple[Encoder, dict]:

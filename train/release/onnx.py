@@ -116,9 +116,10 @@ outputs `last_hidden_state` (N, {dim}) and `pooler_output` (1, {dim}).
 import onnxruntime as ort
 from train.release.processing import OvforgeImageProcessor
 
-processor = OvforgeImageProcessor.from_pretrained("{out}")  # the trainer's preprocessing
+path = "path/to/this/folder"
+processor = OvforgeImageProcessor.from_pretrained(path)  # the trainer's preprocessing
 inputs = processor(images=[image], return_tensors="np")
-session = ort.InferenceSession("{out}/{file}")
+session = ort.InferenceSession(f"{{path}}/{file}")
 hidden, pooled = session.run(None, {{"patches": inputs["pixel_values"][0], "positions": inputs["positions"][0]}})
 ```
 
@@ -128,11 +129,11 @@ The folder is also a native release (`train.release.load_release`).
 
 def export_onnx_release(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """A native release plus ``encoder.onnx`` and the processor's settings in the same folder."""
-    from train.release.processing import finish_release  # transformers: only for the release, not for run_onnx
+    from train.release.preprocessor import finish_release  # transformers: only for the release, not for run_onnx
 
-    out = export(checkpoint, out_dir)
+    out = export(checkpoint, out_dir, library="onnx")
     encoder = load_release(out)
     export_onnx(encoder, out / FILE)
     patch, dim = encoder.cfg.patch, encoder.dim
-    finish_release(out, ONNX_LOADING.format(file=FILE, out=out, patch=patch, dim_in=3 * patch**2, dim=dim))
+    finish_release(out, ONNX_LOADING.format(file=FILE, patch=patch, dim_in=3 * patch**2, dim=dim))
     return out

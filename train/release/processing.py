@@ -2,20 +2,20 @@
 
 Every input is turned into the shard sample the trainer would read (image bytes; a video file
 goes through ``curate.codec`` exactly as the ``codec_patchify`` stage does) and decoded by
-``train.data.sample_tokens`` itself, so inference inputs equal training inputs bit for bit and follow
+``train.inputs.sample_tokens`` itself, so inference inputs equal training inputs bit for bit and follow
 any change to the training data path. Samples are returned padded to the longest one:
 ``pixel_values`` (B, L, 3*p*p), ``positions`` (B, L, 3) int64 (t, h, w), ``attention_mask`` (B, L).
 
-The lazy ``curate.codec`` import is the trainer core's one import of ``curate``, by design: a raw
-video file at inference never went through curation, so the shard contract cannot carry it.
+An ``hf`` release ships this module as ``processing_ovforge.py`` with the modules it imports
+(``train.release.bundle``), so it runs where ovforge is not installed. The lazy ``curate.codec``
+import is the trainer core's one import of ``curate``, by design: a raw video file at inference
+never went through curation, so the shard contract cannot carry it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,13 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from shards.format import encode_json
 from train.config import DataConfig
-from train.data import image_size_at, sample_tokens
+from train.inputs import sample_tokens
+from train.packing import CLIP_MEAN, CLIP_STD
 
 VIDEO_MODES = ("codec", "frames", "collage")
+# transformers' image-processor fields, derived from the settings (see OvforgeImageProcessor)
+DESCRIBED = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "size", "crop_size", "resample")
+DESCRIBED += ("rescale_factor", "image_mean", "image_std", "patch_size")
 
 
 def _lossless(img: Image.Image) -> bytes:
@@ -65,7 +69,7 @@ def frames_sample(frames) -> dict:
 
 def codec_sample(video: bytes | str | Path, codec: dict) -> dict:
     """A video file -> the shard sample the ``codec_patchify`` stage writes for it (same functions)."""
-    from curate.codec import PatchifyConfig, encode, patchify
+    from curate.codec.patchify import PatchifyConfig, encode, patchify
 
     cfg = PatchifyConfig(**codec)
     fields = encode(patchify(video if isinstance(video, bytes) else str(video), cfg), cfg)
@@ -84,17 +88,31 @@ class OvforgeImageProcessor(BaseImageProcessor):
     ``videos`` items may be a video file (path or bytes: codec tokens, or its stored whole frames
     with ``video_mode="frames"``/``"collage"``), decoded frames (T, H, W, 3) or a list of pictures
     (frame sampling), or a curated shard sample (dict of field bytes). Images come first in the batch.
+
+    The settings are ``patch``, ``image_size``, ``video_size``, ``max_frames``, ``video_mode`` and
+    ``codec``. The fields transformers' image processors carry (``size``, ``crop_size``,
+    ``image_mean``, ...) are written to ``preprocessor_config.json`` for tools that read them and
+    say what the trainer's decode does; they follow from the settings, so on loading they are
+    recomputed, not read.
     """
 
     model_input_names = ["pixel_values", "positions", "attention_mask"]
 
     def __init__(self, patch=16, image_size=224, video_size=224, max_frames=8, video_mode="codec", codec=None, **kw):
+        for key in DESCRIBED:
+            kw.pop(key, None)
         super().__init__(**kw)
         if video_mode not in VIDEO_MODES:
             raise ValueError(f"video_mode must be one of {VIDEO_MODES}, got {video_mode!r}")
         self.patch, self.image_size, self.video_size = patch, image_size, video_size
         self.max_frames, self.video_mode = max_frames, video_mode
         self.codec = dict(codec or {})  # curate.codec.PatchifyConfig fields for video files
+        # what train.inputs does to an image: shorter side to image_size (bicubic), centre crop, CLIP normalisation
+        self.do_resize, self.do_center_crop, self.do_rescale, self.do_normalize = True, True, True, True
+        self.size, self.crop_size = {"shortest_edge": image_size}, {"height": image_size, "width": image_size}
+        self.resample, self.rescale_factor = 3, 1 / 255  # 3: PIL's BICUBIC
+        self.image_mean, self.image_std = list(CLIP_MEAN), list(CLIP_STD)
+        self.patch_size = patch
 
     def _data_config(self, mode: str) -> DataConfig:
         shares = {f"{m}_share": float(m == mode) for m in VIDEO_MODES}
@@ -145,31 +163,3 @@ def pad(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tenso
     for i, (p, q) in enumerate(items):
         pixels[i, : len(p)], positions[i, : len(p)], mask[i, : len(p)] = p, q.long(), 1
     return {"pixel_values": pixels, "positions": positions, "attention_mask": mask}
-
-
-def finish_release(out: Path, loading: str) -> OvforgeImageProcessor:
-    """Add the processor of the release's training run to ``out`` and put ``loading`` in its card."""
-    native = json.loads((out / "config.json").read_text())
-    run_toml = out / "train_config.toml"
-    run = tomllib.loads(run_toml.read_text()) if run_toml.is_file() else {}
-    processor = processor_for_run(run, native["patch"], native["step"])
-    processor.save_pretrained(out)
-    card = (out / "README.md").read_text().split("## Loading")[0]
-    (out / "README.md").write_text(card + loading)
-    return processor
-
-
-def processor_for_run(run: dict, patch: int, step: int) -> OvforgeImageProcessor:
-    """The processor matching a training run's resolved ``[data]`` section (sizes at its last step)."""
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = {k: v for k, v in run.get("data", {}).items() if k in fields}
-    data["resolution_schedule"] = tuple(tuple(s) for s in data.get("resolution_schedule", ()))
-    cfg = DataConfig(**{k: v for k, v in data.items() if k != "shards"})
-    shares = {"codec": cfg.codec_share, "frames": cfg.frames_share, "collage": cfg.collage_share}
-    return OvforgeImageProcessor(
-        patch=patch,
-        image_size=image_size_at(cfg, max(step - 1, 0)),
-        video_size=cfg.video_size,
-        max_frames=cfg.max_frames,
-        video_mode=max(shares, key=shares.get),
-    )
