@@ -14,11 +14,11 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from curate.media import decode_image
 from curate.ocr import crops
 from curate.ocr.engines import load_engine
-from curate.ocr.text import tokenize
+from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import build_vocab, label, lines_of, read_vocab, write_vocab
+from curate.pictures import read_picture
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from shards import fields, storage
@@ -28,7 +28,7 @@ from shards.format import encode_npy
 def _picture(row: dict, source: str) -> np.ndarray:
     if source == "jpg" and row.get("jpg") is not None:
         return fields.image(row["jpg"])
-    return np.asarray(decode_image(storage.read_bytes(row["uri"]), row["uri"])[0])
+    return np.asarray(read_picture(row["uri"], row["meta"])[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,9 @@ class OcrRead(Stage):
     ``meta["ocr"]["lines"]`` holds ``{"text", "conf", "box": [x0, y0, x1, y1]}`` records in reading order, in the
     pixels of the picture read (``source``: the curated ``jpg``, or the source file at full
     size, ``meta["ocr"]["size"]``). The filter columns ``ocr_text_area``, ``ocr_mean_conf``
-    (character-weighted) and ``ocr_words`` go to the top of ``meta``.
+    (character-weighted) and ``ocr_words`` go to the top of ``meta``. A row with a known transcript
+    (``txt``: a PDF page's text layer, a JSONL or ``.txt`` transcript) also gets ``ocr_agreement``,
+    the word F1 of what OCR read against it, and ``meta["ocr"]["transcript"]`` its precision and recall.
     """
 
     name = "ocr"
@@ -92,6 +94,12 @@ class OcrRead(Stage):
         meta["ocr_text_area"] = round(crops.text_area_ratio([line.box for line in lines], w, h), 4)
         meta["ocr_mean_conf"] = round(float(np.average([x.conf for x in lines], weights=chars)) if lines else 0.0, 4)
         meta["ocr_words"] = len(tokenize(text, self.cjk))
+        if row.get("txt") is not None:
+            precision, recall = word_scores(text, bytes(row["txt"]).decode("utf-8"), self.cjk)
+            meta["ocr"]["transcript"] = {"precision": round(precision, 4), "recall": round(recall, 4)}
+            meta["ocr_agreement"] = round(
+                2 * precision * recall / (precision + recall) if precision + recall else 0.0, 4
+            )
         if self.write_txt and row.get("txt") is None:
             row["txt"] = text.encode("utf-8")
         return row
@@ -105,6 +113,10 @@ class OcrFilter(Filter):
     and tesseract, clean and degraded), while the "text" ppocrv6-tiny finds in text-free photographs
     (coins, a portrait) scores 0.67-0.69. With ``ppocrv6-small`` use about 0.95: its pages read at
     >= 0.989 but it invents text in 7 of 16 photographs at up to 0.90.
+
+    ``min_agreement`` drops a row whose OCR and known transcript disagree (``ocr_agreement``, word
+    F1): a page read badly, or a PDF text layer that is not the visible text (a broken font encoding,
+    hidden text). Rows without a transcript are not judged by it.
     """
 
     name = "ocr_filter"
@@ -113,6 +125,7 @@ class OcrFilter(Filter):
     min_words: NonNegativeInt = 1
     min_text_area: Fraction = 0.0  # share of the picture covered by text lines
     min_mean_conf: Fraction = 0.85
+    min_agreement: Fraction = 0.0
 
     def reason(self, row: dict) -> str | None:
         meta = row["meta"]
@@ -127,6 +140,9 @@ class OcrFilter(Filter):
             return f"low_text_area: {area:.4f} < {self.min_text_area}"
         if conf < self.min_mean_conf:
             return f"low_confidence: {conf:.3f} < {self.min_mean_conf}"
+        agreement = meta.get("ocr_agreement")
+        if agreement is not None and agreement < self.min_agreement:
+            return f"low_agreement: OCR and transcript agree on {agreement:.3f} of words < {self.min_agreement}"
         return None
 
 
