@@ -9,13 +9,12 @@ import json
 import pytest
 from pdf_kit import text_pdf
 
-from curate.config import SourceConfig
+from curate.config import load_run
+from curate.ledger import read_ledger
 from curate.ocr.engines import MODEL_SETS, package_file
 from curate.ocr.scripts import covered_scripts, letter_scripts, script_of, tesseract_scripts
-from curate.sources import list_inputs
-from curate.stage import new_rows, run_in_process
-from curate.stages.images import ImageDecode, OcrText
-from curate.stages.ocr import OcrFilter, OcrRead
+from curate.pipeline import run
+from curate.report import script_table
 
 PAGES = {
     "Latin": "the quick brown fox\njumps over the lazy dog",
@@ -53,20 +52,33 @@ def test_tesseract_packs_name_their_scripts():
     assert tesseract_scripts("eng+xyz") is None  # an unknown pack: pages are not judged by script
 
 
-def test_pages_in_a_script_no_recogniser_reads_are_dropped_naming_it(tmp_path):
-    text_pdf(tmp_path / "scripts.pdf", list(PAGES.values()))
-    items, _ = list_inputs([SourceConfig(modality="ocr", uri=str(tmp_path), format="pdf")], 64)
-    out = run_in_process([ImageDecode(), OcrText(), OcrRead(source="uri"), OcrFilter()], new_rows(items))
+def test_pages_in_a_script_no_recogniser_reads_are_dropped_naming_it_and_reported_per_script(tmp_path):
+    (tmp_path / "docs").mkdir()
+    text_pdf(tmp_path / "docs" / "scripts.pdf", list(PAGES.values()))
+    out = tmp_path / "out"
+    manifest = tmp_path / "run.toml"
+    manifest.write_text(
+        f'name = "scripts"\nexecutor = "local"\n[output]\ndir = "{out}"\n'
+        f'[[sources]]\nmodality = "ocr"\nformat = "pdf"\nuri = "{tmp_path / "docs"}"\n'
+        '[[stages]]\nname = "image_decode"\n[[stages]]\nname = "ocr_text"\n'
+        '[[stages]]\nname = "ocr"\nsource = "uri"\n[[stages]]\nname = "ocr_filter"\n'
+    )
+    run(*load_run(str(manifest)), progress=False)
+    ledger = read_ledger(str(out))
     scripts = list(PAGES)
     rows = {
         scripts[json.loads(meta)["pdf"]["page"] - 1]: (status, reason, detail, json.loads(meta))
-        for status, reason, detail, meta in zip(out["status"], out["reason"], out["detail"], out["meta"], strict=True)
+        for status, reason, detail, meta in zip(ledger.status, ledger.reason, ledger.detail, ledger.meta, strict=True)
     }
     for script in PAGES:
         assert rows[script][3]["ocr_scripts"] == {script: 1.0}  # from the text layer
-    assert rows["Latin"][:2] == ("live", None) and rows["Latin"][3]["ocr_unsupported"] == {}
+    assert rows["Latin"][0] == "kept" and rows["Latin"][3]["ocr_unsupported"] == {}
     for script in ("Cyrillic", "Arabic"):  # ppocrv6-tiny's dictionary has neither
         status, reason, detail, meta = rows[script]
         assert (status, reason) == ("dropped", "ocr_filter/unsupported_script")
-        assert detail.startswith(f"{script} (100% of the page's letters); rapidocr:ppocrv6-tiny does not read it")
+        assert detail == f"{script} (100% of the page's letters); rapidocr:ppocrv6-tiny does not read it"
     assert rows["Greek"][1] != "ocr_filter/unsupported_script"  # in the dictionary: judged like any page
+    table = script_table(ledger)
+    assert table.loc[["Cyrillic", "Arabic"], ["pages", "kept", "unsupported"]].to_numpy().tolist() == [[1, 0, 1]] * 2
+    assert table.loc["Latin", "kept"] == 1 and table.loc["Latin", "mean_conf_kept"] == rows["Latin"][3]["ocr_mean_conf"]
+    assert "OCR pages by writing script" in (out / "report.html").read_text()
