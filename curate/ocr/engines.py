@@ -12,7 +12,9 @@ so Chinese/Japanese corpora want ``ppocrv6-small`` (15,565 Han plus kana). Expli
 weights a team trains itself.
 
 Each engine says which writing scripts it reads (``scripts``, see ``curate.ocr.scripts``): a
-recogniser's from its character dictionary, tesseract's from its language packs.
+recogniser's from its character dictionary, tesseract's from its language packs. The shipped sets'
+dictionaries also spell the Greek alphabet, for formulas: on Greek pages ppocrv5, ppocrv6-tiny
+and ppocrv6-small read no word right (``tests/benchmarks/bench_pdf.py``), so Greek is not theirs.
 
 ``tesseract``: the Debian ``tesseract-ocr`` binary through a subprocess (TSV output); it is an
 apt package, so it is optional and tests skip it where the binary is missing.
@@ -36,6 +38,7 @@ from curate.ocr.scripts import covered_scripts, tesseract_scripts
 from shards import storage
 
 ENGINES = ("rapidocr", "tesseract")
+NOT_READ_BY_SETS = frozenset({"Greek"})  # spelled by the shipped dictionaries, not read (see above)
 # name -> (package holding the files, det, rec, rec dictionary); None: rapidocr's own bundle
 MODEL_SETS = {
     "ppocrv4": None,
@@ -137,6 +140,8 @@ class RapidOcr:
             intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf, use_cls=use_cls, **kwargs
         )
         self.scripts = covered_scripts(self.engine.text_rec.postprocess_op.character)
+        if not rec_keys:
+            self.scripts -= NOT_READ_BY_SETS
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
         result, _ = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR in; no kwargs: they reset det settings

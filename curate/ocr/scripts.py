@@ -3,8 +3,9 @@
 A letter's script is the first word of its Unicode name (``CYRILLIC SMALL LETTER PE`` is Cyrillic),
 after NFKC folding (full-width Latin is Latin), with ``CJK`` named Han; digits, punctuation and
 marks belong to no script and are not counted. A recogniser covers a script when its character
-dictionary holds at least :data:`MIN_LETTERS` of its letters: a whole alphabet, not the few Greek
-letters a Latin model keeps for formulas.
+dictionary holds at least :data:`MIN_LETTERS` of its letters: an alphabet, not a few letters kept as
+symbols (ppocrv5's 11 Cyrillic ones). What a dictionary spells a model may still not read: the
+engines correct that for the model sets they ship (``curate.ocr.engines``).
 """
 
 from __future__ import annotations

