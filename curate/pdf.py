@@ -63,8 +63,10 @@ def page_facts(uri: str) -> list[dict]:
                 continue
             try:
                 textpage = page.get_textpage()
-                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
-                textpage.close()
+                try:
+                    text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                finally:
+                    textpage.close()
                 out.append({"page": n, "size_pt": [round(v, 2) for v in page.get_size()], "text": text})
             except pdfium.PdfiumError as exc:
                 out.append({"page": n, "error": f"{uri} page {n}: text layer unreadable ({exc})"})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from curate.media import ImageError
 from shards import storage
 
 DEFAULT_DPI = 150.0
@@ -30,6 +29,7 @@ def pdf_units(src) -> tuple[list[dict], Counter]:
 
 def pdf_items(src, unit: dict, make_key) -> list[dict]:
     """The inputs of one PDF: a page each, or one failed input naming why the PDF does not open."""
+    from curate.media import ImageError
     from curate.pdf import page_facts  # here: listing other sources never loads PDFium
 
     uri, size = unit["uri"], unit["size"]
