@@ -12,7 +12,7 @@ from curate.stages import build_stage
 Modality = Literal["image", "video", "ocr"]
 
 
-SourceFormat = Literal["files", "webdataset", "parquet", "csv", "jsonl"]
+SourceFormat = Literal["files", "webdataset", "parquet", "csv", "jsonl", "pdf"]
 TABLES = ("parquet", "csv", "jsonl")
 
 
@@ -24,7 +24,8 @@ class SourceConfig:
     existing tar shards (a tar, a folder or prefix of tars, or a brace pattern ``{00000..00099}.tar``),
     one input per sample. ``parquet`` / ``csv`` / ``jsonl``: a table (or a folder, prefix or brace
     pattern of tables) with one input per row, its media at ``uri_column`` (relative URIs resolve
-    against the table's folder).
+    against the table's folder). ``pdf``: a PDF (or a folder, prefix or brace pattern of them), one
+    OCR input per page, rendered at ``dpi``.
     """
 
     modality: Modality
@@ -37,6 +38,7 @@ class SourceConfig:
     start_column: str = ""  # tables, video: clip start in seconds (the row becomes [start, end) of the video)
     end_column: str = ""  # tables, video: clip end in seconds
     keep_columns: tuple[str, ...] = ()  # tables: columns carried into the sample's json (``source_meta``)
+    dpi: manifests.PositiveFloat | None = None  # pdf: the resolution pages are rendered at (default 150)
 
     def __post_init__(self):
         table = self.format in TABLES
@@ -52,6 +54,10 @@ class SourceConfig:
             raise ValueError("start_column and end_column cut video clips: they need modality = 'video'")
         if table and self.modality == "ocr":
             raise ValueError("table formats list images or videos; OCR pages come as files or JSONL {image, text}")
+        if self.format == "pdf" and self.modality != "ocr":
+            raise ValueError("format 'pdf' lists document pages: it needs modality = 'ocr'")
+        if self.dpi is not None and self.format != "pdf":
+            raise ValueError(f"dpi renders PDF pages: it applies to format 'pdf', not {self.format!r}")
         if self.format == "webdataset" and self.modality == "ocr":
             raise ValueError("format 'webdataset' reads image or video shards; OCR pages come as files or JSONL")
 

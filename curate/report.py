@@ -183,6 +183,36 @@ def _gallery(out: str, modality: str, count: int = 12) -> str:
     return "".join(tiles) or f"<p>No {modality} samples kept.</p>"
 
 
+def script_table(ledger) -> pd.DataFrame:
+    """OCR pages by writing script (the one most of a page's letters are in, ``ocr_scripts``): pages,
+    kept, dropped as ``ocr_filter/unsupported_script``, and the kept pages' mean OCR confidence."""
+    ocr = ledger[ledger["modality"] == "ocr"]
+    metas = [json.loads(m) if m else {} for m in ocr["meta"]]
+    kept = (ocr["status"] == "kept").to_numpy()
+    frame = pd.DataFrame(
+        {
+            "script": [next(iter(m["ocr_scripts"])) if m.get("ocr_scripts") else None for m in metas],
+            "kept": kept,
+            "unsupported": (ocr["reason"] == "ocr_filter/unsupported_script").to_numpy(),
+            "conf": [m.get("ocr_mean_conf") if k else None for m, k in zip(metas, kept, strict=True)],
+        }
+    ).dropna(subset=["script"])
+    table = frame.groupby("script").agg(
+        pages=("kept", "size"),
+        kept=("kept", "sum"),
+        unsupported=("unsupported", "sum"),
+        mean_conf_kept=("conf", "mean"),
+    )
+    return table.sort_values("pages", ascending=False)
+
+
+def _scripts(ledger) -> str:
+    table = script_table(ledger)
+    if table.empty:
+        return "<p>No OCR page with letters in this run.</p>"
+    return table.round(3).to_html()
+
+
 def _ocr_pages(out: str, examples: int = 4, side: int = 480) -> str:
     """Stored pages with the OCR line boxes drawn over them (green: confident, red: below 0.85), and what was read."""
     parts = []
@@ -288,6 +318,7 @@ def build_report(out: str) -> str:
         ("Kept images", _gallery(out, "image")),
         ("Kept clips", _gallery(out, "video")),
         ("OCR pages and the lines read", _ocr_pages(out)),
+        ("OCR pages by writing script", _scripts(ledger)),
         ("Duplicate groups", _duplicates(ledger)),
         ("Concept clusters", _concepts(out, summary.get("stages", {}))),
     ]

@@ -1,6 +1,7 @@
-"""List a run's inputs: one row per image, video or OCR page, with a stable key and partition.
+"""List a run's inputs: one row per image, video or OCR page (a PDF's pages too), with a stable key and partition.
 
-Listing only reads names and sizes (and, for shard sets and tables, headers, captions and rows);
+Listing only reads names and sizes (and, for shard sets, tables and PDFs, headers, captions, rows
+and text layers);
 media bytes are read later inside the stages. A source splits into units (a folder, a tar of a
 shard set, a table or a parquet row group) that list independently, in Ray tasks in a run (see
 ``curate.listing``). Keys are derived from the source URI (readable stem + hash), so they are stable
@@ -20,6 +21,7 @@ from pathlib import PurePosixPath
 from PIL import Image
 
 from curate.config import SourceConfig
+from curate.sources_pdf import pdf_items, pdf_units
 from curate.sources_shards import shard_units, tar_items
 from curate.sources_tables import TableError, table_items, table_units
 from shards import storage
@@ -146,12 +148,15 @@ def _jsonl_pages(uri: str, source: str) -> list[dict]:
 def source_units(src: SourceConfig) -> tuple[list[dict], Counter]:
     """A source's listing units (what one listing task reads), and the files passed over here.
 
-    A folder source is one unit (its task lists the folder); a shard set has a unit per tar, a
-    table source one per table or parquet row group. Units are JSON, in a fixed order.
+    A folder source is one unit (its task lists the folder); a shard set has a unit per tar, a PDF
+    source one per PDF, a table source one per table or parquet row group. Units are JSON, in a
+    fixed order.
     """
     try:
         if src.format == "webdataset":
             return shard_units(src)
+        if src.format == "pdf":
+            return pdf_units(src)
         if src.format != "files":
             return table_units(src)
     except (FileNotFoundError, TableError) as exc:
@@ -169,6 +174,8 @@ def list_unit(src: SourceConfig, unit: dict) -> tuple[list[dict], Counter]:
     try:
         if unit["kind"] == "tar":
             return tar_items(src, unit, make_key), Counter()
+        if unit["kind"] == "pdf":
+            return pdf_items(src, unit, make_key), Counter()
         if unit["kind"] == "table":
             return table_items(src, unit, make_key), Counter()
     except TableError as exc:

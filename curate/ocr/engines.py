@@ -11,6 +11,11 @@ so Chinese/Japanese corpora want ``ppocrv6-small`` (15,565 Han plus kana). Expli
 ``det_model`` / ``rec_model`` / ``rec_keys`` paths (local or ``s3://``) override a set, for
 weights a team trains itself.
 
+Each engine says which writing scripts it reads (``scripts``, see ``curate.ocr.scripts``): a
+recogniser's from its character dictionary, tesseract's from its language packs. The shipped sets'
+dictionaries also spell the Greek alphabet, for formulas: on Greek pages ppocrv5, ppocrv6-tiny
+and ppocrv6-small read no word right (``tests/benchmarks/bench_pdf.py``), so Greek is not theirs.
+
 ``tesseract``: the Debian ``tesseract-ocr`` binary through a subprocess (TSV output); it is an
 apt package, so it is optional and tests skip it where the binary is missing.
 """
@@ -29,9 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curate.ocr.scripts import covered_scripts, tesseract_scripts
 from shards import storage
 
 ENGINES = ("rapidocr", "tesseract")
+NOT_READ_BY_SETS = frozenset({"Greek"})  # spelled by the shipped dictionaries, not read (see above)
 # name -> (package holding the files, det, rec, rec dictionary); None: rapidocr's own bundle
 MODEL_SETS = {
     "ppocrv4": None,
@@ -132,6 +139,9 @@ class RapidOcr:
         self.engine = RapidOCR(
             intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf, use_cls=use_cls, **kwargs
         )
+        self.scripts = covered_scripts(self.engine.text_rec.postprocess_op.character)
+        if not rec_keys:
+            self.scripts -= NOT_READ_BY_SETS
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
         result, _ = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR in; no kwargs: they reset det settings
@@ -154,6 +164,7 @@ class Tesseract:
         if self.binary is None:
             raise FileNotFoundError(f"{binary!r} not on PATH: apt-get install tesseract-ocr (an apt package)")
         self.lang, self.threads, self.min_conf, self.psm = lang, threads, min_conf, psm
+        self.scripts = tesseract_scripts(lang)
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
         buf = io.BytesIO()

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 from PIL import Image
 
-from curate.media import WHITE, ImageError, decode_image
+from curate.media import WHITE, ImageError
+from curate.pictures import read_picture
 from curate.stage import Stage
 from manifests import PositiveInt, Range
 from shards import storage
@@ -58,14 +59,13 @@ class ImageDecode(Stage):
             raise ValueError(f"background: give red, green and blue (0-255), got {list(self.background)}")
 
     def process_row(self, row: dict) -> dict:
-        data = storage.read_bytes(row["uri"])
-        img, facts = decode_image(data, row["uri"], self.max_pixels, self.background, min_side=self.size)
+        img, facts = read_picture(row["uri"], row["meta"], self.max_pixels, self.background, min_side=self.size)
         out = resize_policy(img, self.size, self.mode, facts["size"])
         buf = io.BytesIO()
         out.save(buf, format="JPEG", quality=self.quality, subsampling=2)
         row["jpg"] = buf.getvalue()
         row["meta"].update(
-            source_blake3=storage.digest(data),
+            source_blake3=facts["blake3"],
             source_format=facts["format"],
             source_mode=facts["mode"],
             width=facts["width"],
@@ -80,7 +80,8 @@ class ImageDecode(Stage):
 
 @dataclasses.dataclass(frozen=True)
 class OcrText(Stage):
-    """Attach an OCR page's known text (JSONL row or ``.txt`` beside the page) as the ``txt`` field."""
+    """Attach an OCR page's known text (JSONL row, ``.txt`` beside the page, or a PDF page's text
+    layer) as the ``txt`` field. A PDF page without a text layer passes on without one."""
 
     name = "ocr_text"
     modalities = ("ocr",)
@@ -89,6 +90,8 @@ class OcrText(Stage):
     def process_row(self, row: dict) -> dict:
         meta = row["meta"]
         text = meta.pop("text", None)
+        if text is None and "pdf" in meta:
+            return row
         if text is None:
             text_uri = meta.get("text_uri")
             if not text_uri:

@@ -14,11 +14,12 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from curate.media import decode_image
 from curate.ocr import crops
 from curate.ocr.engines import load_engine
-from curate.ocr.text import tokenize
+from curate.ocr.scripts import letter_scripts
+from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import count_words, count_words_local, label, lines_of, rank, read_vocab, write_vocab
+from curate.pictures import read_picture
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from shards import fields, storage
@@ -28,7 +29,7 @@ from shards.format import encode_npy
 def _picture(row: dict, source: str) -> np.ndarray:
     if source == "jpg" and row.get("jpg") is not None:
         return fields.image(row["jpg"])
-    return np.asarray(decode_image(storage.read_bytes(row["uri"]), row["uri"])[0])
+    return np.asarray(read_picture(row["uri"], row["meta"])[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,12 @@ class OcrRead(Stage):
     ``meta["ocr"]["lines"]`` holds ``{"text", "conf", "box": [x0, y0, x1, y1]}`` records in reading order, in the
     pixels of the picture read (``source``: the curated ``jpg``, or the source file at full
     size, ``meta["ocr"]["size"]``). The filter columns ``ocr_text_area``, ``ocr_mean_conf``
-    (character-weighted) and ``ocr_words`` go to the top of ``meta``.
+    (character-weighted) and ``ocr_words`` go to the top of ``meta``. A row with a known transcript
+    (``txt``: a PDF page's text layer, a JSONL or ``.txt`` transcript) also gets ``ocr_agreement``,
+    the word F1 of what OCR read against it, and ``meta["ocr"]["transcript"]`` its precision and recall.
+    ``ocr_scripts`` (each writing script's share of the letters of the known transcript, else of
+    what OCR read) and ``ocr_unsupported`` (the shares of scripts the engine does not read) let
+    ``ocr_filter`` name a page's script instead of blaming low confidence.
     """
 
     name = "ocr"
@@ -92,9 +98,28 @@ class OcrRead(Stage):
         meta["ocr_text_area"] = round(crops.text_area_ratio([line.box for line in lines], w, h), 4)
         meta["ocr_mean_conf"] = round(float(np.average([x.conf for x in lines], weights=chars)) if lines else 0.0, 4)
         meta["ocr_words"] = len(tokenize(text, self.cjk))
+        known = bytes(row["txt"]).decode("utf-8") if row.get("txt") is not None else None
+        if known is not None:
+            precision, recall = word_scores(text, known, self.cjk)
+            meta["ocr"]["transcript"] = {"precision": round(precision, 4), "recall": round(recall, 4)}
+            meta["ocr_agreement"] = round(
+                2 * precision * recall / (precision + recall) if precision + recall else 0.0, 4
+            )
+        self._scripts(meta, known if known is not None else text)
         if self.write_txt and row.get("txt") is None:
             row["txt"] = text.encode("utf-8")
         return row
+
+    def _scripts(self, meta: dict, text: str) -> None:
+        """``ocr_scripts``: each script's share of the page's letters; ``ocr_unsupported``: those of
+        scripts the engine does not read (where it says which it reads)."""
+        counts = letter_scripts(text)
+        total = sum(counts.values())
+        if not total:
+            return
+        meta["ocr_scripts"] = {s: round(n / total, 4) for s, n in counts.most_common()}
+        if self._engine.scripts is not None:
+            meta["ocr_unsupported"] = {s: v for s, v in meta["ocr_scripts"].items() if s not in self._engine.scripts}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +130,13 @@ class OcrFilter(Filter):
     and tesseract, clean and degraded), while the "text" ppocrv6-tiny finds in text-free photographs
     (coins, a portrait) scores 0.67-0.69. With ``ppocrv6-small`` use about 0.95: its pages read at
     >= 0.989 but it invents text in 7 of 16 photographs at up to 0.90.
+
+    ``min_agreement`` drops a row whose OCR and known transcript disagree (``ocr_agreement``, word
+    F1): a page read badly, or a PDF text layer that is not the visible text (a broken font encoding,
+    hidden text). Rows without a transcript are not judged by it. A page with more than
+    ``max_unsupported_script`` of its letters in scripts the engine does not read is dropped as
+    ``unsupported_script``, naming the script, before any other check: its low confidence or
+    missing words say nothing about the page.
     """
 
     name = "ocr_filter"
@@ -113,12 +145,19 @@ class OcrFilter(Filter):
     min_words: NonNegativeInt = 1
     min_text_area: Fraction = 0.0  # share of the picture covered by text lines
     min_mean_conf: Fraction = 0.85
+    min_agreement: Fraction = 0.0
+    max_unsupported_script: Fraction = 0.5
 
     def reason(self, row: dict) -> str | None:
         meta = row["meta"]
         if "ocr" not in meta:
             return None  # not OCR'd (another modality, or not in ``ocr.read``)
         words, area, conf = meta["ocr_words"], meta["ocr_text_area"], meta["ocr_mean_conf"]
+        unsupported = meta.get("ocr_unsupported") or {}
+        if sum(unsupported.values()) > self.max_unsupported_script:
+            script, share = max(unsupported.items(), key=lambda kv: kv[1])
+            engine = meta["ocr"]["engine"]
+            return f"unsupported_script: {script} ({share:.0%} of the page's letters); {engine} does not read it"
         if words == 0 and self.min_words > 0:
             return f"no_text: no readable words ({len(meta['ocr']['lines'])} lines)"
         if words < self.min_words:
@@ -127,6 +166,9 @@ class OcrFilter(Filter):
             return f"low_text_area: {area:.4f} < {self.min_text_area}"
         if conf < self.min_mean_conf:
             return f"low_confidence: {conf:.3f} < {self.min_mean_conf}"
+        agreement = meta.get("ocr_agreement")
+        if agreement is not None and agreement < self.min_agreement:
+            return f"low_agreement: OCR and transcript agree on {agreement:.3f} of words < {self.min_agreement}"
         return None
 
 
