@@ -16,17 +16,25 @@ from shards.format import MOSAIC_COLS
 
 
 def gather(y: np.ndarray, u: np.ndarray, v: np.ndarray, pos: np.ndarray, patch: int) -> np.ndarray:
-    """(K, patch, patch, 3) YCbCr patches at ``pos``; chroma is upsampled by repetition (lossless for 4:2:0)."""
+    """(K, patch, patch, 3) YCbCr patches at ``pos``; chroma is upsampled by repetition (lossless for 4:2:0).
+
+    Planes are viewed as (T, rows, patch, cols, patch) tiles, so each patch is one indexed block and
+    chroma is written through a 2x2-repeating view of the output: no index grids, no repeat copies.
+    """
     t, h, w = pos[:, 0].astype(np.intp), pos[:, 1].astype(np.intp), pos[:, 2].astype(np.intp)
     p, c = patch, patch // 2
-    rows = h[:, None] * p + np.arange(p)
-    cols = w[:, None] * p + np.arange(p)
-    luma = y[t[:, None, None], rows[:, :, None], cols[:, None, :]]
-    crow, ccol = h[:, None] * c + np.arange(c), w[:, None] * c + np.arange(c)
-    cb = u[t[:, None, None], crow[:, :, None], ccol[:, None, :]]
-    cr = v[t[:, None, None], crow[:, :, None], ccol[:, None, :]]
-    chroma = np.stack([cb, cr], axis=-1).repeat(2, axis=1).repeat(2, axis=2)
-    return np.concatenate([luma[..., None], chroma], axis=-1)
+    out = np.empty((len(pos), p, p, 3), np.uint8)
+    out[..., 0] = _tiles(y, p)[t, h, :, w, :]
+    pairs = out.reshape(len(pos), c, 2, c, 2, 3)
+    pairs[..., 1] = _tiles(u, c)[t, h, :, w, :][:, :, None, :, None]
+    pairs[..., 2] = _tiles(v, c)[t, h, :, w, :][:, :, None, :, None]
+    return out
+
+
+def _tiles(plane: np.ndarray, side: int) -> np.ndarray:
+    """(T, H, W) -> (T, H/side, side, W/side, side) view: [t, r, :, c, :] is tile (r, c) of frame t."""
+    n, h, w = plane.shape
+    return plane.reshape(n, h // side, side, w // side, side)
 
 
 def mosaic(patches: np.ndarray, cols: int = MOSAIC_COLS) -> np.ndarray:
@@ -43,15 +51,40 @@ _BT709 = np.array([[0.2126, 0.7152, 0.0722], [-0.114572, -0.385428, 0.5], [0.5, 
 
 
 def jpeg_ycbcr(ycbcr: np.ndarray, full_range: bool, bt709: bool) -> np.ndarray:
-    """Video YCbCr (limited or full range, BT.601 or BT.709) -> JPEG's full-range BT.601 YCbCr."""
+    """Video YCbCr (limited or full range, BT.601 or BT.709) -> JPEG's full-range BT.601 YCbCr.
+
+    The range step maps each channel's 256 values alone, so it is a table lookup (computed with the
+    same float32 operations, so the same bytes); only BT.709's matrix mixes channels.
+    """
     if full_range and not bt709:
         return ycbcr
-    x = ycbcr.astype(np.float32) - np.array([0, 128, 128], np.float32)
+    if not bt709:
+        return _lookup(ycbcr, _RANGE_TO_JPEG)
+    x = _lookup(ycbcr, _CENTRED[full_range])
+    x = x @ (_BT601 @ np.linalg.inv(_BT709)).T.astype(np.float32)
+    x += np.array([0, 128, 128], np.float32)  # in place, in the order of ``x + offset + 0.5``: the same bits
+    x += np.float32(0.5)
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
+
+
+def _centred(full_range: bool) -> np.ndarray:
+    """(256, 3) float32: each channel's value centred on 0 (and stretched to full range if limited)."""
+    x = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1) - np.array([0, 128, 128], np.float32)
     if not full_range:
         x = (x - np.array([16, 0, 0], np.float32)) * np.array([255 / 219, 255 / 224, 255 / 224], np.float32)
-    if bt709:
-        x = x @ (_BT601 @ np.linalg.inv(_BT709)).T.astype(np.float32)
-    return np.clip(x + np.array([0, 128, 128], np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return x
+
+
+_CENTRED = {full: _centred(full) for full in (False, True)}
+_RANGE_TO_JPEG = np.clip(_CENTRED[False] + np.array([0, 128, 128], np.float32) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _lookup(ycbcr: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[value, channel]`` for every sample of a (..., 3) array."""
+    out = np.empty(ycbcr.shape, table.dtype)
+    for channel in range(3):
+        np.take(table[:, channel], ycbcr[..., channel], out=out[..., channel])
+    return out
 
 
 def encode_jpeg(ycbcr: np.ndarray, quality: int) -> bytes:
@@ -63,9 +96,14 @@ def encode_jpeg(ycbcr: np.ndarray, quality: int) -> bytes:
 
 
 def frames_ycbcr(y: np.ndarray, u: np.ndarray, v: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Whole frames ``ids`` stacked vertically as one (n*H, W, 3) YCbCr picture."""
-    chroma = np.stack([u[ids], v[ids]], axis=-1).repeat(2, axis=1).repeat(2, axis=2)
-    return np.concatenate([y[ids][..., None], chroma], axis=-1).reshape(-1, y.shape[2], 3)
+    """Whole frames ``ids`` stacked vertically as one (n*H, W, 3) YCbCr picture (chroma repeated 2x2)."""
+    n, (h, w) = len(ids), y.shape[1:]
+    out = np.empty((n, h, w, 3), np.uint8)
+    out[..., 0] = y[ids]
+    pairs = out.reshape(n, h // 2, 2, w // 2, 2, 3)
+    pairs[..., 1] = u[ids][:, :, None, :, None]
+    pairs[..., 2] = v[ids][:, :, None, :, None]
+    return out.reshape(-1, w, 3)
 
 
 def to_rgb(ycbcr: np.ndarray) -> np.ndarray:
