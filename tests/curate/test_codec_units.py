@@ -310,3 +310,15 @@ def test_rasterize_onto_a_coarser_grid_equals_sampling_the_full_raster(tmp_path)
     gain = np.float32([64 / 320, 64 / 192])
     scaled, _ = signals.rasterize(mvs, 320, 192, rows, cols, gain)
     assert np.array_equal(scaled.view(np.uint32), (disp * gain).view(np.uint32))  # the same bits as a pass after
+
+
+def test_moving_regions_are_counted_per_frame_never_across_frames():
+    """A region of 4 cells in each of two frames at the same place is two regions of 4, not one of 8."""
+    motion = np.zeros((4, 8, 8), np.float32)
+    motion[0:2, 2:4, 2:4] = 2.0  # frames 0 and 1: 4 cells each, stacked in time
+    motion[3, 5:8, 0:2] = 2.0  # frame 3: 6 cells, 8-connected with the diagonal neighbour below
+    motion[3, 4, 2] = 2.0
+    res, has = np.full_like(motion, 10.0), np.ones(motion.shape, bool)
+    assert saliency.moving_share(motion, has, res, 0.5, 3.0, 6) == 0.25  # frame 3 alone (7 cells)
+    assert saliency.moving_share(motion, has, res, 0.5, 3.0, 4) == 0.75
+    assert saliency.moving_share(motion, np.zeros_like(has), res, 0.5, 3.0, 64) == 1.0  # no vectors: change alone
