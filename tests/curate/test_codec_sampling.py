@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import av
 import numpy as np
 import pytest
 
 from curate.codec import PatchifyConfig, VideoError, patchify
-from curate.codec.sampling import inspect, plan_clips
+from curate.codec.sampling import decode_clip, inspect, plan_clips
 from curate.demo.synthetic_video import make_clip
 from curate.media import open_video
 
@@ -39,6 +41,22 @@ def test_second_clip_decodes_exactly_its_frames(long_clip):
     assert np.array_equal(r.clip.y, luma[32:64])  # same size: the planes are the decoder's, untouched
     assert r.scores.shape == (32, 8, 8) and r.positions[:, 0].max() <= 31
     assert not r.clip.has_prev[0] and r.clip.has_prev[1:].all()  # a clip starts at its keyframe
+
+
+def test_a_decoded_clip_holds_no_decoder_frame(long_clip):
+    """Vectors are read from the scaled copy: a decoder frame whose side data was read sits in a reference
+    cycle, and 64 of them held at 720p were 600 MB and kept the decoder from reusing its buffers."""
+    path, _ = long_clip
+    gc.collect()
+    gc.disable()  # cycles stay until looked for: what holds a frame is seen, not hidden by a collection
+    try:
+        with open_video(path) as c:
+            clip = decode_clip(path, inspect(c, 32), np.arange(32), 64, "stretch", True, container=c)
+        held = [o for o in gc.get_objects() if isinstance(o, av.VideoFrame) and o.width == 128]
+    finally:
+        gc.enable()
+    assert sum(v is not None and len(v) > 0 for v in clip.vectors) == 30  # P-frames' vectors (I at 0 and 16)
+    assert held == []
 
 
 def test_stride_and_fps_sampling_keep_the_true_predecessor(long_clip):

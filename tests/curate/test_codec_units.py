@@ -246,6 +246,41 @@ def test_video_range_is_mapped_to_jpeg_range():
     assert np.abs(red709.astype(int) - [255, 0, 0]).max() <= 4  # BT.709 limited-range pure red
 
 
+def test_tokens_equal_their_direct_definitions():
+    """The tiled gather, the 2x2 chroma writes and the range tables give the bytes of the plain formulas."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 256, (6, 64, 48), dtype=np.uint8)
+    u, v = (rng.integers(0, 256, (6, 32, 24), dtype=np.uint8) for _ in range(2))
+    pos = np.stack([rng.integers(0, 6, 40), rng.integers(0, 4, 40), rng.integers(0, 3, 40)], 1).astype(np.int16)
+    up = lambda c: c.repeat(2, axis=0).repeat(2, axis=1)  # noqa: E731
+    want = [
+        np.dstack(
+            [
+                y[t, 16 * h : 16 * h + 16, 16 * w : 16 * w + 16],
+                up(u[t, 8 * h : 8 * h + 8, 8 * w : 8 * w + 8]),
+                up(v[t, 8 * h : 8 * h + 8, 8 * w : 8 * w + 8]),
+            ]
+        )
+        for t, h, w in pos
+    ]
+    assert np.array_equal(tokens.gather(y[:5], u[:5], v[:5], pos[pos[:, 0] < 5], 16), np.stack(want)[pos[:, 0] < 5])
+    frames = tokens.frames_ycbcr(y, u, v, np.array([1, 4]))
+    assert np.array_equal(frames, np.concatenate([np.dstack([y[t], up(u[t]), up(v[t])]) for t in (1, 4)]))
+    values = np.concatenate([rng.integers(0, 256, (20000, 3)), np.repeat(np.arange(256)[:, None], 3, 1)]).astype(
+        np.uint8
+    )
+    m = (tokens._BT601 @ np.linalg.inv(tokens._BT709)).T.astype(np.float32)
+    for full in (False, True):
+        for bt709 in (False, True):
+            x = values.astype(np.float32) - np.array([0, 128, 128], np.float32)
+            if not full:
+                x = (x - np.array([16, 0, 0], np.float32)) * np.array([255 / 219, 255 / 224, 255 / 224], np.float32)
+            if bt709:
+                x = x @ m
+            plain = np.clip(x + np.array([0, 128, 128], np.float32) + 0.5, 0, 255).astype(np.uint8)
+            assert np.array_equal(tokens.jpeg_ycbcr(values, full, bt709), plain), (full, bt709)
+
+
 def test_reference_distance_recovers_how_far_back_the_reference_is():
     ref = np.random.default_rng(3).integers(0, 256, (96, 96), dtype=np.uint8)
     cur = np.roll(ref, (-2, 3), axis=(0, 1))  # one frame later: moved by (3, -2)
@@ -275,3 +310,15 @@ def test_rasterize_onto_a_coarser_grid_equals_sampling_the_full_raster(tmp_path)
     gain = np.float32([64 / 320, 64 / 192])
     scaled, _ = signals.rasterize(mvs, 320, 192, rows, cols, gain)
     assert np.array_equal(scaled.view(np.uint32), (disp * gain).view(np.uint32))  # the same bits as a pass after
+
+
+def test_moving_regions_are_counted_per_frame_never_across_frames():
+    """A region of 4 cells in each of two frames at the same place is two regions of 4, not one of 8."""
+    motion = np.zeros((4, 8, 8), np.float32)
+    motion[0:2, 2:4, 2:4] = 2.0  # frames 0 and 1: 4 cells each, stacked in time
+    motion[3, 5:8, 0:2] = 2.0  # frame 3: 6 cells, 8-connected with the diagonal neighbour below
+    motion[3, 4, 2] = 2.0
+    res, has = np.full_like(motion, 10.0), np.ones(motion.shape, bool)
+    assert saliency.moving_share(motion, has, res, 0.5, 3.0, 6) == 0.25  # frame 3 alone (7 cells)
+    assert saliency.moving_share(motion, has, res, 0.5, 3.0, 4) == 0.75
+    assert saliency.moving_share(motion, np.zeros_like(has), res, 0.5, 3.0, 64) == 1.0  # no vectors: change alone
