@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_trainer.py [--smoke] [--t4] [--quick]  # --smoke: debug flavour on CPU, no timing value
                                                                 # --t4: only the partial-FC cases (and their base)
+    python tests/benchmarks/bench_trainer.py --t3-sweep  # dense runs against one varlen call by distinct lengths
 
 Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
 baseline measured in the same run:
@@ -37,6 +38,7 @@ from train.parallelize import parallelize  # noqa: E402
 
 SMOKE = "--smoke" in sys.argv
 T4_ONLY = "--t4" in sys.argv
+T3_SWEEP = "--t3-sweep" in sys.argv  # where the trainer's DENSE_RUNS should sit
 QUICK = "--quick" in sys.argv  # T1-T4 without the variants (whole-model compile, 448 px, FlexAttention)
 DEV = torch.device("cpu" if SMOKE else "cuda")
 FLAVOUR = "debug" if SMOKE else "large"
@@ -135,8 +137,10 @@ def run_case(res, name, lengths, mode="blocks", attention="runs", profile=""):
     import train.packing as packing
 
     saved = packing._varlen, packing.DENSE_RUNS
-    if attention != "runs":
+    if attention in ("varlen", "flex"):
         packing.DENSE_RUNS = 0
+    elif attention == "dense":  # dense runs however many there are
+        packing.DENSE_RUNS = 10**6
     if attention == "flex":
         packing._varlen = None
     peak_reset()
@@ -250,10 +254,32 @@ def save(res):
     (out / "bench_trainer.json").write_text(json.dumps(res, indent=1))
 
 
+def sweep_lengths(distinct: int, total: int = 16384) -> list[int]:
+    """A pack of ``distinct`` sample lengths (256-2048 tokens, multiples of 64), about total / distinct tokens each."""
+    lengths = [256 + round(i * 1792 / max(1, distinct - 1) / 64) * 64 for i in range(distinct)]
+    return [n for n in lengths for _ in range(max(1, round(total / distinct / n)))]
+
+
+def t3_sweep(res):
+    """T3 by the number of distinct lengths in a pack: dense SDPA per run against one varlen call."""
+    run_case(res, "codec_2048x8", [2048] * (1 if SMOKE else 8))
+    for distinct in (2, 4, 8, 16):
+        lengths = sweep_lengths(distinct, 2048 if SMOKE else 16384)
+        for attention in ("dense", "varlen"):
+            name = f"sweep_{distinct}_{attention}"
+            run_case(res, name, lengths, attention=attention)
+            res[name]["over_dense_2048x8"] = res[name]["tflops"] / res["codec_2048x8"]["tflops"]
+            res[name]["tokens"] = sum(lengths)
+    save(res)
+    print(json.dumps(res, indent=1))
+
+
 def main():
     res = {"device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch": torch.__version__}
     res["gemm_tflops"] = gemm_tflops(1024 if SMOKE else 8192)
     print(f"bf16 GEMM {res['gemm_tflops']:.0f} TFLOP/s", flush=True)
+    if T3_SWEEP:
+        return t3_sweep(res)
     k = 1 if SMOKE else 0  # smoke: tiny batches
     img224 = [196] * (4 if k else 128)
     # ------------------------------------------------------------------ T1, T2 (ours), T3
