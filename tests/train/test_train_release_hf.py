@@ -10,6 +10,7 @@ import tarfile
 import warnings
 from pathlib import Path
 
+import clean_env
 import numpy as np
 import pytest
 import torch
@@ -174,8 +175,14 @@ def _curated_codec_tokens(clip):
     return patches, pos
 
 
+# what a user of the release installs: the issue's list, and numba and scipy, which the codec processor's
+# copied modules import (the compiled residual; connected regions of the static-clip test)
+CLEAN_ENV = ["transformers", "torch", "numpy", "pillow", "av", "onnxruntime", "numba", "scipy"]
+
+
 def test_release_loads_without_ovforge_and_equals_the_checkpoint_encoder(release, tmp_path):
-    """AutoConfig / AutoModel / AutoProcessor with trust_remote_code, ovforge unimportable, offline."""
+    """AutoConfig / AutoModel / AutoProcessor with trust_remote_code, offline, in an environment holding only
+    ``CLEAN_ENV`` and what those require (tests/train/clean_env.py); ovforge's packages also refused by name."""
     from curate.demo.synthetic_video import make_clip
 
     image = tmp_path / "image.png"
@@ -188,7 +195,8 @@ def test_release_loads_without_ovforge_and_equals_the_checkpoint_encoder(release
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in OFFLINE.items() if k != "PYTHONPATH"} | {"HF_MODULES_CACHE": str(tmp_path / "modules")}
-    cmd = [sys.executable, "-I", "-c", LOAD_WITHOUT_OVFORGE, *map(str, args)]
+    site = clean_env.build(tmp_path / "site", CLEAN_ENV)
+    cmd = [*clean_env.command(site, LOAD_WITHOUT_OVFORGE), *map(str, args)]
     rc = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert rc.returncode == 0, rc.stderr[-3000:]
     config, model, processor, module = rc.stdout.split()
