@@ -41,7 +41,8 @@ LEDGER_SCHEMA = pa.schema(
         for c in ("key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent")
     ]
 )
-NOT_IN_SAMPLE = ("traceback", "text_uri", "caption", TIMING)  # a caption is the sample's txt, not json
+# a caption is the sample's txt, not json; the URI as the manifest writes it is the json's source
+NOT_IN_SAMPLE = ("traceback", "text_uri", "caption", "uri_as_written", TIMING)
 
 
 def keys_digest(keys) -> str:
@@ -200,7 +201,8 @@ def _ledger_meta(meta: dict) -> dict:
 
 def _sample(row: dict, set_name: str, version: str) -> dict:
     meta = {k: v for k, v in row["meta"].items() if k not in NOT_IN_SAMPLE}
-    meta.update(key=row["key"], modality=row["modality"], source=row["uri"], set=set_name, version=version)
+    shown = row["meta"].get("uri_as_written", row["uri"])  # not the absolute path a task read: see sources.list_unit
+    meta.update(key=row["key"], modality=row["modality"], source=shown, set=set_name, version=version)
     sample = {"__key__": fmt.check_key(row["key"]), "json": fmt.encode_json(meta)}
     for column, field in FIELD_OF_COLUMN.items():
         value = row.get(column)
