@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Literal
 
 import manifests
 from curate.stage import Stage
 from curate.stages import build_stage
+from shards import storage
 
 Modality = Literal["image", "video", "ocr"]
 
@@ -112,6 +114,10 @@ class RunConfig:
 
 
 def load_run(path: str, overrides: dict | None = None) -> tuple[RunConfig, list[Stage]]:
-    """Load and fully validate a run manifest, stages included, before any work starts."""
+    """Load and fully validate a run manifest, stages included, before any work starts. A relative
+    output folder becomes absolute here, against the driver's working directory, so every worker
+    writes into the same folder (sources resolve alike when listed: ``curate.listing``)."""
     cfg = manifests.load(RunConfig, path, overrides)
+    if not storage.is_s3(cfg.output.dir):
+        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, dir=os.path.abspath(cfg.output.dir)))
     return cfg, cfg.build_stages(str(path))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 from collections import Counter
 
 import pyarrow as pa
@@ -20,19 +22,25 @@ import pyarrow.parquet as pq
 
 from curate.cluster import init_ray, worker_env
 from curate.sink import keys_digest
-from curate.sources import SourceError, assign_partitions, list_unit, plan_units, rename_repeats
+from curate.sources import SourceError, anchor, assign_partitions, list_unit, plan_units, rename_repeats
 from shards import storage
 
 
 def list_run(cfg, out: str, in_ray: bool) -> tuple[dict[int, dict], Counter]:
-    """Partition number -> ``{"listing", "local", "count", "keys_sha256"}``, and files passed over."""
-    units, skipped = plan_units(cfg.sources)
+    """Partition number -> ``{"listing", "local", "count", "keys_sha256"}``, and files passed over.
+
+    Relative source paths resolve here, on the driver, against its working directory: tasks read
+    absolute paths, whatever their own working directory (see ``sources.as_written`` for keys)."""
+    bases = [anchor(src, os.getcwd()) for src in cfg.sources]
+    units, skipped = plan_units(cfg.sources, bases)
     work = [{"unit": n, "source": i, "spec": json.dumps(unit)} for n, (i, unit) in enumerate(units)]
     sources, size, cap = cfg.sources, cfg.partition_size, cfg.partition_bytes
 
     def one(task: dict) -> dict:
         try:
-            return {"result": json.dumps(_list_unit(sources, task, out, size, cap))}
+            if in_ray:
+                _check_seen(sources[task["source"]], json.loads(task["spec"]))
+            return {"result": json.dumps(_list_unit(sources, bases, task, out, size, cap))}
         except SourceError as exc:  # a unit that cannot be listed at all (a table without its columns)
             return {"result": json.dumps({"unit": task["unit"], "error": str(exc)})}
 
@@ -114,8 +122,19 @@ def _rename_repeats(partitions: dict[int, dict], holding: set[str]) -> None:
             desc["keys_sha256"] = keys_digest(renamed.get(n, key) for n, key in enumerate(keys))
 
 
-def _list_unit(sources, task: dict, out: str, size: int, cap: int) -> dict:
-    items, passed = list_unit(sources[task["source"]], json.loads(task["spec"]))
+def _check_seen(src, unit: dict) -> None:
+    """In a listing task: the unit the driver found (it planned the units) must be here too."""
+    if not storage.is_s3(unit["uri"]) and not os.path.exists(unit["uri"]):
+        raise SourceError(
+            f"source {src.modality} {src.uri}: the driver sees {unit['uri']} but the workers cannot (not on node "
+            f"{socket.gethostname()}); put the corpus where every node reads it at the same path (a shared "
+            "filesystem) or on s3://"
+        )
+
+
+def _list_unit(sources, bases, task: dict, out: str, size: int, cap: int) -> dict:
+    i = task["source"]
+    items, passed = list_unit(sources[i], json.loads(task["spec"]), bases[i])
     assign_partitions(items, 0, size, cap)
     uri = storage.join(out, "_work", "listing", f"unit-{task['unit']:06d}.parquet")
     table = pa.table(

@@ -51,7 +51,8 @@ LEDGER_SCHEMA = pa.schema(
         for c in ("key", "uri", "modality", "partition", "status", "reason", "detail", "shard", "meta", "parent")
     ]
 )
-NOT_IN_SAMPLE = ("traceback", "text_uri", "caption", TIMING)  # a caption is the sample's txt, not json
+# a caption is the sample's txt, not json; the URI as the manifest writes it is the json's source
+NOT_IN_SAMPLE = ("traceback", "text_uri", "caption", "uri_as_written", TIMING)
 
 
 def keys_digest(keys) -> str:
@@ -250,7 +251,8 @@ def _ledger_meta(meta: dict) -> dict:
 
 def _sample(row: dict, set_name: str, version: str) -> dict:
     meta = {k: v for k, v in row["meta"].items() if k not in NOT_IN_SAMPLE}
-    meta.update(key=row["key"], modality=row["modality"], source=row["uri"], set=set_name, version=version)
+    shown = row["meta"].get("uri_as_written", row["uri"])  # not the absolute path a task read: see sources.list_unit
+    meta.update(key=row["key"], modality=row["modality"], source=shown, set=set_name, version=version)
     meta["partition"] = row["partition"]  # the shard's number is the set's, not the partition's
     sample = {"__key__": fmt.check_key(row["key"]), "json": fmt.encode_json(meta)}
     for column, field in FIELD_OF_COLUMN.items():

@@ -11,12 +11,13 @@ numbered in unit order, so a rerun over the same inputs makes the same partition
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 from collections import Counter
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
@@ -58,7 +59,26 @@ def make_key(uri: str, identity: str | None = None) -> str:
     return f"{stem or 'item'}-{digest}"
 
 
-def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
+def anchor(src: SourceConfig, base: str) -> str | None:
+    """The folder a source's relative path resolves against: ``base``, the driver's working directory
+    (workers have their own); None for an absolute path or an S3 URI."""
+    return None if storage.is_s3(src.uri) or os.path.isabs(src.uri) else base
+
+
+def located(src: SourceConfig, base: str | None) -> SourceConfig:
+    """``src`` with its path absolute (see :func:`anchor`): what every task reads."""
+    return src if base is None else dataclasses.replace(src, uri=str(Path(base, src.uri)))
+
+
+def as_written(path: str, base: str | None) -> str:
+    """A listed path as the manifest names it (``base`` stripped from it): what keys hash and
+    provenance shows, so they stay what they were before reads became absolute, and do not change
+    with where the corpus lies."""
+    prefix = base.rstrip("/") + "/" if base else None
+    return path[len(prefix) :] if prefix and path.startswith(prefix) else path
+
+
+def list_source(src: SourceConfig, make_key=make_key) -> tuple[list[dict], Counter]:
     """Inputs of a folder source (``format = "files"``), and the files passed over, counted by extension.
 
     In an image source a file without an extension is an input (decoded by its content, so a
@@ -83,10 +103,10 @@ def list_source(src: SourceConfig) -> tuple[list[dict], Counter]:
     items = []
     for uri, size in chosen:
         if not _utf8(uri):
-            items.append(_unreadable_name(uri, src.modality, size))
+            items.append(_unreadable_name(uri, src.modality, size, make_key))
             continue
         if src.modality == "ocr" and uri.lower().endswith(".jsonl"):
-            items += _jsonl_pages(uri, src.uri)
+            items += _jsonl_pages(uri, src.uri, make_key)
             continue
         meta = {"bytes": size, "provenance": {"source": src.uri, "offset": 0}}
         if src.modality == "ocr":
@@ -105,14 +125,14 @@ def _utf8(uri: str) -> bool:
     return True
 
 
-def _unreadable_name(uri: str, modality: str, size: int) -> dict:
+def _unreadable_name(uri: str, modality: str, size: int, make_key) -> dict:
     """A file whose name is not valid UTF-8: an input that fails at once, its name shown escaped."""
     shown = os.fsencode(uri).decode("utf-8", "backslashreplace")
     error = ("source/name_not_utf8", f"{shown}: the file name is not valid UTF-8; rename the file to curate it")
     return {"key": make_key(shown), "uri": shown, "modality": modality, "meta": {"bytes": size}, "error": error}
 
 
-def _jsonl_pages(uri: str, source: str) -> list[dict]:
+def _jsonl_pages(uri: str, source: str, make_key) -> list[dict]:
     """OCR rows ``{"image": path relative to the JSONL file or absolute URI, "text": "..."}``.
 
     A line that is not such a row is an input of its own that fails (``uri#line``), not the source.
@@ -161,35 +181,56 @@ def source_units(src: SourceConfig) -> tuple[list[dict], Counter]:
             return table_units(src)
     except (FileNotFoundError, TableError) as exc:
         raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
+    if not storage.is_s3(src.uri) and not os.path.exists(src.uri):  # checked here, on the driver, before tasks
+        raise SourceError(f"source {src.modality} {src.uri}: no such file or folder")
     return [{"kind": "folder", "uri": src.uri}], Counter()
 
 
-def list_unit(src: SourceConfig, unit: dict) -> tuple[list[dict], Counter]:
-    """The inputs of one unit, and the files it passed over.
+def list_unit(src: SourceConfig, unit: dict, base: str | None = None) -> tuple[list[dict], Counter]:
+    """The inputs of one unit of ``located(src, base)``, and the files it passed over.
 
     Every input's ``meta["provenance"]`` says where it came from (source, file, shard member or
     table row, byte offset); an input the listing already knows to be unusable (a truncated tar
     member, a table row without a URI) carries ``error`` = [reason, detail] and is failed, not lost.
+    Its ``uri`` is what tasks read (absolute); keys and provenance name paths as the manifest does
+    (:func:`as_written`), and so does ``meta["uri_as_written"]`` where that differs from ``uri``.
     """
+    read = located(src, base)
+
+    def key(uri: str, identity: str | None = None) -> str:
+        return make_key(as_written(uri, base), None if identity is None else as_written(identity, base))
+
     try:
         if unit["kind"] == "tar":
-            return tar_items(src, unit, make_key), Counter()
-        if unit["kind"] == "pdf":
-            return pdf_items(src, unit, make_key), Counter()
-        if unit["kind"] == "table":
-            return table_items(src, unit, make_key), Counter()
+            items, passed = tar_items(read, unit, key), Counter()
+        elif unit["kind"] == "pdf":
+            items, passed = pdf_items(read, unit, key), Counter()
+        elif unit["kind"] == "table":
+            items, passed = table_items(read, unit, key), Counter()
+        else:
+            items, passed = list_source(read, key)
     except TableError as exc:
         raise SourceError(f"source {src.format} {src.uri}: {exc}") from None
-    return list_source(src)
+    if base is not None:
+        for it in items:
+            provenance = it["meta"].get("provenance", {})
+            for field in ("shard", "table", "file"):
+                if field in provenance:
+                    provenance[field] = as_written(provenance[field], base)
+            if "source" in provenance:
+                provenance["source"] = src.uri
+            if as_written(it["uri"], base) != it["uri"]:
+                it["meta"]["uri_as_written"] = as_written(it["uri"], base)
+    return items, passed
 
 
-def plan_units(sources) -> tuple[list[tuple[int, dict]], Counter]:
-    """``(source index, unit)`` for every unit of every source, and the files passed over; two
-    sources naming the same file or folder, or one inside the other, are an error (their inputs
-    would be listed twice)."""
+def plan_units(sources, bases) -> tuple[list[tuple[int, dict]], Counter]:
+    """``(source index, unit)`` for every unit of every source (``located(source, base)``, so units
+    name absolute paths), and the files passed over; two sources naming the same file or folder, or
+    one inside the other, are an error (their inputs would be listed twice)."""
     units, skipped, owner = [], Counter(), {}
-    for i, src in enumerate(sources):
-        found, passed = source_units(src)
+    for i, (src, base) in enumerate(zip(sources, bases, strict=True)):
+        found, passed = source_units(located(src, base))
         skipped += passed
         for unit in found:
             if owner.setdefault(unit["uri"], i) != i:
@@ -225,11 +266,12 @@ def assign_partitions(items: list[dict], first: int, partition_size: int, partit
 def list_inputs(sources, partition_size: int, partition_bytes: int = 0) -> tuple[list[dict], Counter]:
     """All inputs of all sources in this process, unit by unit, each with its partition number and
     its run-wide unique key (the partitions and keys ``curate.listing`` forms in Ray tasks); and the
-    files passed over."""
-    units, skipped = plan_units(sources)
+    files passed over. Relative paths resolve against this process's working directory."""
+    bases = [anchor(src, os.getcwd()) for src in sources]
+    units, skipped = plan_units(sources, bases)
     items, partition = [], 0
     for i, unit in units:
-        found, passed = list_unit(sources[i], unit)
+        found, passed = list_unit(sources[i], unit, bases[i])
         partition = assign_partitions(found, partition, partition_size, partition_bytes)
         items += found
         skipped += passed
