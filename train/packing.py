@@ -130,7 +130,9 @@ def _flex_attention(q, k, v, packed: Packed):
     return out[0].transpose(0, 1)
 
 
-DENSE_RUNS = 4  # runs of equal length attended as dense batches; beyond, one varlen call (see module doc)
+# runs of equal length attended as dense batches; beyond, one varlen call (see module doc). On one H100
+# dense runs beat varlen up to 8 distinct lengths per pack and lost at 16 (bench_trainer.py --t3-sweep)
+DENSE_RUNS = 8
 
 
 def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int) -> torch.Tensor:
