@@ -197,16 +197,19 @@ def test_a_run_that_keeps_nothing_reports_why(tmp_path, capsys):
     assert "Every input was kept" not in page and "image_decode/" in page
 
 
-def test_the_report_of_a_run_without_concept_labels_reads_no_shard(tmp_path, monkeypatch):
-    """Only assign_concepts writes cls.npy: without it the report's concept section reads nothing
-    (it read up to 20 shards per modality, a cost that grew with the run)."""
+def test_the_report_reads_shards_only_for_its_galleries_without_concept_labels(tmp_path, monkeypatch):
+    """Only assign_concepts writes cls.npy: without it the report's concept section reads nothing (it read
+    up to 20 shards per modality, a cost that grew with the run); the galleries read at most two per set."""
     import curate.report
 
     read = []
-    monkeypatch.setattr(curate.report, "iter_tar", lambda data, uri: read.append(uri) or iter(()))
+    real = curate.report.iter_tar
+    monkeypatch.setattr(curate.report, "iter_tar", lambda data, uri: read.append(uri) or real(data, uri))
     out = tmp_path / "out"
-    _run(_manifest(tmp_path, out, {"image": _corpus(tmp_path / "c", 6)}))
-    assert read == [] and "No concept labels in this run" in (out / "report.html").read_text()
+    _run(_manifest(tmp_path, out, {"image": _corpus(tmp_path / "c", 6)}, partition_size=1))
+    shards = sorted((out / "shards" / "image").glob("*.tar"))
+    assert len(shards) == 6 and read == [str(s) for s in shards[:2]]  # the gallery's two, once each
+    assert "No concept labels in this run" in (out / "report.html").read_text()
 
 
 def test_stops_early_when_the_first_inputs_all_fail_and_redoes_them_when_rerun(tmp_path, capsys):

@@ -16,6 +16,7 @@ from train.checkpoint import CheckpointError
 from train.config import OptimConfig, RunConfig
 from train.loop import train
 from train.optim import lr_factor
+from train.release.native import set_name
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -247,7 +248,9 @@ def test_release_reloads_bit_exactly_in_a_fresh_process(tmp_path, shard_factory)
     )
     assert rc.returncode == 0, rc.stderr
     card = (out / "README.md").read_text()
-    assert shards[0] in card and "| image | 12 |" in card and '"loss"' in card and "load_release" in card
+    # the training set by its name, never by a local path
+    assert set_name(shards[0]) in card and str(tmp_path) not in card
+    assert "| image | 12 |" in card and '"loss"' in card and "load_release" in card
 
     # embeddings of the checkpoint, computed here
     from torch.distributed.checkpoint import load
