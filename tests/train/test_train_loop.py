@@ -1,5 +1,6 @@
 """End-to-end runs of the debug flavour on small labelled shards (CPU, one process unless noted)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -243,11 +244,19 @@ def test_release_reloads_bit_exactly_in_a_fresh_process(tmp_path, shard_factory)
     train(_build(base_config(tmp_path, shards, name="rel", steps=2)))
     ckpt = tmp_path / "runs/rel/checkpoints/step_00000002"
     out = tmp_path / "release"
+    probe = tmp_path / "probe.json"  # what train.experimental.probe --out writes, with known figures
+    probe.write_text(json.dumps({"mode": "codec", "top1_mean": 0.4125, "ci95_seeds": [0.38, 0.445], "chance": 0.25,
+                                 "runs": [{}, {}, {}, {}], "tokens_per_sample": 512}))  # fmt: skip
     rc = subprocess.run(
-        [sys.executable, "-m", "train.release", str(ckpt), str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "train.release", str(ckpt), str(out), "--probe", str(probe)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True,
+    )  # fmt: skip
     assert rc.returncode == 0, rc.stderr
     card = (out / "README.md").read_text()
+    logged = read_metrics(tmp_path / "runs/rel/metrics.jsonl")
+    assert "![training loss](loss.png)" in card and (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"{logged[max(logged)]['loss']:.4f} at step {max(logged)}" in card
+    assert "| codec | 41.2 % | [38.0, 44.5] % | 25.0 % | 4 | 512 |" in card
     # the training set by its name, never by a local path
     assert set_name(shards[0]) in card and str(tmp_path) not in card
     assert "| image | 12 |" in card and '"loss"' in card and "load_release" in card

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         default="native",
         help="hf: transformers AutoModel/AutoProcessor folder; onnx: adds encoder.onnx",
     )
+    parser.add_argument("--probe", help="a probe's results JSON (train.experimental.probe --out) for the card")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.format == "hf":
         from train.release.hf import export_hf as write
@@ -35,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         write = export
     try:
-        out = write(args.checkpoint, args.out_dir)
-    except (CheckpointError, OSError) as exc:  # no checkpoint there, or an output that cannot be written
+        out = write(args.checkpoint, args.out_dir, probe=args.probe)
+    except (
+        CheckpointError,
+        OSError,
+        KeyError,
+        ValueError,
+    ) as exc:  # also a probe file that is not one  # no checkpoint there, or an output that cannot be written
         parser.exit(1, f"error: {exc}\n")
     print(f"[release] wrote {args.format} release: {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     return 0

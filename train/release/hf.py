@@ -50,9 +50,9 @@ settings are those of the training run's last step (`preprocessor_config.json`).
 """
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export_hf(checkpoint: str | Path, out_dir: str | Path, probe: str | None = None) -> Path:
     """A native release, then transformers' config and weights (overwriting the native ones), the processor and the code."""
-    out = export(checkpoint, out_dir, library="transformers")
+    out = export(checkpoint, out_dir, library="transformers", probe=probe)
     encoder = load_release(out)
     model = OvforgeModel(OvforgeConfig(**{k: getattr(encoder.cfg, k) for k in ("flavour", "patch", "rope_theta")}))
     model.encoder.load_state_dict(encoder.state_dict(), strict=True)

@@ -54,6 +54,7 @@ discrimination. {params:.1f} M parameters; step {step}; source git revision `{re
 |---|---|---|---|
 {banks}
 
+{record}
 ## Final metrics
 
 ```json
@@ -78,8 +79,9 @@ samples of any lengths go through one call packed (`pack([...])`).
 """
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, library: str = "ovforge") -> Path:
-    """The native release of ``checkpoint`` in ``out_dir``; ``library`` is the card's ``library_name``."""
+def export(checkpoint: str | Path, out_dir: str | Path, library: str = "ovforge", probe: str | None = None) -> Path:
+    """The native release of ``checkpoint`` in ``out_dir``; ``library`` is the card's ``library_name``;
+    ``probe``: a probe's results (``train.experimental.probe --out``) to show in the card."""
     folder, out = Path(checkpoint), Path(out_dir)
     encoder, meta = checkpoint_encoder(folder)
     weights = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
@@ -121,11 +123,52 @@ def export(checkpoint: str | Path, out_dir: str | Path, library: str = "ovforge"
         shards="\n".join(f"- `{n}`" for n in names) or "- (none recorded)",
         banks=banks,
         metrics=json.dumps(meta.get("metrics", {}), indent=1),
+        record=loss_curve(folder.parent.parent / "metrics.jsonl", meta["step"], out) + probe_table(probe),
     )
     (out / "README.md").write_text(card)
     if run_text:
         (out / "train_config.toml").write_text(run_text)
     return out
+
+
+def loss_curve(metrics: Path, step: int, out: Path) -> str:
+    """The card's training-loss section: ``loss.png`` (total and per head, up to the released step) from
+    the run's ``metrics.jsonl``; nothing when the run's log is not beside its checkpoints."""
+    if not metrics.is_file():
+        return ""
+    records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["step"] <= step and "loss" in r]
+    if not records:
+        return ""
+    from matplotlib.figure import Figure  # here: a release without a log never loads matplotlib
+
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    for name in ["loss"] + sorted({k for r in records for k in r if k.startswith("loss/")}):
+        points = [(r["step"], r[name]) for r in records if name in r]
+        ax.plot(*zip(*points, strict=True), label=name, linewidth=1.2 if name == "loss" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "loss.png", dpi=100, bbox_inches="tight")
+    first, last = records[0], records[-1]
+    return (
+        f"## Training loss\n\n![training loss](loss.png)\n\nLoss {first['loss']:.4f} at step {first['step']}, "
+        f"{last['loss']:.4f} at step {last['step']} ({len(records)} logged steps).\n\n"
+    )
+
+
+def probe_table(path: str | None) -> str:
+    """The card's evaluation section from a probe's results JSON (top-1 over seeds, its interval, chance)."""
+    if path is None:
+        return ""
+    result = json.loads(Path(path).read_text())
+    lo, hi = result["ci95_seeds"]
+    return (
+        "## Evaluation\n\n| probe | top-1 (mean over seeds) | 95 % interval over seeds | chance | seeds | tokens per sample |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {result['mode']} | {100 * result['top1_mean']:.1f} % | [{100 * lo:.1f}, {100 * hi:.1f}] % | "
+        f"{100 * result['chance']:.1f} % | {len(result['runs'])} | {result['tokens_per_sample']} |\n\n"
+    )
 
 
 def set_name(path: str) -> str:

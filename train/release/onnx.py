@@ -127,11 +127,11 @@ The folder is also a native release (`train.release.load_release`).
 """
 
 
-def export_onnx_release(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export_onnx_release(checkpoint: str | Path, out_dir: str | Path, probe: str | None = None) -> Path:
     """A native release plus ``encoder.onnx`` and the processor's settings in the same folder."""
     from train.release.preprocessor import finish_release  # transformers: only for the release, not for run_onnx
 
-    out = export(checkpoint, out_dir, library="onnx")
+    out = export(checkpoint, out_dir, library="onnx", probe=probe)
     encoder = load_release(out)
     export_onnx(encoder, out / FILE)
     patch, dim = encoder.cfg.patch, encoder.dim
