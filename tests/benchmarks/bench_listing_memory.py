@@ -60,7 +60,8 @@ def child(mode: str, table: str, out: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, table, out], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise SystemExit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # the measurement is the last JSON line: Ray may print to stdout after it (at 10M rows, at shutdown)
+    return json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("{")))
 
 
 def main() -> None:
