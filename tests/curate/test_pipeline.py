@@ -73,6 +73,7 @@ def test_every_input_is_accounted_with_the_ground_truth_outcome(ray_demo, demo_c
 
 def test_shards_read_back_with_webdataset_and_wids(ray_demo):
     import wids
+    from braceexpand import braceexpand
 
     out, summary = ray_demo
     seen = 0
@@ -88,6 +89,11 @@ def test_shards_read_back_with_webdataset_and_wids(ray_demo):
             if modality != "video":
                 assert max(sample["jpg"].size) <= max(sample["json"]["width"], sample["json"]["height"])
                 assert min(sample["jpg"].size) == min(448, sample["json"]["width"], sample["json"]["height"])
+        # shard numbers are contiguous within a set: one brace URL names every shard
+        prefix = urls[0].removesuffix("000000.tar")
+        brace = f"{prefix}{{000000..{len(urls) - 1:06d}}}.tar"
+        assert list(braceexpand(brace)) == urls
+        assert len(list(wds.WebDataset(brace, shardshuffle=False))) == index["samples"]
         ds = wids.ShardListDataset(
             [{"url": u, "nsamples": s["samples"]} for u, s in zip(urls, index["shards"], strict=True)]
         )
