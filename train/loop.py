@@ -26,6 +26,7 @@ from train.config import RunConfig
 from train.data import Stream
 from train.loss import ConceptHeads
 from train.model import Encoder
+from train.nonfinite import diagnose
 from train.optim import SampledRowAdamW, build_optimizer, set_lr, step_if_finite
 from train.parallelize import clip_grads, parallelize, setup_distributed
 
@@ -136,9 +137,8 @@ def _gradient_sync(wrapped: nn.Module, last: bool) -> contextlib.AbstractContext
     return wrapped.no_sync() if ddp and not last else contextlib.nullcontext()
 
 
-def forward_backward(t: Trainer, step: int, micro: int) -> tuple[torch.Tensor, dict, int, int]:
+def forward_backward(t: Trainer, step: int, micro: int, batch) -> tuple[torch.Tensor, dict, int, int]:
     """One micro-batch forward (under autocast) and backward: (loss, per-head losses, samples, tokens)."""
-    batch = next(t.stream)
     packed = batch.packed.to(t.device)
     with _gradient_sync(t.wrapped, micro == t.cfg.accum - 1):
         with t.autocast:
@@ -153,8 +153,10 @@ def train_step(t: Trainer, step: int) -> StepMetrics:
     cfg = t.cfg
     lr = set_lr(t.optimizers, step, cfg.steps, cfg.optim)
     loss_sum, parts_sum, samples, tokens = 0.0, {}, 0, 0
+    batches = []  # kept for the step's diagnosis, should its gradients be non-finite
     for micro in range(cfg.accum):
-        loss, parts, n, length = forward_backward(t, step, micro)
+        batches.append(next(t.stream))
+        loss, parts, n, length = forward_backward(t, step, micro, batches[-1])
         loss_sum += float(loss.detach()) / cfg.accum
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / cfg.accum
@@ -168,6 +170,7 @@ def train_step(t: Trainer, step: int) -> StepMetrics:
         t.bad_run = 0
     else:
         _skipped(t, step, grad_norm, head_norm)
+        _diagnose(t, step, batches)
     return StepMetrics(lr, loss_sum, parts_sum, grad_norm, head_norm, samples, tokens)
 
 
@@ -185,6 +188,33 @@ def _skipped(t: Trainer, step: int, grad_norm: torch.Tensor, head_norm: torch.Te
             f"{t.bad_run} consecutive steps with non-finite gradients up to step {step + 1}; "
             "lower optim.lr, or train in fp32 (parallel.dtype) to find the cause"
         )
+
+
+def _diagnose(t: Trainer, step: int, batches: list) -> None:
+    """Run the skipped step's micro-batches again, watched, to name what made the non-finite values."""
+
+    def rerun(micro: int) -> tuple[torch.Tensor, list[str]]:
+        loss = forward_backward(t, step, micro, batches[micro])[0]
+        bad = [  # the sampled heads' scored-row gradients are the optimizer's, not parameters' .grad
+            f"heads.{name}.scored_rows"
+            for name, head in t.heads.heads.items()
+            if not all(bool(torch.isfinite(g.p).all() and torch.isfinite(g.b).all()) for g in head.pending)
+        ]
+        if t.head_opt:
+            t.head_opt.zero_grad()
+        return loss, bad
+
+    def describe(micro: int) -> dict:
+        b = batches[micro]
+        return {
+            "modality": sorted(set(b.modality)),
+            "samples": len(b.modality),
+            "lengths": sorted(set(b.packed.lengths)),
+            "max_abs_input": float(b.packed.tokens.abs().max()) if b.packed.tokens.numel() else 0.0,
+        }
+
+    modules = {"encoder": t.encoder, "heads": t.heads}
+    diagnose(t.run_dir, step, modules, rerun, len(batches), describe, t.rank == 0)
 
 
 def log_step(t: Trainer, step: int, m: StepMetrics, t0: float, log) -> dict:

@@ -165,6 +165,8 @@ class PartialFC(nn.Module):
         self.cfg = cfg
         self.sampled_update = sampled_update
         self.pending: list[RowGrad] = []  # the scored rows' gradient of each backward since the optimizer's step
+        self.updated: torch.cuda.Event | None = None  # the side stream's row update not yet waited for
+        self.updated_device = None
         rank, world = _world()
         self.lo, self.hi = shard_range(cfg.num_classes, rank, world)
         if cfg.bank:
@@ -202,7 +204,27 @@ class PartialFC(nn.Module):
         return DTensor.from_local(local, mesh, [Shard(0)], shape=(n, dim), stride=(dim, 1))
 
     def local_weight(self) -> torch.Tensor:
+        self.settle()
         return local_tensor(self.weight)
+
+    def settle(self) -> None:
+        """Make the current stream wait for a row update still running on the optimizer's side stream.
+
+        ``SampledRowAdamW`` updates the scored rows on a stream of its own, so that the (bandwidth-bound)
+        update overlaps the next step's (compute-bound) encoder work; whatever reads or writes the
+        centres or their moments after it goes through here first.
+        """
+        if self.updated is not None:
+            torch.cuda.current_stream(self.updated_device).wait_event(self.updated)
+            self.updated = None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.settle()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.settle()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def take_row_grad(self) -> RowGrad:
         """The scored rows' gradient from every forward since the last call (sampled_update), factored if one.

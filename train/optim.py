@@ -7,6 +7,7 @@ jumps on resume).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -67,14 +68,16 @@ class SampledRowAdamW:
     Duck-types the parts of an optimizer the loop uses (``param_groups``, ``step``, ``zero_grad``).
     """
 
-    def __init__(self, heads: ConceptHeads, cfg: OptimConfig):
+    def __init__(self, heads: ConceptHeads, cfg: OptimConfig, overlap: bool = True):
         if not heads.sampled_update:
             raise ValueError("SampledRowAdamW needs heads built with sampled_update=True")
         self.heads = list(heads.heads.values())
         self.betas, self.eps = tuple(cfg.betas), cfg.eps
         self.param_groups = [{"lr": cfg.lr, "lr_scale": cfg.head_lr_scale, "weight_decay": cfg.head_weight_decay}]
-        self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.grads: list[RowGrad] = []
         self.coef: torch.Tensor | None = None
+        self.overlap = overlap
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> torch.Tensor:
@@ -103,8 +106,31 @@ class SampledRowAdamW:
             head.updates += 1  # on the device: reading it back would make the host wait for the step
             w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
             coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
-            adamw_rows(w, m, v, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
+            with self._side_stream(head, w.device, (g.rows, g.p, g.b, coef)):
+                adamw_rows(w, m, v, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
         self.grads, self.coef = [], None
+
+    @contextlib.contextmanager
+    def _side_stream(self, head, device: torch.device, inputs: tuple[torch.Tensor, ...]):
+        """On CUDA (with ``overlap``), run the block on a side stream and leave ``head`` an event to wait for.
+
+        The row update reads and writes about 26 bytes per scored entry (5 GB a step at 2M x 1024 classes)
+        and does almost no arithmetic; queued behind the encoder's step it adds its whole time, on a stream
+        of its own it shares the card with the next forward's GEMMs. The inputs made on the main stream
+        are marked as used by the side stream, so the allocator does not hand their memory out before the
+        update has read them.
+        """
+        if not (self.overlap and device.type == "cuda"):
+            yield
+            return
+        main = torch.cuda.current_stream(device)
+        side = self.streams.setdefault(device, torch.cuda.Stream(device))
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            yield
+        for t in inputs:
+            t.record_stream(side)
+        head.updated, head.updated_device = side.record_event(), device
 
     def zero_grad(self, set_to_none: bool = True):
         self.grads, self.coef = [], None

@@ -3,6 +3,7 @@
     python tests/benchmarks/bench_trainer.py [--smoke] [--t4] [--quick]  # --smoke: debug flavour on CPU, no timing value
                                                                 # --t4: only the partial-FC cases (and their base)
     python tests/benchmarks/bench_trainer.py --t3-sweep  # dense runs against one varlen call by distinct lengths
+    python tests/benchmarks/bench_trainer.py --autotune  # T1 / T2 with max-autotune per block
 
 Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
 baseline measured in the same run:
@@ -39,6 +40,7 @@ from train.parallelize import parallelize  # noqa: E402
 SMOKE = "--smoke" in sys.argv
 T4_ONLY = "--t4" in sys.argv
 T3_SWEEP = "--t3-sweep" in sys.argv  # where the trainer's DENSE_RUNS should sit
+AUTOTUNE = "--autotune" in sys.argv  # T1/T2 with max-autotune per block against the default compile
 QUICK = "--quick" in sys.argv  # T1-T4 without the variants (whole-model compile, 448 px, FlexAttention)
 DEV = torch.device("cpu" if SMOKE else "cuda")
 FLAVOUR = "debug" if SMOKE else "large"
@@ -106,8 +108,9 @@ def make_step(model, params, forward, heads_opt=None):
         loss.backward()
         if heads_opt is not None:
             heads_opt.clip(5.0)
+        opt.step()  # the trainer's order (train.loop: the encoder's optimizer, then the heads')
+        if heads_opt is not None:
             heads_opt.step()
-        opt.step()
         opt.zero_grad(set_to_none=True)
 
     return step
@@ -123,6 +126,10 @@ def ours(mode="blocks", reset=True):
         return enc, enc
     if mode == "model":
         enc.compile()
+        return enc, enc
+    if mode == "autotune":  # per block, Inductor's GEMM autotuning (Triton templates with fused epilogues)
+        for block in enc.blocks:
+            block.compile(mode="max-autotune-no-cudagraphs")
         return enc, enc
     return enc, parallelize(enc, ParallelConfig(compile=True), 1, DEV)
 
@@ -164,11 +171,12 @@ def run_case(res, name, lengths, mode="blocks", attention="runs", profile=""):
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
-def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", profile=False):
+def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", profile=False, overlap=True):
     """Step time with a partial-FC head; ``local_rows_factor`` x the local batch stands in for gathered ranks.
 
     ``update``: ``sampled`` (the trainer's default: clip, then AdamW on the scored rows) or ``dense``
-    (every row in the torch AdamW, no clipping: the reference's update).
+    (every row in the torch AdamW, no clipping: the reference's update). ``overlap``: the sampled row
+    update on its own stream (the trainer's default) or queued behind the encoder's step.
     """
     peak_reset()
     enc, model = ours("blocks", reset=False)  # same shapes as vit_l_224_bs128: no recompilation
@@ -186,7 +194,7 @@ def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", p
         return heads(emb, modality, labels, seed=0, step=next(counter))[0]
 
     params = list(enc.parameters()) + (list(heads.parameters()) if update == "dense" else [])
-    heads_opt = SampledRowAdamW(heads, OptimConfig(lr=1e-4)) if update == "sampled" else None
+    heads_opt = SampledRowAdamW(heads, OptimConfig(lr=1e-4), overlap=overlap) if update == "sampled" else None
     step = make_step(model, params, with_head, heads_opt)
     allocs = alloc_counts()
     res[name] = {"s_per_step": timed(step), "peak_gib": peak_gib()}
@@ -280,6 +288,8 @@ def main():
     print(f"bf16 GEMM {res['gemm_tflops']:.0f} TFLOP/s", flush=True)
     if T3_SWEEP:
         return t3_sweep(res)
+    if AUTOTUNE:
+        return autotune(res)
     k = 1 if SMOKE else 0  # smoke: tiny batches
     img224 = [196] * (4 if k else 128)
     # ------------------------------------------------------------------ T1, T2 (ours), T3
@@ -303,16 +313,32 @@ def main():
     run_case(res, "vit_l_224_bs128", img224)  # re-measured right before the head cases, same compiled graphs
     big = 20_000 if k else 2_000_000
     pfc_case(res, "pfc_2M_one_gpu", big, 1, img224, profile=True)
+    pfc_case(res, "pfc_2M_one_gpu_no_overlap", big, 1, img224, overlap=False)
     pfc_case(res, "pfc_2M_one_gpu_dense", big, 1, img224, update="dense")
     pfc_case(res, "pfc_2M_shard_of_8", big // 8, 8, img224)
     pfc_case(res, "pfc_2M_shard_of_8_dense", big // 8, 8, img224, update="dense")
     base = res["vit_l_224_bs128"]["s_per_step"]
-    for case in ("one_gpu", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
+    for case in ("one_gpu", "one_gpu_no_overlap", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
         res[f"T4_share_{case}"] = 1 - base / res[f"pfc_2M_{case}"]["s_per_step"]
     if not T4_ONLY and not QUICK:
         res["T2_ours_model_compile_over_timm"] = (
             res["vit_l_224_bs128_model_compile"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
         )
+    save(res)
+    print(json.dumps(res, indent=1))
+
+
+def autotune(res):
+    """T1 / T2 with the blocks compiled under max-autotune, against the default per-block compile and timm."""
+    img224 = [196] * (4 if SMOKE else 128)
+    run_case(res, "vit_l_224_bs128", img224)
+    timm_case(res, img224)
+    t0 = time.perf_counter()
+    run_case(res, "vit_l_224_bs128_autotune", img224, mode="autotune")
+    res["autotune_compile_and_run_s"] = time.perf_counter() - t0
+    res["T2_autotune_over_timm"] = (
+        res["vit_l_224_bs128_autotune"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
+    )
     save(res)
     print(json.dumps(res, indent=1))
 

@@ -141,3 +141,42 @@ def test_scored_rows_on_cuda_give_the_autograd_gradient_of_normalised_cosines():
     assert torch.equal(sink[0].rows, index)
     for a, b in ((got, ref_w.grad), (e.grad, ref_e.grad)):  # bf16 GEMMs against fp32: bf16-level agreement
         assert float((a - b).norm() / b.norm()) < 1e-2
+
+
+def test_row_update_on_its_side_stream_equals_the_update_in_line():
+    """The sampled-row AdamW on its own stream (the trainer's default) gives the in-line update bit for bit.
+
+    Between steps the main stream runs large matmuls and fills fresh allocations with NaN, so a reader that
+    did not wait for the side stream, or a gradient buffer handed out again before the update read it,
+    would show as a difference; the state dict read right after a step must hold the updated rows.
+    """
+    from train.config import HeadConfig, OptimConfig
+    from train.loss import ConceptHeads
+    from train.optim import SampledRowAdamW
+
+    cfg = OptimConfig(lr=1e-2, clip=0.5, head_weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    emb, labels = torch.randn(512, 256, generator=gen), torch.randint(0, 400_000, (512, 10), generator=gen)
+    big = torch.randn(8192, 8192, device="cuda")
+    out = {}
+    for overlap in (False, True):
+        heads = ConceptHeads((HeadConfig(num_classes=400_000, sample_rate=0.1),), 256, 0, "cuda", sampled_update=True)
+        opt = SampledRowAdamW(heads, cfg, overlap=overlap)
+        states = []
+        for step in range(4):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = heads(emb.cuda(), ["image"] * 512, labels, seed=0, step=step)[0]
+            loss.backward()
+            opt.clip(cfg.clip)
+            opt.step()
+            states.append({k: v.clone() for k, v in heads.state_dict().items()})
+            opt.zero_grad()
+            for _ in range(3):  # main-stream work that would overwrite freed gradient buffers
+                torch.full((200_000, 256), float("nan"), device="cuda").add_(big[:1, :256])
+                big = big @ big * 1e-4
+        out[overlap] = states
+    assert out[True][0]["heads.image.updates"].item() == 1
+    for a, b in zip(out[False], out[True], strict=True):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(out[True][0]["heads.image.weight"], out[True][3]["heads.image.weight"])

@@ -342,3 +342,51 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_advice(tmp_path, s
     records = read_metrics(tmp_path / "runs" / "t" / "metrics.jsonl")
     skipped = [records[s]["skipped_steps"] for s in sorted(records)]
     assert skipped[0] == 0 and skipped[-1] == 2, skipped  # the first step learned; two skips were logged
+
+
+class _NanBackward(torch.autograd.Function):
+    """Identity forward, NaN gradient backward: a fault injected where only backward goes wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+@pytest.mark.parametrize("fault", ["forward", "backward"])
+def test_a_skipped_step_is_rerun_watched_and_names_the_module_that_made_the_nan(tmp_path, shard_factory, fault):
+    from train.loop import build, train_step
+
+    shards = shard_factory(n_shards=1, per_shard=16)
+    t = build(_build(base_config(tmp_path, shards, steps=4, accum=2)))
+    try:
+        assert train_step(t, 0).grad_norm.isfinite()
+        assert not (t.run_dir / "nonfinite").exists()  # a finite step is not diagnosed
+        if fault == "forward":  # one weight of block 1's first MLP layer is infinite
+            with torch.no_grad():
+                t.encoder.blocks[1].mlp[0].weight[3, 5] = float("inf")
+        else:  # block 0's MLP returns a NaN gradient, its forward stays finite
+            mlp = t.encoder.blocks[0].mlp
+            forward = mlp.forward
+            mlp.forward = lambda x: _NanBackward.apply(forward(x))
+        before = {k: v.clone() for k, v in t.encoder.state_dict().items()}
+        train_step(t, 1)
+        report = json.loads((t.run_dir / "nonfinite" / "step_00000002.json").read_text())
+    finally:
+        t.stream.close()
+    assert t.bad_steps == 1 and report["reproduced"]
+    assert len(report["losses"]) == 2 and len(report["micro_batches"]) == 2
+    if fault == "forward":
+        assert report["first_non_finite_forward"] == "encoder.blocks.1.mlp.0"
+        assert report["non_finite_parameters"] == ["encoder.blocks.1.mlp.0.weight"]
+    else:
+        assert report["first_non_finite_forward"] is None and report["non_finite_parameters"] == []
+        assert report["first_non_finite_backward"] == "encoder.blocks.0.mlp"
+        assert "encoder.blocks.0.mlp.0.weight" in report["non_finite_parameter_grads"]
+        assert "encoder.blocks.1.mlp.0.weight" not in report["non_finite_parameter_grads"]  # after it in forward
+    after = t.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing learned from the step or its rerun
+    assert all(p.grad is None for p in t.encoder.parameters())
