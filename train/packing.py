@@ -139,7 +139,21 @@ def _dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int) -> tor
     """``count`` samples of equal length, back to back: batched SDPA with no mask."""
     n, h, d = q.shape
     q, k, v = (x.view(count, n // count, h, d).transpose(1, 2) for x in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h, d)
+    return _sdpa(q, k, v).transpose(1, 2).reshape(n, h, d)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SDPA on (B, heads, L, d), by the flash kernel where cuDNN's is known to return NaN gradients.
+
+    Measured on an H100 (torch 2.11, cuDNN 9.19, RESULTS.md, Trainer): with 64 keys and every score of
+    a query row near -120 (log-sum-exp below about -88), cuDNN's backward, PyTorch's default there,
+    returns NaN for every query gradient, where flash, memory-efficient and math kernels are finite;
+    128 and 196 keys were clean (upstream reports lengths of 64 modulo 128). A 128 px image is 64
+    tokens, so those lengths go to the flash kernel (half precision on CUDA); others keep the default.
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and k.shape[-2] % 128 == 64:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packed) -> torch.Tensor:
@@ -187,8 +201,16 @@ def pool_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: Packe
 
 
 def _dense_pool(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` queries (count, heads, d), each over its own sample of an equal-length run; no mask."""
+    """``count`` queries (count, heads, d), each over its own sample of an equal-length run; no mask.
+
+    Written out (scores, an fp32 softmax, the weighted sum) rather than as SDPA with one query: on an
+    H100, cuDNN's SDPA backward for a single query over 64 keys returns NaN query gradients when every
+    score of the row is very negative (log-sum-exp below about -88: see ``_sdpa``; cudnn-frontend issue
+    1072 reports the same for dK / dV), which a learned pooling query can reach late in training. One query per sample makes this a batched matrix-vector product: no flash kernel to lose;
+    its scores are fp32, as a flash kernel keeps them (bf16 scores near -120 would be 0.5 apart).
+    """
     n, h, d = k.shape
-    k, v = (x.view(count, n // count, h, d).transpose(1, 2) for x in (k, v))
-    out = F.scaled_dot_product_attention(q.contiguous()[:, :, None], k, v)  # (count, heads, 1, d)
-    return out[:, :, 0]
+    k, v = (x.view(count, n // count, h, d) for x in (k, v))
+    with torch.autocast(q.device.type, enabled=False):  # scores in fp32, as flash kernels keep them
+        scores = torch.einsum("chd,clhd->chl", q.float(), k.float()) * d**-0.5
+    return torch.einsum("chl,clhd->chd", scores.softmax(-1).to(v.dtype), v)

@@ -3,7 +3,6 @@
     python tests/benchmarks/bench_trainer.py [--smoke] [--t4] [--quick]  # --smoke: debug flavour on CPU, no timing value
                                                                 # --t4: only the partial-FC cases (and their base)
     python tests/benchmarks/bench_trainer.py --t3-sweep  # dense runs against one varlen call by distinct lengths
-    python tests/benchmarks/bench_trainer.py --autotune  # T1 / T2 with max-autotune per block
 
 Figures (bf16 autocast, fp32 master weights, AdamW, per-block torch.compile), each with its
 baseline measured in the same run:
@@ -40,7 +39,6 @@ from train.parallelize import parallelize  # noqa: E402
 SMOKE = "--smoke" in sys.argv
 T4_ONLY = "--t4" in sys.argv
 T3_SWEEP = "--t3-sweep" in sys.argv  # where the trainer's DENSE_RUNS should sit
-AUTOTUNE = "--autotune" in sys.argv  # T1/T2 with max-autotune per block against the default compile
 QUICK = "--quick" in sys.argv  # T1-T4 without the variants (whole-model compile, 448 px, FlexAttention)
 DEV = torch.device("cpu" if SMOKE else "cuda")
 FLAVOUR = "debug" if SMOKE else "large"
@@ -126,10 +124,6 @@ def ours(mode="blocks", reset=True):
         return enc, enc
     if mode == "model":
         enc.compile()
-        return enc, enc
-    if mode == "autotune":  # per block, Inductor's GEMM autotuning (Triton templates with fused epilogues)
-        for block in enc.blocks:
-            block.compile(mode="max-autotune-no-cudagraphs")
         return enc, enc
     return enc, parallelize(enc, ParallelConfig(compile=True), 1, DEV)
 
@@ -288,8 +282,6 @@ def main():
     print(f"bf16 GEMM {res['gemm_tflops']:.0f} TFLOP/s", flush=True)
     if T3_SWEEP:
         return t3_sweep(res)
-    if AUTOTUNE:
-        return autotune(res)
     k = 1 if SMOKE else 0  # smoke: tiny batches
     img224 = [196] * (4 if k else 128)
     # ------------------------------------------------------------------ T1, T2 (ours), T3
@@ -324,21 +316,6 @@ def main():
         res["T2_ours_model_compile_over_timm"] = (
             res["vit_l_224_bs128_model_compile"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
         )
-    save(res)
-    print(json.dumps(res, indent=1))
-
-
-def autotune(res):
-    """T1 / T2 with the blocks compiled under max-autotune, against the default per-block compile and timm."""
-    img224 = [196] * (4 if SMOKE else 128)
-    run_case(res, "vit_l_224_bs128", img224)
-    timm_case(res, img224)
-    t0 = time.perf_counter()
-    run_case(res, "vit_l_224_bs128_autotune", img224, mode="autotune")
-    res["autotune_compile_and_run_s"] = time.perf_counter() - t0
-    res["T2_autotune_over_timm"] = (
-        res["vit_l_224_bs128_autotune"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]
-    )
     save(res)
     print(json.dumps(res, indent=1))
 
