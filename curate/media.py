@@ -15,7 +15,7 @@ import os
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from shards.storage import is_s3, open_media, split_member
+from shards.storage import open_media
 
 MAX_PIXELS = 20_000 * 20_000  # larger images are refused before decoding (decompression bombs)
 WHITE = (255, 255, 255)  # what transparent pixels become, unless a stage says otherwise
@@ -48,47 +48,14 @@ class ImageError(MediaError):
 TOO_SMALL_OR_SHORT = ("too_small", "too_short")
 
 
-class _Member(io.RawIOBase):
-    """Bytes ``[start, end)`` of a tar, read in place as a file of their own: the demuxer's seeks
-    move within the member (a local seek, or S3 blocks of ranged GETs), never the whole tar."""
-
-    def __init__(self, tar: str, start: int, end: int):
-        self.file = open(tar, "rb") if not is_s3(tar) else open_media(tar)  # noqa: SIM115
-        self.start, self.size, self.pos = start, end - start, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
-        return self.pos
-
-    def readinto(self, buffer) -> int:
-        n = max(0, min(len(buffer), self.size - self.pos))
-        self.file.seek(self.start + self.pos)
-        got = self.file.readinto(memoryview(buffer)[:n]) if n else 0
-        self.pos += got
-        return got
-
-    def close(self):
-        self.file.close()
-        super().close()
-
-
 @contextlib.contextmanager
 def open_video(source, uri: str = ""):
     """A PyAV input container over ``source``, for a ``with`` block; never the whole file in memory
     unless ``source`` already is bytes.
 
-    ``source``: a local path or ``s3://`` URI (opened through :func:`shards.storage.open_media`: FFmpeg
-    reads the file, or seeks in a ranged S3 stream, which is closed with the container), a tar
-    member's URI (``storage.member_uri``: read in place), bytes (kept
+    ``source``: a local path, ``s3://`` URI or tar member's URI (``storage.member_uri``), opened through
+    :func:`shards.storage.open_media` (FFmpeg reads the file, or seeks in a ranged S3 stream or in the
+    member's bytes in place, closed with the container), bytes (kept
     for callers that hold them), or a seekable binary file object (the caller's to close).
     """
     owned = None
@@ -96,8 +63,6 @@ def open_video(source, uri: str = ""):
         source = os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
-    elif isinstance(source, str) and split_member(source):  # a video member of a tar shard
-        source = owned = io.BufferedReader(_Member(*split_member(source)), buffer_size=1 << 16)
     elif isinstance(source, str):
         source = owned = open_media(source)
         if isinstance(owned, str):

@@ -237,15 +237,13 @@ def file_digest(uri: str) -> str:
     ``MADV_SEQUENTIAL``): from disk the hash then keeps pace with a plain sequential read, where
     faulting the pages in one by one falls behind it; unmapping each window keeps a film's pages
     out of the worker's resident set. S3 streams through :func:`open_stream`, so a body that breaks
-    mid-read resumes where it stopped.
+    mid-read resumes where it stopped; a tar member streams through :func:`open_media`.
     """
-    if split_member(uri) is not None:
-        return digest(read_bytes(uri))  # a tar member: small, read in one ranged read
     import blake3
 
     hasher = blake3.blake3()
-    if is_s3(uri):
-        with open_stream(uri) as stream:
+    if is_s3(uri) or split_member(uri) is not None:  # a tar member (a video can be gigabytes) read in place
+        with open_stream(uri) if split_member(uri) is None else open_media(uri) as stream:
             while chunk := stream.read(1 << 20):
                 hasher.update(chunk)
         return hasher.hexdigest()
@@ -545,11 +543,53 @@ class _S3Seekable(io.RawIOBase):
         super().close()
 
 
+class _Window(io.RawIOBase):
+    """Bytes ``[start, end)`` of a seekable binary file, read in place as a file of their own: a tar
+    member for a demuxer or a hash, whose seeks move within the member, never over the whole tar."""
+
+    def __init__(self, file, start: int, end: int):
+        self.file, self.start, self.size, self.pos = file, start, end - start, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        self.file.seek(self.start + self.pos)
+        got = self.file.readinto(memoryview(buffer)[:n]) if n else 0
+        self.pos += got
+        return got
+
+    def close(self):
+        self.file.close()
+        super().close()
+
+
 def open_media(uri: str, block: int = MEDIA_BLOCK, blocks: int = MEDIA_BLOCKS):
     """A source a decoder can seek in without holding it: a local file's path as is (FFmpeg reads
-    it), an S3 object as a buffered seekable stream of ranged GETs (the caller closes it)."""
+    it), an S3 object as a buffered seekable stream of ranged GETs, a tar member (:func:`member_uri`)
+    as a buffered stream over its bytes in the tar, local or on S3 (the caller closes a stream)."""
+    member = split_member(uri)
+    if member is not None:
+        tar, start, end = member
+        file = _S3Seekable(tar, block, blocks) if is_s3(tar) else open(_existing(tar), "rb")  # noqa: SIM115
+        return io.BufferedReader(_Window(file, start, end), buffer_size=1 << 16)
     if is_s3(uri):
         return io.BufferedReader(_S3Seekable(uri, block, blocks), buffer_size=1 << 16)
-    if not Path(uri).is_file():
-        raise FileNotFoundError(f"{uri}: no such file")
-    return str(uri)
+    return _existing(uri)
+
+
+def _existing(path: str) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return str(path)

@@ -125,3 +125,10 @@ def test_place_copies_once_and_again_when_the_source_changed(bucket):
     storage.write_bytes(src, b"second")
     assert storage.place(src, dst) and storage.read_bytes(dst) == b"second"
     assert storage.read_bytes(src) == b"second"  # the staged object stays
+
+
+def test_an_s3_tar_member_digest_is_the_digest_of_the_member(bucket):
+    member = bytes(range(251)) * 12_000  # 3 MB between a header and a tail
+    storage.write_bytes(f"s3://{bucket}/t.tar", b"H" * 512 + member + b"T" * 1024)
+    uri = storage.member_uri(f"s3://{bucket}/t.tar", 512, 512 + len(member))
+    assert storage.file_digest(uri) == storage.digest(member)
