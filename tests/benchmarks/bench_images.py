@@ -15,7 +15,7 @@
 * ``ocr``: rendered pages of known text (640x480 PNG), decoded, shorter side to 448 px, JPEG q90,
   read by rapidocr ppocrv6-tiny on one thread, page, text and lines written to tars (``image_decode``,
   ``ocr`` with ``write_txt``; the plain loop reads the picture it holds, ours the curated ``jpg``);
-* ``video``: 64-frame 256x256 H.264 clips (``curate.demo.synthetic_video``); ours runs
+* ``video``: 64-frame 640x360 H.264 clips (``curate.demo.synthetic_video``); ours runs
   ``video_probe`` and ``codec_patchify`` (defaults), the plain loop only decodes every frame with
   PyAV on one thread: the baseline is plain decode, as the issue asks, not the same work.
 
@@ -250,18 +250,18 @@ def _pages(folder: Path, n: int) -> None:
 
 
 def _clips(folder: Path, n: int) -> None:
-    """64-frame 256x256 H.264 clips: a moving object over a textured background, every third panned."""
+    """64-frame 640x360 H.264 clips: a moving object over a textured background, every third panned."""
     from curate.demo.synthetic_video import make_clip
 
     for i in range(n):
-        make_clip(folder / f"c{i:06d}.mp4", codec="h264", pan=(1, 0) if i % 3 == 0 else None, seed=i)
+        make_clip(folder / f"c{i:06d}.mp4", size=(640, 360), pan=(1, 0) if i % 3 == 0 else None, seed=i)
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+def timed(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, float]:
     """Wall seconds, and CPU seconds of the processes it waited for (Ray's workers are not among them)."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -301,7 +301,7 @@ def run_curate(
     text = MANIFEST.format(per_tar=PER_TAR, executor=executor, out=out, corpus=corpus, modality=modality)
     path.write_text(text + STAGES[work])
     cmd = [sys.executable, "-m", "curate", "run", str(path), "--force", "--quiet"]
-    return timed(cmd, _env(code)), out / "shards" / modality
+    return timed(cmd, _env(code), code), out / "shards" / modality  # -m puts the working folder first
 
 
 STARTUP = {
