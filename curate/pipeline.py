@@ -34,7 +34,7 @@ from curate.config import RunConfig
 from curate.console import Console
 from curate.ledger import account, projected_cost, read_ledger, stage_throughput
 from curate.listing import list_run, partition_items
-from curate.ray_runner import map_stage, to_arrow
+from curate.ray_runner import chains, map_stage, to_arrow
 from curate.sink import (
     pass_files,
     read_marker,
@@ -268,8 +268,8 @@ def _run_ray(source: list[dict], stages: list[Stage], cfg: RunConfig, pass_index
         ds = ray.data.from_items(source, override_num_blocks=len(source))
         ds = ds.map_batches(load, batch_size=1, batch_format="numpy", **worker_env())
         pools = sum(stage.stateful and not stage.concurrency for stage in stages)
-        for stage in stages:
-            ds = map_stage(ds, stage, pools)
+        for chain in chains(stages):
+            ds = map_stage(ds, chain, pools)
         out = ds.map_batches(finish, batch_size=None, batch_format="numpy", **worker_env())
         done = []
         for row in out.iter_rows():  # as partitions finish, so a run that fails from the start stops early

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from curate.cluster import cluster_cpus, worker_env
-from curate.stage import BOOKKEEPING, Stage, apply_in_chunks
+from curate.stage import BOOKKEEPING, Stage, apply_chain
 
 
 def to_arrow(batch: dict) -> pa.Table:
@@ -24,17 +24,33 @@ class _StageActor:
         self.stage = stage
 
     def __call__(self, batch):
-        return to_arrow(apply_in_chunks(self.stage, batch))
+        return to_arrow(apply_chain([self.stage], batch))
 
 
-def map_stage(ds, stage: Stage, pools: int = 1):
-    """Append ``stage`` to a Ray dataset of bookkeeping rows.
+def chains(stages: list[Stage]) -> list[list[Stage]]:
+    """The stages as Ray sees them: each run of consecutive task stages (no ``setup()``, no GPU, no
+    concurrency of their own) is one task, so a picture is decoded once for all of them and rows
+    cross no Arrow table between them; every other stage is alone (an actor pool, or its own limit)."""
+    out: list[list[Stage]] = []
+    for stage in stages:
+        alone = stage.stateful or stage.concurrency
+        if out and not alone and not (out[-1][-1].stateful or out[-1][-1].concurrency):
+            out[-1].append(stage)
+        else:
+            out.append([stage])
+    return out
 
-    Whole blocks are batches (a block holds whole partitions; see ``curate.pipeline``), and the
+
+def map_stage(ds, stage: Stage | list[Stage], pools: int = 1):
+    """Append ``stage`` (or a chain of task stages, see :func:`chains`) to a Ray dataset of bookkeeping rows.
+
+    Whole blocks are batches (a block holds whole partitions; see ``curate.pipeline``), and each
     stage sees them in slices of its own ``batch_size``. ``pools``: how many auto-sized actor
     pools the pass holds (see :func:`pool_plan`).
     """
-    common = {"batch_size": None, "batch_format": "numpy", "num_cpus": stage.cpus, **worker_env()}
+    chain = stage if isinstance(stage, list) else [stage]
+    stage = chain[0]
+    common = {"batch_size": None, "batch_format": "numpy", "num_cpus": max(s.cpus for s in chain), **worker_env()}
     if stage.gpus:
         common["num_gpus"] = stage.gpus
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -48,10 +64,10 @@ def map_stage(ds, stage: Stage, pools: int = 1):
             pool = ActorPoolStrategy(min_size=1, max_size=size)
         return ds.map_batches(actor, fn_constructor_kwargs={"stage": stage}, compute=pool, **common)
 
-    def run(batch, _stage=stage):
-        return to_arrow(apply_in_chunks(_stage, batch))
+    def run(batch, _chain=chain):
+        return to_arrow(apply_chain(_chain, batch))
 
-    run.__name__ = run.__qualname__ = type(stage).__name__
+    run.__name__ = run.__qualname__ = "+".join(type(s).__name__ for s in chain)
     if stage.concurrency:
         common["compute"] = TaskPoolStrategy(size=stage.concurrency)
     return ds.map_batches(run, **common)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from curate import decodes
 from curate.isolation import IsolatedRunner, StageTimeout
 from manifests import NonNegativeFloat, NonNegativeInt
 
@@ -311,12 +312,19 @@ def apply_in_chunks(stage: Stage, batch: dict[str, Any], size: int | None = None
     return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if parts else batch
 
 
+def apply_chain(stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Stages one after the other over one partition's batch, each picture decoded once for all of
+    them (``curate.decodes``): a run's local executor and each Ray task of consecutive task stages."""
+    with decodes.shared():
+        for stage in stages:
+            batch = apply_in_chunks(stage, batch, batch_size)
+    return batch
+
+
 def run_in_process(
     stages: list[Stage], batch: dict[str, Any], batch_size: int | None = None, setup: bool = True
 ) -> dict[str, np.ndarray]:
     """Run a stage list on an in-memory batch without Ray (tests, small jobs, debugging)."""
-    for stage in stages:
-        if setup:
-            stage.setup()
-        batch = apply_in_chunks(stage, batch, batch_size)
-    return batch
+    for stage in stages if setup else ():
+        stage.setup()
+    return apply_chain(stages, batch, batch_size)

@@ -6,8 +6,8 @@
   ``curate`` and ``train`` only ``shards`` and ``manifests`` (the shard contract is their one
   join), save the named exceptions in ``EXCEPTIONS``;
 - inside ``curate`` the layers point one way: the stage base imports no stage, the cluster
-  settings import nothing of curate, domain code (codec, dedup, ocr, concepts) imports no stage,
-  Ray adapter or pipeline module;
+  settings and the shared decodes (``curate.decodes``) import nothing of curate, domain code
+  (codec, dedup, ocr, concepts) imports no stage, Ray adapter or pipeline module;
 - fenced code (``curate.demo``, ``train.experimental``) is never imported by the core;
 - release formats build on the native one, never the other way.
 
@@ -164,8 +164,9 @@ def test_packages_import_only_what_the_layout_allows():
 def test_curate_layers_point_one_way():
     graph = import_graph()
     rules = [
-        ("curate.stage", lambda b: _within(b, "curate") and b not in ("curate", "curate.isolation")),
+        ("curate.stage", lambda b: _within(b, "curate") and b not in ("curate", "curate.isolation", "curate.decodes")),
         ("curate.cluster", lambda b: _within(b, "curate") and b != "curate"),
+        ("curate.decodes", lambda b: _within(b, "curate") and b != "curate"),
         ("curate.media", lambda b: _within(b, "curate") and b != "curate"),
     ]
     rules += [(d, lambda b: any(_within(b, x) for x in APP)) for d in DOMAIN]

@@ -23,6 +23,7 @@ from PIL import Image
 from curate.concepts.bank import unusable_rows
 from curate.concepts.config import EmbedConfig
 from curate.concepts.kmeans import resolve_device, resolve_precision
+from curate.pictures import pixels
 from shards import fields, storage
 from shards import format as fmt
 
@@ -190,7 +191,7 @@ def embed_rows(encoder: Encoder, rows: list[dict], dtype: str) -> list[dict]:
             raise ValueError(f"{r['key']}: {r['modality']} row has no jpg; put image_decode before embed")
     with one_thread_on_cpu():
         if stills:
-            _put(encoder, stills, encoder.images([Image.fromarray(fields.image(r["jpg"])) for r in stills]), dtype)
+            _put(encoder, stills, encoder.images([pixels(r["jpg"]) for r in stills]), dtype)
         if videos:
             frames = [split_frames(r["frames_jpg"], r["meta"], r["key"]) for r in videos]
             _put(encoder, videos, encoder.videos(frames), dtype)

@@ -12,7 +12,6 @@ Duplicates split across two clusters are missed, as in SemDeDup; more clusters =
 from __future__ import annotations
 
 import hashlib
-import io
 
 import numpy as np
 import pandas as pd
@@ -45,14 +44,13 @@ VECTORS = pa.schema(
 )
 
 
-def tiny_image_embedding(data: bytes) -> np.ndarray:
+def tiny_image_embedding(grey: Image.Image) -> np.ndarray:
     """A 16x16 grayscale thumbnail, zero-mean and unit-norm (Torralba's "tiny images"): 256 floats.
 
     A cheap stand-in until CLIP embeddings arrive; it finds near-identical pictures, not concepts.
+    ``grey``: the picture in grey, at any size of at least 64x64 (``curate.pictures.reduced_grey``).
     """
-    img = Image.open(io.BytesIO(data))
-    img.draft("L", (64, 64))
-    v = np.asarray(img.convert("L").resize((16, 16), Image.Resampling.BOX), dtype=np.float32).ravel()
+    v = np.asarray(grey.resize((16, 16), Image.Resampling.BOX), dtype=np.float32).ravel()
     v = v - v.mean()
     return v / max(float(np.linalg.norm(v)), 1e-6)
 

@@ -23,12 +23,12 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
 from curate.dedup import signatures as sg
 from curate.dedup.grouping import DedupConfig, local_edges, ray_edges
 from curate.dedup.keep import group_table
 from curate.dedup.semantic import local_semantic_edges, ray_semantic_edges, tiny_image_embedding
+from curate.pictures import pixels, reduced_grey
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import NonNegativeInt, PositiveFloat, PositiveInt
 from shards import storage
@@ -88,14 +88,11 @@ class DedupSignatures(Stage):
                 sigs.update(frames=len(ticks), duration=round(duration, 3))
             elif row["modality"] != "video" and (self.pixel or self.perceptual):
                 picture = row.get("jpg") or data or storage.read_bytes(row["uri"])
-                img = Image.open(io.BytesIO(bytes(picture)))
                 if self.pixel:
-                    img = img.convert("RGB")
+                    img = pixels(picture)
                     sigs["pixel"] = sg.pixel_digest(img)
                 if self.perceptual and row["modality"] in self.perceptual_modalities:
-                    if not self.pixel:
-                        img.draft("L", (64, 64))
-                    pictures.append((sigs, img.convert("L")))
+                    pictures.append((sigs, img.convert("L") if self.pixel else reduced_grey(picture)))
         if pictures:
             bits = sg.image_bits([gray for _, gray in pictures])
             for (sigs, _), b in zip(pictures, bits, strict=True):
@@ -131,7 +128,7 @@ class TinyEmbed(Stage):
 
     def process_row(self, row: dict) -> dict:
         data = row.get("jpg") or storage.read_bytes(row["uri"])
-        row["embedding"] = tiny_image_embedding(bytes(data)).astype("<f4").tobytes()
+        row["embedding"] = tiny_image_embedding(reduced_grey(data)).astype("<f4").tobytes()
         return row
 
 

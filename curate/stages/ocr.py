@@ -19,16 +19,16 @@ from curate.ocr.engines import load_engine
 from curate.ocr.scripts import letter_scripts
 from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import count_words, count_words_local, label, lines_of, rank, read_vocab, write_vocab
-from curate.pictures import read_picture
+from curate.pictures import pixels_array, read_picture
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
-from shards import fields, storage
+from shards import storage
 from shards.format import encode_npy
 
 
 def _picture(row: dict, source: str) -> np.ndarray:
     if source == "jpg" and row.get("jpg") is not None:
-        return fields.image(row["jpg"])
+        return pixels_array(row["jpg"])
     return np.asarray(read_picture(row["uri"], row["meta"])[0])
 
 

@@ -1,22 +1,34 @@
-"""Image curation against a plain loop doing the same work (issue 30).
+"""Curation against a plain loop doing the same work (issue 30): images, OCR pages, video clips.
 
-    python tests/benchmarks/bench_images.py [--sizes 1000 3000] [--repeat 1] [--out /tmp/bench-images]
-                                            [--only plain1,plain2,local,ray]
+    python tests/benchmarks/bench_images.py [--work decode|dedup|ocr|video] [--sizes 1000 3000]
+                                            [--repeat 1] [--out /tmp/bench-images]
+                                            [--only plain1,plain2,local,ray] [--before CHECKOUT]
 
-Same inputs, same work for every contender: 300-700 px JPEGs (crops of the demo photographs,
-re-sized and re-coloured so no two are alike), decoded, shorter side to 256 px (bicubic, never
-upscaled), re-encoded as JPEG q90 into WebDataset tars of about 128 samples. Contenders:
+``--work`` picks the inputs and the work every contender does:
 
-* ``plain1``: a plain loop in one process (PIL ``draft`` + bicubic resize + ``webdataset.ShardWriter``);
-* ``plain2``: the same with two worker processes (``multiprocessing.Pool``);
-* ``local``: ``python -m curate run`` with ``executor = "local"`` and only ``image_decode``;
-* ``ray``: the same with ``executor = "ray"`` on a local cluster of 2 CPUs.
+* ``decode``: 300-700 px JPEGs (crops of the demo photographs, re-sized and re-coloured so no two
+  are alike), decoded, shorter side to 256 px (bicubic, never upscaled), re-encoded as JPEG q90
+  into WebDataset tars of about 128 samples (``image_decode``);
+* ``dedup``: the same, plus the image signatures: BLAKE3 of the source, the pixel digest, pHash and
+  dHash, the tiny-image embedding (``dedup_signatures`` without MinHash, ``tiny_embed``); the plain
+  loop computes them with the same functions from the picture it holds;
+* ``ocr``: rendered pages of known text (640x480 PNG), decoded, shorter side to 448 px, JPEG q90,
+  read by rapidocr ppocrv6-tiny on one thread, page, text and lines written to tars (``image_decode``,
+  ``ocr`` with ``write_txt``; the plain loop reads the picture it holds, ours the curated ``jpg``);
+* ``video``: 64-frame 640x360 H.264 clips (``curate.demo.synthetic_video``); ours runs
+  ``video_probe`` and ``codec_patchify`` (defaults), the plain loop only decodes every frame with
+  PyAV on one thread: the baseline is plain decode, as the issue asks, not the same work.
 
-Each is a fresh process, timed from start to exit (start-up and imports included), over two corpus
-sizes: the difference over the difference in images is the marginal cost per image, free of fixed
-start-up. Prints the machine, the wall times, marginal ms/image and the ratios ours / plain (local
-against one process, Ray against two), then checks the outputs agree: the same images kept, each
-at the same size in pixels, and the mean JPEG size within 5 %.
+Contenders: ``plain1`` (one process), ``plain2`` (``multiprocessing.Pool`` of two), ``local``
+(``python -m curate run``, ``executor = "local"``), ``ray`` (the same on a local cluster of 2
+CPUs); with ``--before DIR``, also ``local-before`` and ``ray-before``: the same runs with the
+code of another checkout. Each is a fresh process, timed from start to exit, over two corpus
+sizes: the difference over the difference in inputs is the marginal cost per input, free of fixed
+start-up. Runs are interleaved (each repeat: each size, every contender in turn), so load from
+elsewhere hits all alike; every run is printed with the load average, and marginals and ratios
+are given per repeat and as the median over repeats. CPU seconds are those of the processes the
+benchmark waits for (Ray's workers are not among them). For image work the outputs are checked
+to agree: the same inputs kept, each at the same size in pixels, mean JPEG size within 5 %.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -35,37 +48,103 @@ from pathlib import Path
 from common import machine
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE, QUALITY, PER_TAR = 256, 90, 128
+SIZE, PAGE_SIZE, QUALITY, PER_TAR = 256, 448, 90, 128
 
-PLAIN = """
-import io, os, sys
+PLAIN_HEAD = """
+import io, json, os, sys
 from multiprocessing import Pool
+import numpy as np
 from PIL import Image
 import webdataset as wds
 
 SIZE, QUALITY = {size}, {quality}
 
-def one(path):
-    with open(path, "rb") as f:
-        img = Image.open(io.BytesIO(f.read()))
+def resized(data):
+    img = Image.open(io.BytesIO(data))
     scale = min(1.0, SIZE / min(img.size))
     w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
     img.draft("RGB", (w, h))
     img = img.convert("RGB")
     if scale < 1.0:
         img = img.resize((w, h), Image.Resampling.BICUBIC)
+    return img
+
+def jpeg(img):
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=QUALITY)
-    return os.path.basename(path).rsplit(".", 1)[0], buf.getvalue()
+    return buf.getvalue()
 
+def key(path):
+    return os.path.basename(path).rsplit(".", 1)[0]
+"""
+
+PLAIN_WORK = {
+    "decode": """
+init = None
+
+def one(path):
+    with open(path, "rb") as f:
+        img = resized(f.read())
+    return {"__key__": key(path), "jpg": jpeg(img)}
+""",
+    "dedup": """
+from curate.dedup import signatures as sg
+from curate.dedup.semantic import tiny_image_embedding
+from shards.storage import digest
+init = None
+
+def one(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    img = resized(data)
+    grey = img.convert("L")
+    bits = sg.image_bits([grey])[0]
+    sigs = {"blake3": digest(data), "pixel": sg.pixel_digest(img), "phash": sg.pack(bits[:64]).hex(),
+            "dhash": sg.pack(bits[64:]).hex()}
+    embedding = tiny_image_embedding(grey).astype("<f4").tobytes()
+    return {"__key__": key(path), "jpg": jpeg(img), "json": json.dumps(sigs).encode(), "embedding": embedding}
+""",
+    "ocr": """
+from curate.ocr.engines import load_engine
+engine = None
+
+def init():
+    global engine
+    engine = load_engine("rapidocr", threads=1, min_conf=0.5, models="ppocrv6-tiny")
+
+def one(path):
+    with open(path, "rb") as f:
+        img = resized(f.read())
+    lines = engine(np.asarray(img))
+    text = "\\n".join(line.text for line in lines)
+    meta = {"lines": [line.compact() for line in lines]}
+    return {"__key__": key(path), "jpg": jpeg(img), "txt": text.encode(), "json": json.dumps(meta).encode()}
+""",
+    "video": """
+import av
+init = None
+
+def one(path):
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        return {"__key__": key(path), "frames": str(sum(1 for _ in c.decode(s))).encode()}
+""",
+}
+
+PLAIN_MAIN = """
 if __name__ == "__main__":
     src, out, procs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    paths = sorted(os.path.join(src, n) for n in os.listdir(src))
+    paths = sorted(os.path.join(src, n) for n in os.listdir(src) if not n.endswith(".txt"))
     os.makedirs(out, exist_ok=True)
     with wds.ShardWriter(os.path.join(out, "plain-%06d.tar"), maxcount={per_tar}, verbose=0) as sink:
-        results = map(one, paths) if procs == 1 else Pool(procs).imap(one, paths, chunksize=16)
-        for key, jpg in results:
-            sink.write({{"__key__": key, "jpg": jpg}})
+        if procs == 1:
+            init and init()
+            results = map(one, paths)
+        else:
+            results = Pool(procs, initializer=init).imap(one, paths, chunksize=4)
+        for sample in results:
+            sink.write(sample)
 """
 
 MANIFEST = """name = "bench-images"
@@ -82,27 +161,69 @@ num_cpus = 2
 object_store_gb = 1.0
 
 [[sources]]
-modality = "image"
+modality = "{modality}"
 uri = "{corpus}"
-
-[[stages]]
-name = "image_decode"
-size = {size}
-quality = {quality}
 """
 
+STAGES = {
+    "decode": f"""
+[[stages]]
+name = "image_decode"
+size = {SIZE}
+quality = {QUALITY}
+""",
+    "ocr": f"""
+[[stages]]
+name = "image_decode"
+size = {PAGE_SIZE}
+quality = {QUALITY}
 
-def build_corpus(root: Path, n: int) -> Path:
-    """``n`` distinct JPEGs of 300-700 px a side: image ``i`` is the same in every corpus size."""
+[[stages]]
+name = "ocr"
+write_txt = true
+threads = 1
+""",
+    "video": """
+[[stages]]
+name = "video_probe"
+
+[[stages]]
+name = "codec_patchify"
+""",
+}
+STAGES["dedup"] = (
+    STAGES["decode"]
+    + """
+[[stages]]
+name = "dedup_signatures"
+minhash = false
+
+[[stages]]
+name = "tiny_embed"
+"""
+)
+MODALITY = {"decode": "image", "dedup": "image", "ocr": "ocr", "video": "video"}
+
+
+def build_corpus(root: Path, n: int, work: str) -> Path:
+    """``n`` distinct inputs for ``work``: input ``i`` is the same in every corpus size."""
+    kind = {"decode": "images", "dedup": "images", "ocr": "pages", "video": "clips"}[work]
+    folder = root / f"{kind}-{n}"
+    ext = {"images": ".jpg", "pages": ".png", "clips": ".mp4"}[kind]
+    if folder.exists() and sum(name.endswith(ext) for name in os.listdir(folder)) == n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    {"images": _images, "pages": _pages, "clips": _clips}[kind](folder, n)
+    return folder
+
+
+def _images(folder: Path, n: int) -> None:
+    """300-700 px JPEGs: crops of the demo photographs, re-sized and re-coloured."""
     import numpy as np
     from PIL import Image
 
     from curate.demo.corpus import photographs
 
-    folder = root / f"images-{n}"
-    if folder.exists() and len(os.listdir(folder)) == n:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
     photos = [p for _, p in sorted(photographs().items()) if min(p.shape[:2]) >= 256]
     for i in range(n):
         rng = np.random.default_rng(i)
@@ -114,14 +235,33 @@ def build_corpus(root: Path, n: int) -> Path:
         size = (int(rng.integers(300, 701)), int(rng.integers(300, 701)))
         img = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
         img.save(folder / f"i{i:06d}.jpg", quality=90)
-    return folder
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+def _pages(folder: Path, n: int) -> None:
+    """Rendered pages of 30-70 Zen-of-Python words (the OCR tests' pages), PNG, the text beside them."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "tests" / "curate"))
+    from ocr_kit import pages
+
+    for i, (rgb, text) in enumerate(pages(n, seed=7)):
+        Image.fromarray(rgb).save(folder / f"p{i:06d}.png")
+        (folder / f"p{i:06d}.txt").write_text(text)
+
+
+def _clips(folder: Path, n: int) -> None:
+    """64-frame 640x360 H.264 clips: a moving object over a textured background, every third panned."""
+    from curate.demo.synthetic_video import make_clip
+
+    for i in range(n):
+        make_clip(folder / f"c{i:06d}.mp4", size=(640, 360), pan=(1, 0) if i % 3 == 0 else None, seed=i)
+
+
+def timed(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> tuple[float, float]:
     """Wall seconds, and CPU seconds of the processes it waited for (Ray's workers are not among them)."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -133,25 +273,35 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_plain(root: Path, corpus: Path, procs: int, tag: str) -> tuple[tuple[float, float], Path]:
-    script = root / "plain_loop.py"
-    script.write_text(PLAIN.format(size=SIZE, quality=QUALITY, per_tar=PER_TAR))
+def _env(code: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")  # that checkout's code, whichever is installed
+    return env
+
+
+def run_plain(root: Path, corpus: Path, procs: int, tag: str, work: str) -> tuple[tuple[float, float], Path]:
+    script = root / f"plain_{work}.py"
+    text = (
+        PLAIN_HEAD.format(size=PAGE_SIZE if work == "ocr" else SIZE, quality=QUALITY)
+        + PLAIN_WORK[work]
+        + PLAIN_MAIN.format(per_tar=PER_TAR)
+    )
+    script.write_text(text)
     out = root / f"out-{tag}"
     for old in out.glob("*.tar") if out.exists() else ():
         old.unlink()
-    return timed([sys.executable, str(script), str(corpus), str(out), str(procs)]), out
+    return timed([sys.executable, str(script), str(corpus), str(out), str(procs)], _env(ROOT)), out
 
 
-def run_curate(root: Path, corpus: Path, executor: str, tag: str) -> tuple[tuple[float, float], Path]:
+def run_curate(
+    root: Path, corpus: Path, executor: str, tag: str, work: str, code: Path = ROOT
+) -> tuple[tuple[float, float], Path]:
     out = root / f"out-{tag}"
     path = root / f"{tag}.toml"
-    path.write_text(
-        MANIFEST.format(per_tar=PER_TAR, executor=executor, out=out, corpus=corpus, size=SIZE, quality=QUALITY)
-    )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout's code, whichever is installed
-    return timed(
-        [sys.executable, "-m", "curate", "run", str(path), "--force", "--quiet"], env
-    ), out / "shards" / "image"
+    modality = MODALITY[work]
+    text = MANIFEST.format(per_tar=PER_TAR, executor=executor, out=out, corpus=corpus, modality=modality)
+    path.write_text(text + STAGES[work])
+    cmd = [sys.executable, "-m", "curate", "run", str(path), "--force", "--quiet"]
+    return timed(cmd, _env(code), code), out / "shards" / modality  # -m puts the working folder first
 
 
 STARTUP = {
@@ -163,9 +313,9 @@ STARTUP = {
 def startup(repeat: int = 3) -> dict[str, float]:
     """Seconds of a fresh interpreter importing what each contender needs before its first image (best of
     ``repeat``); a bare interpreter's start is not subtracted."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return {
-        name: min(timed([sys.executable, "-c", code], env)[0] for _ in range(repeat)) for name, code in STARTUP.items()
+        name: min(timed([sys.executable, "-c", code], _env(ROOT))[0] for _ in range(repeat))
+        for name, code in STARTUP.items()
     }
 
 
@@ -182,9 +332,17 @@ def outputs(folder: Path) -> dict[str, tuple[int, int, int]]:
                 if field == "jpg":
                     with Image.open(io.BytesIO(data)) as img:
                         found[key] = (*img.size, len(data))
-                elif field == "json":
+                elif field == "json" and "source" in json.loads(data):
                     sources[key] = Path(json.loads(data)["source"]).stem
     return {sources.get(k, k): v for k, v in found.items()}
+
+
+def samples(folder: Path) -> int:
+    keys = set()
+    for tar in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            keys |= {m.name.partition(".")[0] for m in tf}
+    return len(keys)
 
 
 def compare(plain: dict, ours: dict, name: str) -> str:
@@ -201,56 +359,79 @@ def compare(plain: dict, ours: dict, name: str) -> str:
     )
 
 
+PAIRS = (("local", "plain1"), ("ray", "plain2"), ("local-before", "plain1"), ("ray-before", "plain2"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", choices=sorted(STAGES), default="decode")
     parser.add_argument("--sizes", type=int, nargs=2, default=[1000, 3000])
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of every case")
     parser.add_argument("--only", default="plain1,plain2,local,ray")
+    parser.add_argument("--before", type=Path, help="another checkout: adds local-before and ray-before")
     parser.add_argument("--out", default="/tmp/bench-images")
     args = parser.parse_args()
-    root = Path(args.out)
+    root, work = Path(args.out), args.work
     root.mkdir(parents=True, exist_ok=True)
-    load, started = os.getloadavg()[0], time.perf_counter()
-    corpora = {n: build_corpus(root, n) for n in args.sizes}
-    print(f"corpora of {args.sizes} images ready in {time.perf_counter() - started:.0f}s")
-    cases = {
-        "plain1": lambda c, t: run_plain(root, c, 1, t),
-        "plain2": lambda c, t: run_plain(root, c, 2, t),
-        "local": lambda c, t: run_curate(root, c, "local", t),
-        "ray": lambda c, t: run_curate(root, c, "ray", t),
-    }
+    started = time.perf_counter()
+    corpora = {n: build_corpus(root, n, work) for n in args.sizes}
+    print(f"{work}: corpora of {args.sizes} inputs ready in {time.perf_counter() - started:.0f}s", flush=True)
     chosen = [c for c in args.only.split(",") if c]
-    runs, folders = {}, {}
-    for _ in range(args.repeat):  # interleaved, so a burst of load elsewhere hits every case alike
-        for name in chosen:
-            for n in args.sizes:
-                times, folders[name, n] = cases[name](corpora[n], f"{name}-{n}")
+    if args.before:
+        chosen += [f"{c}-before" for c in ("local", "ray") if c in chosen]
+
+    def case(name: str, n: int, tag: str):
+        if name.startswith("plain"):
+            return run_plain(root, corpora[n], int(name[-1]), tag, work)
+        executor, _, before = name.partition("-")
+        return run_curate(root, corpora[n], executor, tag, work, args.before if before else ROOT)
+
+    runs, folders, loads = {}, {}, []
+    for _ in range(args.repeat):  # interleaved: each size, every contender in turn
+        for n in args.sizes:
+            for name in chosen:
+                load = os.getloadavg()[0]
+                times, folders[name, n] = case(name, n, f"{work}-{name}-{n}")
                 runs.setdefault((name, n), []).append(times)
-                print(f"  {name:<7} {n:>6} images: {times[0]:6.1f} s wall, {times[1]:6.1f} s CPU", flush=True)
-    walls = {k: min(t[0] for t in v) for k, v in runs.items()}
-    cpus = {k: min(t[1] for t in v) for k, v in runs.items()}
-    imports = startup()
+                loads.append(load)
+                print(
+                    f"  {name:<13} {n:>6}: {times[0]:6.1f} s wall, {times[1]:6.1f} s CPU (load {load:.1f})", flush=True
+                )
     small, big = args.sizes
-    marginal = {name: 1000 * (walls[name, big] - walls[name, small]) / (big - small) for name in chosen}
-    marginal_cpu = {name: 1000 * (cpus[name, big] - cpus[name, small]) / (big - small) for name in chosen}
-    print(machine(f"load average {load:.1f} before the runs, {os.getloadavg()[0]:.1f} after"))
-    print(f"| run | {small} images | {big} images | marginal ms/image (wall) | marginal CPU ms/image |")
+    per = big - small
+
+    def marginal(name: str, i: int, what: int) -> float:
+        return 1000 * (runs[name, big][i][what] - runs[name, small][i][what]) / per
+
+    print(machine(f"load average {min(loads):.1f}-{max(loads):.1f} at the starts of the runs"))
+    print(f"| run | {small} inputs | {big} inputs | marginal ms/input (wall) | marginal CPU ms/input |")
     print("|---|---|---|---|---|")
     for name in chosen:
-        cpu = "" if name == "ray" else f"{marginal_cpu[name]:.2f}"  # Ray's workers: not children it waits for
-        print(f"| {name} | {walls[name, small]:.1f} s | {walls[name, big]:.1f} s | {marginal[name]:.2f} | {cpu} |")
-    print(
-        f"start-up, imports before the first image: local {imports['local']:.2f} s, plain loop {imports['plain1']:.2f} s"
-    )
-    for ours, plain in (("local", "plain1"), ("ray", "plain2")):
-        if ours in marginal and plain in marginal:
-            cpu = f", marginal CPU {marginal_cpu[ours] / marginal_cpu[plain]:.2f}" if ours == "local" else ""
-            print(
-                f"{ours} / {plain}: marginal {marginal[ours] / marginal[plain]:.2f} (goal <= 1.2){cpu}, "
-                f"whole run of {big}: {walls[ours, big] / walls[plain, big]:.2f}, of {small}: "
-                f"{walls[ours, small] / walls[plain, small]:.2f}"
-            )
+        walls = [f"{runs[name, small][i][0]:.1f} / {runs[name, big][i][0]:.1f}" for i in range(args.repeat)]
+        wall_m = " / ".join(f"{marginal(name, i, 0):.2f}" for i in range(args.repeat))
+        cpu_m = "" if "ray" in name else " / ".join(f"{marginal(name, i, 1):.2f}" for i in range(args.repeat))
+        print(
+            f"| {name} | {'; '.join(w.split(' / ')[0] for w in walls)} s | "
+            f"{'; '.join(w.split(' / ')[1] for w in walls)} s | {wall_m} | {cpu_m} |"
+        )
+    if work in ("decode", "dedup"):
+        imports = startup()
+        print(
+            f"start-up, imports before the first input: local {imports['local']:.2f} s, plain {imports['plain1']:.2f} s"
+        )
+    for ours, plain in PAIRS:
+        if ours not in chosen or plain not in chosen:
+            continue
+        walls = [marginal(ours, i, 0) / marginal(plain, i, 0) for i in range(args.repeat)]
+        line = f"{ours} / {plain}: marginal wall {' '.join(f'{r:.2f}' for r in walls)} (median {statistics.median(walls):.2f})"
+        if "ray" not in ours:
+            cpus = [marginal(ours, i, 1) / marginal(plain, i, 1) for i in range(args.repeat)]
+            line += f", marginal CPU {' '.join(f'{r:.2f}' for r in cpus)} (median {statistics.median(cpus):.2f})"
+        print(line)
+        if work in ("decode", "dedup"):
             print("  " + compare(outputs(folders[plain, big]), outputs(folders[ours, big]), ours))
+        else:
+            print(f"  {ours}: {samples(folders[ours, big])} samples written, plain loop {samples(folders[plain, big])}")
 
 
 if __name__ == "__main__":
