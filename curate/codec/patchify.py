@@ -137,7 +137,7 @@ def patchify_all(
     """
     not_taken = {} if not_taken is None else not_taken
     not_taken.update(short_shot=0, short_tail=0, max_clips=0)
-    taken = 0
+    taken, carry = 0, None
     with open_video(data) as container:
         source, native, stride, _ = _plan(container, cfg)
         sequence = frame_sequence(source, stride, cfg.fps)
@@ -154,9 +154,9 @@ def patchify_all(
                 start = resume
                 continue
             try:
-                clip = decode_clip(data, source, ids, cfg.size, cfg.fit, native, cfg.threads, container)
+                clip = decode_clip(data, source, ids, cfg.size, cfg.fit, native, cfg.threads, container, carry)
             except VideoError as exc:
-                taken += 1
+                taken, carry = taken + 1, None
                 yield taken - 1, exc
                 start = resume
                 continue
@@ -164,8 +164,10 @@ def patchify_all(
             cut_ids = clip.frame_ids[changes].tolist()
             bounds = [0, *changes.tolist(), len(clip.frame_ids)]
             restart = next_keyframe(source, cut_ids[-1]) if cut_ids else None
+            carry = None
             if restart is not None and restart <= ids[-1]:  # the last shot goes on: take it whole next time
                 bounds, resume = bounds[:-1], restart
+                carry = _shot(clip, int(np.searchsorted(clip.frame_ids, restart)), len(clip.frame_ids))
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
                 if hi - lo < cfg.min_frames and not clip.truncated:
                     not_taken["short_tail" if resume is None and hi == len(clip.frame_ids) else "short_shot"] += 1
