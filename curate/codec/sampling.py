@@ -191,6 +191,7 @@ def decode_clip(
     threads: int = 1,
     container=None,
     carry: Clip | None = None,
+    deblock: bool = True,
 ) -> Clip:
     """Decode the frames ``ids`` (plus their predecessors) scaled to the ``size`` square grid.
 
@@ -203,39 +204,41 @@ def decode_clip(
     keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
     decoded from the start of a freshly opened stream instead: ``data`` is what opens it again
     (bytes, or a local path or ``s3://`` URI, streamed; see ``curate.media.open_video``).
+    ``deblock=False`` has the decoder skip its loop filter: less decoding work, slightly blockier
+    pixels that drift along a GOP (measured in RESULTS.md, "Clips of a long video").
     """
+    opts = (threads, deblock)
     if container is not None and carry is not None and carry.decoder is not None and ids[0] in source.keyframes:
         m = len(carry.frame_ids)
         if not carry.has_prev[0] and m <= len(ids) and np.array_equal(carry.frame_ids, ids[:m]):
             if m == len(ids):
                 return carry
             try:
-                clip = _decode(container, source, ids, size, fit, want_vectors, threads, seek=False, prefix=carry)
+                clip = _decode(container, source, ids, size, fit, want_vectors, opts, seek=False, prefix=carry)
             except av.FFmpegError:
                 clip = None
             if clip is not None and len(clip.frame_ids) == len(ids):
                 return clip
     if container is not None:
         try:
-            clip = _decode(container, source, ids, size, fit, want_vectors, threads, seek=True)
+            clip = _decode(container, source, ids, size, fit, want_vectors, opts, seek=True)
         except av.FFmpegError:
             clip = None
         if clip is not None and len(clip.frame_ids) == len(ids):
             return clip  # else the seek landed wrong (MPEG-TS near its end) or a packet broke: try from the start
     with open_video(data) as fresh:
-        return dataclasses.replace(
-            _decode(fresh, source, ids, size, fit, want_vectors, threads, seek=False), decoder=None
-        )
+        return dataclasses.replace(_decode(fresh, source, ids, size, fit, want_vectors, opts, seek=False), decoder=None)
 
 
-def _decode(container, source, ids, size, fit, want_vectors, threads, seek, prefix=None) -> Clip | None:
+def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=None) -> Clip | None:
     stream = container.streams.video[0]
     if not stream.codec_context.is_open:  # a later clip of the same container reuses the open decoder
+        threads, deblock = opts
         stream.thread_count = threads
         if threads != 1:
             stream.thread_type = "AUTO"
-        if want_vectors:
-            stream.codec_context.options = {"flags2": "+export_mvs"}
+        options = {"flags2": "+export_mvs"} if want_vectors else {}
+        stream.codec_context.options = options if deblock else dict(options, skip_loop_filter="all")
     n, m = len(ids), 0 if prefix is None else len(prefix.frame_ids)
     y = np.zeros((n, size, size), np.uint8)
     u = np.full((n, size // 2, size // 2), 128, np.uint8)
