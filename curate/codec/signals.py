@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 CELL = 4  # vectors are rasterised on a 4x4-pixel grid of the source (the smallest H.264 partition)
+SHIFT = 2  # log2(CELL)
 MV_CODECS = ("h264", "mpeg4", "mpeg2video", "mpeg1video", "h263")  # decoders that honour export_mvs
 
 
@@ -28,9 +29,10 @@ def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, ga
     instead of binary searches); likewise ``first_col``.
     """
     last_r, last_c = len(first_row) - 1, len(first_col) - 1
-    for b in range(len(dst_x)):
-        x0, y0 = (np.int64(dst_x[b]) - bw[b] // 2) // CELL, (np.int64(dst_y[b]) - bh[b] // 2) // CELL
-        x1, y1 = x0 + max(bw[b] // CELL, 1), y0 + max(bh[b] // CELL, 1)
+    for b in range(len(dst_x)):  # shifts, not //: a signed // is a division and a sign fix-up per block
+        w, h = np.int64(bw[b]), np.int64(bh[b])
+        x0, y0 = (np.int64(dst_x[b]) - (w >> 1)) >> SHIFT, (np.int64(dst_y[b]) - (h >> 1)) >> SHIFT
+        x1, y1 = x0 + max(w >> SHIFT, 1), y0 + max(h >> SHIFT, 1)
         # the analysis rows/columns whose sampled source cell lies inside the block
         r0, r1 = first_row[min(max(y0, 0), last_r)], first_row[min(max(y1, 0), last_r)]
         c0, c1 = first_col[min(max(x0, 0), last_c)], first_col[min(max(x1, 0), last_c)]
