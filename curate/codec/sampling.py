@@ -10,6 +10,7 @@ patches' samples are remapped to JPEG range (``tokens.jpeg_ycbcr``), never whole
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -61,6 +62,7 @@ class Clip:
     full_range: bool  # JPEG-range samples (else 16-235 video range)
     bt709: bool  # BT.709 matrix (else BT.601)
     turns: int = 0  # counter-clockwise quarter turns applied from rotation metadata
+    decoder: Iterator | None = None  # the container's frames, just past this clip's last: the next clip goes on
 
 
 def inspect(container, min_side: int) -> Source:
@@ -188,41 +190,56 @@ def decode_clip(
     want_vectors: bool,
     threads: int = 1,
     container=None,
+    carry: Clip | None = None,
+    deblock: bool = True,
 ) -> Clip:
     """Decode the frames ``ids`` (plus their predecessors) scaled to the ``size`` square grid.
 
     ``fit="stretch"`` scales to the square; ``fit="pad"`` keeps the aspect ratio and centres the
     picture on a black canvas (``content`` says where). Decoding stops at the first corrupt packet.
+    ``carry``, frames of the clip decoded just before (from a keyframe on: its first frame has no
+    predecessor), that are the first of ``ids``: they are taken as they are and decoding goes on
+    from its ``decoder``, so frames a cut cut off one clip are not decoded again for the next.
     An open ``container`` (e.g. the one :func:`inspect` demuxed) is sought back to the clip's
     keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
     decoded from the start of a freshly opened stream instead: ``data`` is what opens it again
     (bytes, or a local path or ``s3://`` URI, streamed; see ``curate.media.open_video``).
+    ``deblock=False`` has the decoder skip its loop filter: less decoding work, slightly blockier
+    pixels that drift along a GOP (measured in RESULTS.md, "Clips of a long video").
     """
+    opts = (threads, deblock)
+    if container is not None and carry is not None and carry.decoder is not None and ids[0] in source.keyframes:
+        m = len(carry.frame_ids)
+        if not carry.has_prev[0] and m <= len(ids) and np.array_equal(carry.frame_ids, ids[:m]):
+            if m == len(ids):
+                return carry
+            try:
+                clip = _decode(container, source, ids, size, fit, want_vectors, opts, seek=False, prefix=carry)
+            except av.FFmpegError:
+                clip = None
+            if clip is not None and len(clip.frame_ids) == len(ids):
+                return clip
     if container is not None:
         try:
-            clip = _decode(container, source, ids, size, fit, want_vectors, threads, seek=True)
+            clip = _decode(container, source, ids, size, fit, want_vectors, opts, seek=True)
         except av.FFmpegError:
             clip = None
         if clip is not None and len(clip.frame_ids) == len(ids):
             return clip  # else the seek landed wrong (MPEG-TS near its end) or a packet broke: try from the start
     with open_video(data) as fresh:
-        return _decode(fresh, source, ids, size, fit, want_vectors, threads, seek=False)
+        return dataclasses.replace(_decode(fresh, source, ids, size, fit, want_vectors, opts, seek=False), decoder=None)
 
 
-def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> Clip | None:
+def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=None) -> Clip | None:
     stream = container.streams.video[0]
     if not stream.codec_context.is_open:  # a later clip of the same container reuses the open decoder
+        threads, deblock = opts
         stream.thread_count = threads
         if threads != 1:
             stream.thread_type = "AUTO"
-        if want_vectors:
-            stream.codec_context.options = {"flags2": "+export_mvs"}
-    turns = None  # quarter turns to display orientation, from the first frame's rotation metadata
-    wanted = {int(source.pts[i]): k for k, i in enumerate(ids)}
-    taken = set(ids.tolist())
-    before = {int(source.pts[i - 1]): k for k, i in enumerate(ids) if i > 0 and i - 1 not in taken}
-    last_pts = int(source.pts[ids[-1]])
-    n = len(ids)
+        options = {"flags2": "+export_mvs"} if want_vectors else {}
+        stream.codec_context.options = options if deblock else dict(options, skip_loop_filter="all")
+    n, m = len(ids), 0 if prefix is None else len(prefix.frame_ids)
     y = np.zeros((n, size, size), np.uint8)
     u = np.full((n, size // 2, size // 2), 128, np.uint8)
     v = u.copy()
@@ -232,16 +249,31 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
     vectors: list = [None] * n
     kinds = ["?"] * n
     truncated = full_range = bt709 = False
-    first = int(source.pts[source.keyframes[source.keyframes <= ids[0]][-1]])
-    if seek:
-        container.seek(first, stream=stream, backward=True, any_frame=False)
+    turns = None  # quarter turns to display orientation, from the first frame's rotation metadata
     last_y = None
+    if prefix is not None:  # frames already decoded; the decoder goes on just past the last of them
+        y[:m], u[:m], v[:m], prev_y[:m], has_prev[:m], got[:m] = prefix.y, prefix.u, prefix.v, prefix.prev_y, True, True
+        has_prev[:m] = prefix.has_prev
+        vectors[:m], kinds[:m] = prefix.vectors, prefix.pict_types
+        full_range, bt709, turns = prefix.full_range, prefix.bt709, prefix.turns
+        top, left, ch, cw = prefix.content
+        last_y = y[m - 1]
+        frames = prefix.decoder
+    else:
+        first = int(source.pts[source.keyframes[source.keyframes <= ids[0]][-1]])
+        if seek:
+            container.seek(first, stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+    wanted = {int(source.pts[i]): k for k, i in enumerate(ids) if k >= m}
+    taken = set(ids.tolist())
+    before = {int(source.pts[i - 1]): k for k, i in enumerate(ids) if k >= m and i > 0 and i - 1 not in taken}
+    last_pts = int(source.pts[ids[-1]])
     try:
-        for frame in container.decode(stream):
+        for frame in frames:
             if seek and frame.pts is not None and frame.pts > first and not got.any() and last_y is None:
                 return None  # landed after the clip's keyframe
             seek = False
-            if frame.pts is None or frame.pts < first:
+            if frame.pts is None or (prefix is None and frame.pts < first):
                 continue
             if turns is None:
                 turns = _quarter_turns(frame)
@@ -273,7 +305,7 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
             if frame.pts >= last_pts:
                 break
     except av.FFmpegError:  # corrupt or cut stream: keep what decoded
-        truncated = True
+        truncated, frames = True, None
     if turns is None:  # nothing decoded
         top, left, ch, cw = _content(source, size, fit, 0)
     # only the decoded prefix is usable: a gap would break the clip's frame-to-frame signals
@@ -294,6 +326,7 @@ def _decode(container, source, ids, size, fit, want_vectors, threads, seek) -> C
         full_range,
         bt709,
         turns or 0,
+        None if truncated else frames,
     )
 
 

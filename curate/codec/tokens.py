@@ -104,12 +104,21 @@ def encode_jpeg(ycbcr: np.ndarray, quality: int) -> bytes:
 def frames_ycbcr(y: np.ndarray, u: np.ndarray, v: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Whole frames ``ids`` stacked vertically as one (n*H, W, 3) YCbCr picture (chroma repeated 2x2)."""
     n, (h, w) = len(ids), y.shape[1:]
-    out = np.empty((n, h, w, 3), np.uint8)
-    out[..., 0] = y[ids]
-    pairs = out.reshape(n, h // 2, 2, w // 2, 2, 3)
-    pairs[..., 1] = u[ids][:, :, None, :, None]
-    pairs[..., 2] = v[ids][:, :, None, :, None]
-    return out.reshape(-1, w, 3)
+    return _frames(y, u, v, np.asarray(ids, np.int64), np.empty((n * h, w, 3), np.uint8))
+
+
+@njit(cache=True, nogil=True)
+def _frames(y, u, v, ids, out):  # pragma: no cover - compiled
+    """One pass over the output (NumPy's 2x2-repeat assignments through 6-D views: 0.9 -> 0.16 ms for 4 frames)."""
+    h, w = y.shape[1], y.shape[2]
+    for k in range(len(ids)):
+        t = ids[k]
+        for i in range(h):
+            for j in range(w):
+                out[k * h + i, j, 0] = y[t, i, j]
+                out[k * h + i, j, 1] = u[t, i >> 1, j >> 1]
+                out[k * h + i, j, 2] = v[t, i >> 1, j >> 1]
+    return out
 
 
 def to_rgb(ycbcr: np.ndarray) -> np.ndarray:

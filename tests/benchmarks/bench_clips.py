@@ -1,6 +1,6 @@
 """Clips of a long video: codec_patchify over every clip against plain PyAV decode of the same frames.
 
-    .venv/bin/python tests/benchmarks/bench_clips.py [--minutes 3] [--size 1280x720] [--repeat 2]
+    .venv/bin/python tests/benchmarks/bench_clips.py [--minutes 3] [--size 1280x720] [--repeat 5]
 
 The film: ``--shots`` distinct 10-second H.264 shots (``curate.demo.synthetic_video``: textured
 photos, panning, moving sprites, x264 CRF 23, GOP 48, each shot its own seed) stream-copied in turn
@@ -9,14 +9,17 @@ does. Figures (issue 25, V3):
 
 * clips per core-second of ``codec_patchify`` with its defaults (64-frame clips, every clip, shots
   split at cuts, 12.5 % budget, shard bytes encoded), one decoder thread;
-* its CPU time over plain PyAV decode (one thread) of the frames the clips cover, measured in the same
-  run (goal V3 <= 1.3);
+* its CPU time over plain PyAV decode (one thread) of the frames the clips cover (goal V3 <= 1.3);
+  the same with ``deblock=False`` (the decoder skips its loop filter);
 * the stage's decoding alone (``sampling.decode_clip`` of every clip: motion-vector export, the vectors
   read, frames scaled to the grid, no analysis or encoding) over the same plain decode: the floor of
   the ratio while clips are decoded this way;
 * how many clips the film gave and why the rest were not taken.
 
-CPU seconds of this process (``time.process_time``), every codec and BLAS on one thread.
+CPU seconds of this process (``time.process_time``), every codec and BLAS on one thread. The cases run
+in turn, ``--repeat`` rounds after one warm-up round, so a burst of load elsewhere hits every case
+alike; ratios are given of the least times and as the median of each round's own ratio, with the load
+average at the start and the end.
 """
 
 # ruff: noqa: E402  (thread limits must be set before numpy is imported)
@@ -29,14 +32,16 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from common import cpu_seconds, machine
+from common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -114,36 +119,53 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    stage = CodecPatchify()
+    stage, fast = CodecPatchify(), CodecPatchify(deblock=False)
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         film = Path(tmp, "film.mp4")
         frames = make_film(film, args.minutes, size, args.shots)
-        rows: list = []
-
-        def ours():
-            rows[:] = stage.process_row({"key": "film", "uri": str(film), "meta": {"modality": "video"}})
-
-        t_ours = cpu_seconds(ours, args.repeat, reduce=min)
+        video = {"key": "film", "uri": str(film), "meta": {"modality": "video"}}
+        rows = stage.process_row(video)
         clips = [r for r in rows if r.get("status") == "live"]
         spans = [(r["meta"]["codec"]["start_time"], len(r["meta"]["codec"]["frame_ids"])) for r in clips]
-        covered = plain_decode(str(film), spans)
-        t_plain = cpu_seconds(lambda: plain_decode(str(film), spans), args.repeat, reduce=min)
         ids = [r["meta"]["codec"]["frame_ids"] for r in clips]
-        t_decode = cpu_seconds(lambda: stage_decode(str(film), stage, ids), args.repeat, reduce=min)
-        t_whole = cpu_seconds(lambda: plain_decode(str(film)), args.repeat, reduce=min)
+        cases = {
+            "plain": lambda: plain_decode(str(film), spans),
+            "ours": lambda: stage.process_row(video),
+            "no_deblock": lambda: fast.process_row(video),
+            "decode": lambda: stage_decode(str(film), stage, ids),
+            "whole": lambda: plain_decode(str(film)),
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for round_ in range(args.repeat + 1):  # the first round warms up
+            for name, fn in cases.items():
+                start = time.process_time()
+                fn()
+                if round_:
+                    times[name].append(time.process_time() - start)
+        covered = plain_decode(str(film), spans)
+    load.append(os.getloadavg()[0])
+    least = {name: min(t) for name, t in times.items()}
+
+    def ratio(name: str) -> str:
+        per_round = statistics.median(a / b for a, b in zip(times[name], times["plain"], strict=True))
+        return f"{least[name] / least['plain']:.2f} (median of rounds {per_round:.2f})"
+
     summary = rows[0]["meta"].get("clips", {})
-    print(machine())
+    t_ours = least["ours"]
+    print(machine(f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"))
     print(f"film: {args.size} H.264, {args.minutes:g} min, {frames} frames, a cut every 10 s (GOP 48)")
     print(f"clips: {len(clips)} taken ({covered} frames), not taken {summary.get('not_taken', {})}")
+    print(f"{args.repeat} interleaved rounds, least CPU time of each case:")
     print(f"codec_patchify, every clip: {t_ours:.2f} core-s -> {len(clips) / t_ours:.2f} clips/core-s")
-    print(f"plain PyAV decode of the clips' frames: {t_plain:.2f} core-s (whole film: {t_whole:.2f})")
-    print(f"V3 ratio ours / plain decode of the same frames: {t_ours / t_plain:.2f} (goal <= 1.3)")
-    print(f"the stage's decoding alone (vectors, grid scaling): {t_decode:.2f} core-s, {t_decode / t_plain:.2f}x plain")
-    out = {"clips": len(clips), "frames": covered, "ours_s": t_ours, "plain_s": t_plain, "whole_s": t_whole}
-    out["decode_s"] = t_decode
+    print(f"plain PyAV decode of the clips' frames: {least['plain']:.2f} core-s (whole film: {least['whole']:.2f})")
+    print(f"V3 ratio ours / plain decode of the same frames: {ratio('ours')} (goal <= 1.3)")
+    print(f"  with deblock=False: {least['no_deblock']:.2f} core-s, ratio {ratio('no_deblock')}")
+    print(f"the stage's decoding alone (vectors, grid scaling): {least['decode']:.2f} core-s, {ratio('decode')}")
+    out = {"clips": len(clips), "frames": covered, "load": load, "times": times}
     print(json.dumps(out))
 
 

@@ -74,6 +74,20 @@ def test_kept_patches_cover_the_moving_object(clips, name):
     assert result.facts["signal"] == expected and result.facts["selection"] == "top_k"
 
 
+@pytest.mark.parametrize("name", ["still_camera", "pan"])
+def test_without_the_loop_filter_the_pixels_move_a_little_and_the_mover_is_still_kept(clips, name):
+    """``deblock=False`` has the decoder skip deblocking (less decoding): other pixels, the same ground truth."""
+    path, mask = clips[name]
+    filtered = patchify(path, PatchifyConfig())
+    result = patchify(path, PatchifyConfig(deblock=False))
+    change = np.abs(result.clip.y.astype(int) - filtered.clip.y).mean()
+    assert 0 < change < 2, change  # the option reaches the decoder, and the picture stays the same
+    obj, background = _truth(mask)
+    kept = _kept(result.positions, obj.shape)
+    assert (kept & obj).sum() / obj.sum() >= 0.9 and (kept & background).sum() / kept.sum() < 0.1
+    assert result.facts["selection"] == "top_k"
+
+
 def _transcode(src: str, dst: str, codec: str, options: dict) -> None:
     """Re-encode a clip with another real encoder (same frames, constant 24 fps)."""
     with av.open(src) as i, av.open(dst, "w") as o:

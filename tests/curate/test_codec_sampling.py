@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from curate.codec import PatchifyConfig, VideoError, patchify
+from curate.codec.patchify import _shot
 from curate.codec.sampling import decode_clip, inspect, plan_clips
 from curate.demo.synthetic_video import make_clip
 from curate.media import open_video
@@ -52,11 +53,33 @@ def test_a_decoded_clip_holds_no_decoder_frame(long_clip):
     try:
         with open_video(path) as c:
             clip = decode_clip(path, inspect(c, 32), np.arange(32), 64, "stretch", True, container=c)
+            clip.decoder = None  # the decoder going on (for a next clip) holds its current packet's frames
         held = [o for o in gc.get_objects() if isinstance(o, av.VideoFrame) and o.width == 128]
     finally:
         gc.enable()
     assert sum(v is not None and len(v) > 0 for v in clip.vectors) == 30  # P-frames' vectors (I at 0 and 16)
     assert held == []
+
+
+def test_the_clip_after_a_cut_goes_on_from_the_frames_already_decoded(tmp_path):
+    """A cut inside a clip ends its shot early and the next clip starts at the keyframe of the cut: the frames
+    from there on are decoded already, so they are carried and the decoder goes on (no seek, nothing decoded
+    twice), giving what a fresh decode of the next clip gives, also where B-frames hold frames back."""
+    path = str(tmp_path / "b.mp4")
+    make_clip(path, size=96, frames=80, gop=16, seed=4, pan=(2, 1))  # x264's default B-frames
+    with open_video(path) as c:
+        source = inspect(c, 32)
+        first = decode_clip(path, source, np.arange(0, 40), 64, "stretch", True, container=c)
+        went_on = decode_clip(
+            path, source, np.arange(32, 72), 64, "stretch", True, container=c, carry=_shot(first, 32, 40)
+        )
+        fresh = decode_clip(path, source, np.arange(32, 72), 64, "stretch", True, container=c)
+    assert "B" in first.pict_types and went_on.decoder is first.decoder  # the same decoder went on
+    for field in ("y", "u", "v", "prev_y", "has_prev", "frame_ids"):
+        assert np.array_equal(getattr(went_on, field), getattr(fresh, field)), field
+    assert went_on.pict_types == fresh.pict_types and not went_on.has_prev[0] and went_on.has_prev[1:].all()
+    assert all(np.array_equal(a, b) for a, b in zip(went_on.vectors, fresh.vectors, strict=True))
+    assert sum(v is not None for v in fresh.vectors) >= 30
 
 
 def test_stride_and_fps_sampling_keep_the_true_predecessor(long_clip):
