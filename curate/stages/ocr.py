@@ -243,8 +243,8 @@ class OcrCrop(Stage):
         samples = [self._crop(row, rgb, lines, n, window) for n, window in enumerate(windows)]
         if legible:
             samples.insert(0, dict(row, key=f"{row['key']}-page", meta=dict(meta, ocr_crops=summary)))
-        if len(samples) == 1:
-            return [dict(samples[0], key=row["key"])]
+        if len(samples) == 1:  # the page is its one sample: kept, dropped or failed as that sample
+            return [dict(samples[0], key=row["key"], meta=dict(samples[0]["meta"], ocr_crops=summary))]
         return [row, *samples]
 
     def _crop(self, row: dict, rgb: np.ndarray, lines: list, n: int, window) -> dict:
