@@ -195,9 +195,10 @@ class OcrCrop(Stage):
 
     Legibility rule: the whole page (its training-size ``jpg``) is stored too when the median
     x-height of its OCR'd lines, scaled to the training copy (``image_decode``'s ``out_width`` /
-    ``out_height`` over the page's size), is at least ``min_x_height`` pixels. 6 px is where the shipped recogniser still reads
-    Latin text (x-height about 0.55 of the font size: 10-px text reads at >= 0.95 word recall at
-    reading resolution, 8-px text does not; tests/benchmarks/RESULTS.md, "PDF pages"). The
+    ``out_height`` over the page's size), is at least ``min_x_height`` pixels. The shipped recogniser
+    reads Latin text down to an x-height of 4 px (PDF pages at 150 dpi: 7- and 8-px text, x-height
+    4, word recall 0.97 and 0.995; 6-px text, x-height 3, 0.82; tests/benchmarks/RESULTS.md, "PDF
+    pages"); the default 5 px keeps a pixel of margin for a copy shrunk from a larger page. The
     page sample is ``{key}-page`` beside crops, or keeps the page's key when it is the only sample;
     so does a lone crop. A page that fits one window gives no crops (its training copy is already at
     reading size). A page with neither a legible whole nor a crop is dropped as ``illegible``.
@@ -212,7 +213,7 @@ class OcrCrop(Stage):
     max_crops: PositiveInt = 32
     min_words: PositiveInt = 8
     max_overlap: Fraction = 0.25  # of a crop's area, shared with any other crop of the page
-    min_x_height: NonNegativeFloat = 6.0
+    min_x_height: NonNegativeFloat = 5.0
     quality: Annotated[int, Range(1, 100)] = 92
 
     def process_row(self, row: dict) -> list[dict]:

