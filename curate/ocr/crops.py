@@ -98,6 +98,9 @@ def inside(box, window) -> bool:
     return box[0] >= window[0] and box[1] >= window[1] and box[2] <= window[2] and box[3] <= window[3]
 
 
+CELL = 4  # dense_crops scores windows on 4x4-pixel cells: 16x less work, windows still placed to 8 px
+
+
 def dense_crops(
     boxes, width: int, height: int, side: int, max_crops: int, min_words: int, max_overlap: float = 0.25
 ) -> list[tuple]:
@@ -105,12 +108,22 @@ def dense_crops(
     sharing at most ``max_overlap`` of its area with any earlier one, while that window holds at
     least ``min_words`` words whole that no earlier crop holds. (Without the overlap bound, the words
     cut by one crop's edge would draw the next crop onto it.)"""
+    side = min(side, width, height)
+    grid = (-(-width // CELL), -(-height // CELL))
+
+    def cells(box):
+        return (box[0] // CELL, box[1] // CELL, -(-box[2] // CELL), -(-box[3] // CELL))
+
     left = list(boxes)
     windows: list[tuple] = []
     while left and len(windows) < max_crops:
-        window, _, density = dense_window(text_mask(left, width, height), side, taken=windows, max_overlap=max_overlap)
-        taken = [b for b in left if inside(b, window)]
-        if density == 0 or len(taken) < min_words:
+        mask = text_mask([cells(b) for b in left], *grid)
+        taken = [cells(w) for w in windows]
+        best, _, density = dense_window(mask, side // CELL, stride=2, taken=taken, max_overlap=max_overlap)
+        x0, y0 = min(best[0] * CELL, width - side), min(best[1] * CELL, height - side)
+        window = (x0, y0, x0 + side, y0 + side)
+        held = [b for b in left if inside(b, window)]
+        if density == 0 or len(held) < min_words:
             break
         windows.append(window)
         left = [b for b in left if not inside(b, window)]

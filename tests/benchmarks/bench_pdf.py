@@ -75,13 +75,16 @@ def write_pdf(path: Path, script: str, px: int, dpi: float, lines: int, rng: ran
         plt.close(fig)
 
 
-def run_stages(stages, items, seconds) -> dict:
-    batch = new_rows(items)
+def run_stages(stages, items, seconds) -> tuple[dict, float]:
+    """The batch after ``stages``, and the CPU seconds they took (also added to ``seconds`` per stage)."""
+    batch, total = new_rows(items), 0.0
     for stage in stages:
         start = time.process_time()
         batch = apply_in_chunks(stage, batch)
-        seconds[stage.name] = seconds.get(stage.name, 0.0) + time.process_time() - start
-    return batch
+        spent = time.process_time() - start
+        seconds[stage.name] = seconds.get(stage.name, 0.0) + spent
+        total += spent
+    return batch, total
 
 
 def outcome(batch, truth: str | None = None) -> dict:
@@ -126,10 +129,12 @@ def main() -> None:
                 write_pdf(folder / "page.pdf", script, px, args.dpi, args.lines, rng)
                 start = time.process_time()
                 items, _ = list_inputs([SourceConfig(modality="ocr", uri=str(folder), format="pdf", dpi=args.dpi)], 64)
-                seconds["listing"] += time.process_time() - start
+                listed = time.process_time() - start
+                seconds["listing"] += listed
                 text = items[0]["meta"]["text"]
                 words = len(text.split()) if script != "Han" else sum(map(is_cjk, text))
-                rows.append({"script": script, "px": px, "words": words, **outcome(run_stages(stages, items, seconds))})
+                batch, spent = run_stages(stages, items, seconds)
+                rows.append({"script": script, "px": px, "words": words, "seconds": listed + spent, **outcome(batch)})
         pdf_pages, pdf_seconds = len(rows), sum(seconds.values())
         dense = None
         if args.dense:
@@ -138,13 +143,18 @@ def main() -> None:
             item = {"key": "dense", "uri": str(Path(tmp, "dense.png")), "modality": "ocr", "partition": 0}
             dense_seconds: dict = {}
             stages = [decode, readers["default"], OcrFilter(), crop]
-            dense = {"words": len(placed), **outcome(run_stages(stages, [item], dense_seconds), truth)}
+            dense = {"words": len(placed), **outcome(run_stages(stages, [item], dense_seconds)[0], truth)}
             dense["seconds"] = dense_seconds
     print(json.dumps({"machine": machine(), "pages": pdf_pages, "seconds": seconds, "rows": rows, "dense": dense}))
     print(f"\n{pdf_pages} PDF pages, {pdf_seconds:.1f} CPU s: {pdf_pages / pdf_seconds:.2f} pages per core-second")
     print("| step | s/page | share |\n|---|---|---|")
     for name, s in seconds.items():
         print(f"| {name} | {s / pdf_pages:.3f} | {s / pdf_seconds:.1%} |")
+    print("\n| script | pages | CPU s | pages per core-second | samples |\n|---|---|---|---|---|")
+    for script in WORDS:
+        mine = [r for r in rows if r["script"] == script]
+        spent = sum(r["seconds"] for r in mine)
+        print(f"| {script} | {len(mine)} | {spent:.1f} | {len(mine) / spent:.2f} | {sum(r['samples'] for r in mine)} |")
     print(
         "\n| script | text px | x-height px | words | word recall | mean conf | outcome | samples (crops, whole page) |"
     )
