@@ -196,12 +196,13 @@ class OcrCrop(Stage):
     Legibility rule: the whole page (its training-size ``jpg``) is stored too when the median
     x-height of its OCR'd lines, scaled to the training copy (``image_decode``'s ``out_width`` /
     ``out_height`` over the page's size), is at least ``min_x_height`` pixels. The shipped recogniser
-    reads Latin text down to an x-height of 4 px (PDF pages at 150 dpi: 7- and 8-px text, x-height
-    4, word recall 0.97 and 0.995; 6-px text, x-height 3, 0.82; tests/benchmarks/RESULTS.md, "PDF
-    pages"); the default 5 px keeps a pixel of margin for a copy shrunk from a larger page. The
-    page sample is ``{key}-page`` beside crops, or keeps the page's key when it is the only sample;
-    so does a lone crop. A page that fits one window gives no crops (its training copy is already at
-    reading size). A page with neither a legible whole nor a crop is dropped as ``illegible``.
+    reads text down to an x-height of 4 px (PDF pages at 150 dpi: 7- and 8-px Latin, x-height 4,
+    word recall 0.967 and 0.991; 6-px, x-height 3, 0.824; tests/benchmarks/RESULTS.md, "PDF pages
+    and dense documents"); the default 5 px keeps a pixel of margin for a copy shrunk from a larger
+    page. The page sample is ``{key}-page`` beside crops, or keeps the page's key when it is the only
+    sample; so does a lone crop. A page that fits one window gives no crops (its training copy is
+    already at reading size). A page with neither a legible whole nor a crop is dropped as
+    ``illegible``.
     """
 
     name = "ocr_crop"
