@@ -35,10 +35,16 @@ def _starts(length: int, side: int, stride: int) -> np.ndarray:
 
 
 def dense_window(
-    mask: np.ndarray, side: int, stride: int = 8, taken: list | None = None, max_overlap: float = 1.0
+    mask: np.ndarray,
+    side: int,
+    stride: int = 8,
+    taken: list | None = None,
+    max_overlap: float = 1.0,
+    near: float = 1.0,
 ) -> tuple[tuple[int, int, int, int], float, float]:
     """The ``side`` x ``side`` window (clipped to the image) with the most text pixels, among those
-    sharing at most ``max_overlap`` of their area with each window of ``taken``.
+    sharing at most ``max_overlap`` of their area with each window of ``taken``; with ``near`` < 1,
+    the first in reading order (top to bottom, left to right) that holds at least ``near`` of that.
 
     Returns (box, share of all text pixels inside it, text density inside it); density 0 where no
     window may be taken.
@@ -55,7 +61,7 @@ def dense_window(
             np.minimum(y0 + side, ty1) - np.maximum(y0, ty0), 0, None
         )
         sums = np.where(shared > max_overlap * side * side, -1, sums)
-    iy, ix = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    iy, ix = np.unravel_index(int(np.argmax(sums >= near * sums.max())), sums.shape)
     best = max(0, int(sums[iy, ix]))
     total = int(mask.sum())
     box = (int(xs[ix]), int(ys[iy]), int(xs[ix]) + side, int(ys[iy]) + side)
@@ -102,12 +108,14 @@ CELL = 4  # dense_crops scores windows on 4x4-pixel cells: 16x less work, window
 
 
 def dense_crops(
-    boxes, width: int, height: int, side: int, max_crops: int, min_words: int, max_overlap: float = 0.25
+    boxes, width: int, height: int, side: int, max_crops: int, min_words: int, max_overlap: float = 0.3
 ) -> list[tuple]:
     """Up to ``max_crops`` windows, each the one holding the most word pixels not yet in a crop and
     sharing at most ``max_overlap`` of its area with any earlier one, while that window holds at
     least ``min_words`` words whole that no earlier crop holds. (Without the overlap bound, the words
-    cut by one crop's edge would draw the next crop onto it.)"""
+    cut by one crop's edge would draw the next crop onto it.) Windows within 10 % of the most are
+    taken in reading order: on a page evenly full of text they then tile it from its top left
+    corner, instead of the first landing mid-page and leaving strips no window fits."""
     side = min(side, width, height)
     grid = (-(-width // CELL), -(-height // CELL))
 
@@ -119,7 +127,7 @@ def dense_crops(
     while left and len(windows) < max_crops:
         mask = text_mask([cells(b) for b in left], *grid)
         taken = [cells(w) for w in windows]
-        best, _, density = dense_window(mask, side // CELL, stride=2, taken=taken, max_overlap=max_overlap)
+        best, _, density = dense_window(mask, side // CELL, 2, taken, max_overlap, near=0.9)
         x0, y0 = min(best[0] * CELL, width - side), min(best[1] * CELL, height - side)
         window = (x0, y0, x0 + side, y0 + side)
         held = [b for b in left if inside(b, window)]

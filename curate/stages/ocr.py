@@ -211,9 +211,9 @@ class OcrCrop(Stage):
     fans_out = True
 
     size: PositiveInt = 448
-    max_crops: PositiveInt = 32
+    max_crops: PositiveInt = 64  # a 2000x2800 page of 10-px text gives 36
     min_words: PositiveInt = 8
-    max_overlap: Fraction = 0.25  # of a crop's area, shared with any other crop of the page
+    max_overlap: Fraction = 0.3  # of a crop's area, shared with any other crop of the page
     min_x_height: NonNegativeFloat = 5.0
     quality: Annotated[int, Range(1, 100)] = 92
 
