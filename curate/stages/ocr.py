@@ -186,9 +186,9 @@ class OcrCrop(Stage):
     """Store what the encoder can read of a page: its text-dense crops, and the whole page if legible.
 
     Crops are ``size`` x ``size`` windows of the page at reading resolution (``crops.dense_crops``:
-    the densest window first, then the densest of the text left, up to ``max_crops``, each holding at
-    least ``min_words`` words no earlier crop holds and sharing at most ``max_overlap`` of its area
-    with another); each is a sample ``{key}-r{n}`` of its own: its
+    the densest window first, then the densest of the text left, near-ties in reading order, up to
+    ``max_crops``, each holding at least ``min_words`` words no earlier crop holds and sharing at
+    most ``max_overlap`` of its area with another); each is a sample ``{key}-r{n}`` of its own: its
     ``jpg``, its ``txt`` (the OCR text of the words inside it) and ``meta["ocr"]`` (those words'
     lines, in the crop's pixels), from which ``ocr_labels`` gives it its own word ids.
     ``meta["ocr_crop"]`` records its window in the page's pixels.
@@ -211,7 +211,7 @@ class OcrCrop(Stage):
     fans_out = True
 
     size: PositiveInt = 448
-    max_crops: PositiveInt = 64  # a 2000x2800 page of 10-px text gives 36
+    max_crops: PositiveInt = 64  # a 2000x2800 page of 10-px text gives 38
     min_words: PositiveInt = 8
     max_overlap: Fraction = 0.3  # of a crop's area, shared with any other crop of the page
     min_x_height: NonNegativeFloat = 5.0
