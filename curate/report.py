@@ -185,8 +185,9 @@ def _gallery(out: str, modality: str, count: int = 12) -> str:
 
 def script_table(ledger) -> pd.DataFrame:
     """OCR pages by writing script (the one most of a page's letters are in, ``ocr_scripts``): pages,
-    kept, dropped as ``ocr_filter/unsupported_script``, and the kept pages' mean OCR confidence."""
-    ocr = ledger[ledger["modality"] == "ocr"]
+    kept, dropped as ``ocr_filter/unsupported_script``, and the kept pages' mean OCR confidence. Pages
+    are inputs: the crops a page became (``ocr_crop``) are not counted again."""
+    ocr = ledger[(ledger["modality"] == "ocr") & ledger["parent"].isna()]
     metas = [json.loads(m) if m else {} for m in ocr["meta"]]
     kept = (ocr["status"] == "kept").to_numpy()
     frame = pd.DataFrame(

@@ -41,7 +41,6 @@ FIELD_OF_COLUMN = {
     "frames_jpg": "frames.jpg",
     "cls_npy": "cls.npy",
     "words_npy": "words.npy",
-    "crop_jpg": "crop.jpg",
 }
 # one declared schema for every part, so the ledger folder reads as one table even where a part's
 # column is all null (a partition without failures has no reason or detail)

@@ -8,7 +8,8 @@ One sample per key; each field is one tar member ``{key}.{field}``:
            concept bank version (always present); ``provenance`` (the source, and the shard and
            byte offset, or the table, row and byte offset, the sample came from); ``source_meta``
            (the source's own metadata: an img2dataset sample's ``.json``, a table's kept columns)
-``jpg``    image or OCR page at the curated resolution
+``jpg``    image or OCR page at the curated resolution, or an OCR crop: a sample ``{page}-r{n}`` of
+           its own, a training-size window of the page at reading resolution
 ``txt``    UTF-8 text: for OCR pages the transcript (the text *in* the picture, which OCR labels and
            ``words.npy`` are built from); for images and video clips the caption (text *about* the
            picture, from the source: img2dataset's ``.txt`` or a table's caption column), never
@@ -19,7 +20,8 @@ One sample per key; each field is one tar member ``{key}.{field}``:
 ``frames.jpg``   a few whole frames stacked vertically (frame ids in ``json["frames"]["ids"]``)
 ``cls.npy``  int32 top-k concept ids (or a sidecar label set keyed by sample key)
 ``words.npy``  int32 OCR word ids, 0 to 100 of them (empty: no readable text, never padded)
-``crop.jpg``   OCR: the text-dense region at the training resolution
+``crop.jpg``   OCR: the text-dense region at the training resolution (sets written before crops
+           became samples of their own)
 ========== ==============================================================================
 
 Each field's reader (decode and check) is in ``shards.fields``.

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from curate.ocr.scripts import covered_scripts, tesseract_scripts
+from curate.ocr.text import word_spans
 from shards import storage
 
 ENGINES = ("rapidocr", "tesseract")
@@ -65,22 +66,75 @@ MODEL_SETS = {
 
 @dataclasses.dataclass(frozen=True)
 class Line:
-    """One text line: its text as read, the engine's confidence (0..1), and its box (x0, y0, x1, y1)."""
+    """One text line: its text as read, the engine's confidence (0..1), its box (x0, y0, x1, y1), and
+    the x-extent ``(x0, x1)`` of each of its words (``curate.ocr.text.word_spans`` of ``text``), so a
+    crop of the page knows which words it holds whole."""
 
     text: str
     conf: float
     box: tuple[int, int, int, int]
+    words: tuple[tuple[int, int], ...] = ()
 
     def compact(self) -> dict:
-        """A record of fixed types (str, float, 4 ints): tools that infer a schema from the samples'
-        ``json`` (HF ``datasets``, Arrow) read it, which a mixed-type ``[text, conf, box]`` list is not."""
-        return {"text": self.text, "conf": round(float(self.conf), 3), "box": [int(v) for v in self.box]}
+        """A record of fixed types (str, float, 4 ints, pairs of ints): tools that infer a schema from
+        the samples' ``json`` (HF ``datasets``, Arrow) read it, which a mixed-type list is not."""
+        return {
+            "text": self.text,
+            "conf": round(float(self.conf), 3),
+            "box": [int(v) for v in self.box],
+            "words": [[int(a), int(b)] for a, b in self.words],
+        }
 
     @classmethod
     def from_compact(cls, item) -> Line:
         """From :meth:`compact`'s record, or the ``[text, conf, box]`` list of sets written before it."""
         text, conf, box = (item["text"], item["conf"], item["box"]) if isinstance(item, dict) else item
-        return cls(text, float(conf), tuple(int(v) for v in box))
+        words = item.get("words", ()) if isinstance(item, dict) else ()
+        return cls(text, float(conf), tuple(int(v) for v in box), tuple((int(a), int(b)) for a, b in words))
+
+    def shifted(self, dx: int, dy: int) -> Line:
+        x0, y0, x1, y1 = self.box
+        words = tuple((a + dx, b + dx) for a, b in self.words)
+        return Line(self.text, self.conf, (x0 + dx, y0 + dy, x1 + dx, y1 + dy), words)
+
+
+def word_extents(text: str, char_x: list[tuple[float, float]]) -> tuple[tuple[int, int], ...]:
+    """Each word's (x0, x1) from the x-extent of each character of ``text`` (``char_x``, one per character)."""
+    return tuple(
+        (int(min(x for x, _ in char_x[a:b])), int(np.ceil(max(x for _, x in char_x[a:b])))) for a, b in word_spans(text)
+    )
+
+
+def even_chars(text: str, x0: float, x1: float) -> list[tuple[float, float]]:
+    """Character extents for a span whose characters have no positions of their own: equal shares."""
+    step = (x1 - x0) / max(1, len(text))
+    return [(x0 + i * step, x0 + (i + 1) * step) for i in range(len(text))]
+
+
+def read_page(engine, rgb: np.ndarray, strip_pixels: int = 4_000_000, overlap: int = 192) -> list[Line]:
+    """OCR a whole page at its own resolution, in full-width strips of about ``strip_pixels``.
+
+    A large page (a 300-dpi scan, a poster) is never shrunk to the engine's input size, which would
+    make small text unreadable, nor read in one pass, whose memory grows with the page. Strips overlap
+    by ``overlap`` pixels (more than a line is tall); a line belongs to the strip whose core (the
+    strip less half the overlap on each inner side) holds its centre, so every line is read whole
+    exactly once. Full-width strips never cut a line across its length.
+    """
+    h, w = rgb.shape[:2]
+    height = max(2 * overlap, strip_pixels // max(1, w))
+    if h <= height:
+        return engine(rgb)
+    lines, top = [], 0
+    while True:
+        bottom = min(h, top + height)
+        core = (0 if top == 0 else top + overlap // 2, h if bottom == h else bottom - overlap // 2)
+        for line in engine(np.ascontiguousarray(rgb[top:bottom])):
+            line = line.shifted(0, top)
+            if core[0] <= (line.box[1] + line.box[3]) / 2 < core[1]:
+                lines.append(line)
+        if bottom == h:
+            return lines
+        top = bottom - overlap
 
 
 def package_file(package: str, relative: str) -> str:
@@ -105,6 +159,35 @@ def local_file(uri: str, cache: str) -> str:
         tmp.write_bytes(storage.read_bytes(uri))
         tmp.rename(path)
     return str(path)
+
+
+class PageOrientation:
+    """rapidocr's line orientation classifier, voting for the page: all lines turn 180 degrees or none.
+
+    Line by line, the classifier turns some lines of small text upside down: it sees a whole line
+    squeezed into 192x48 pixels (a page of 10-px text read 0.945 of its words so; a vote of squeezed
+    lines turned a whole 8-px page over). Here it sees the middle of each line at that aspect,
+    unsqueezed, and one page (or strip) being one orientation, the lines' summed confidences decide
+    for all of them (the same pages: 1.000 and 0.991; RESULTS.md, "PDF pages and dense documents").
+    """
+
+    ASPECT = 4  # the classifier's input, 192 x 48
+
+    def __init__(self, classify):
+        self.classify = classify
+
+    def __call__(self, img_list):
+        img_list = [img_list] if isinstance(img_list, np.ndarray) else list(img_list)
+        pieces = []
+        for img in img_list:
+            h, w = img.shape[:2]
+            start = max(0, (w - self.ASPECT * h) // 2)
+            pieces.append(img[:, start : start + self.ASPECT * h])
+        _, votes, elapsed = self.classify(pieces)
+        flipped = sum(score for label, score in votes if "180" in label)
+        if flipped > sum(score for label, score in votes if "180" not in label):
+            img_list = [np.ascontiguousarray(np.rot90(img, 2)) for img in img_list]
+        return img_list, votes, elapsed
 
 
 class RapidOcr:
@@ -136,21 +219,42 @@ class RapidOcr:
         for key, uri in (("det_model_path", det_model), ("rec_model_path", rec_model), ("rec_keys_path", rec_keys)):
             if uri:
                 kwargs[key] = local_file(uri, cache)
-        self.engine = RapidOCR(
-            intra_op_num_threads=threads, inter_op_num_threads=1, text_score=min_conf, use_cls=use_cls, **kwargs
+        self.min_conf = min_conf
+        self.engine = RapidOCR(  # no shrinking to 2000 px: read_page bounds what one pass reads
+            intra_op_num_threads=threads,
+            inter_op_num_threads=1,
+            text_score=min_conf,
+            use_cls=use_cls,
+            max_side_len=1 << 20,
+            **kwargs,
         )
+        self.engine.text_cls = PageOrientation(self.engine.text_cls)
         self.scripts = covered_scripts(self.engine.text_rec.postprocess_op.character)
         if not rec_keys:
             self.scripts -= NOT_READ_BY_SETS
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
-        result, _ = self.engine(np.ascontiguousarray(rgb[:, :, ::-1]))  # BGR in; no kwargs: they reset det settings
+        # the keyword arguments reset det settings to these values (rapidocr's defaults) when given;
+        # return_word_box adds each character's box, from the recogniser's CTC columns
+        result, _ = self.engine(
+            np.ascontiguousarray(rgb[:, :, ::-1]),  # BGR in
+            return_word_box=True,
+            box_thresh=0.5,
+            unclip_ratio=1.6,
+            text_score=self.min_conf,
+        )
         lines = []
-        for quad, text, conf in result or []:
+        for quad, text, conf, *chars in result or []:
             q = np.asarray(quad, dtype=np.float32)
             box = (int(q[:, 0].min()), int(q[:, 1].min()), int(np.ceil(q[:, 0].max())), int(np.ceil(q[:, 1].max())))
-            if text.strip():
-                lines.append(Line(text, float(conf), box))
+            if not text.strip():
+                continue
+            char_boxes = chars[0] if chars else []
+            if len(char_boxes) == len(text):
+                char_x = [(min(p[0] for p in c), max(p[0] for p in c)) for c in char_boxes]
+            else:  # a line the word boxes do not cover one to one: characters share the line's width
+                char_x = even_chars(text, box[0], box[2])
+            lines.append(Line(text, float(conf), box, word_extents(text, char_x)))
         return lines  # rapidocr sorts boxes top-to-bottom, then left-to-right
 
 
@@ -190,7 +294,11 @@ class Tesseract:
                 continue
             b = np.array([bx for _, _, bx in words])
             box = (int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 2].max()), int(b[:, 3].max()))
-            lines.append(Line(" ".join(t for t, _, _ in words), conf, box))
+            text = " ".join(t for t, _, _ in words)
+            char_x = []
+            for i, (t, _, bx) in enumerate(words):  # a word's characters share its box; the space between
+                char_x += even_chars(t, bx[0], bx[2]) + ([(bx[2], words[i + 1][2][0])] if i + 1 < len(words) else [])
+            lines.append(Line(text, conf, box, word_extents(text, char_x)))
         return lines
 
 

@@ -85,6 +85,26 @@ def tokenize(text: str, cjk: str = "char") -> list[str]:
     return tokens
 
 
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) character spans of a line's words, the units OCR places on the page: runs of
+    non-space characters, each Han or kana character a word of its own (those scripts write no
+    spaces). Tokens never cross a span (a CJK bigram may join two; ``curate.ocr.crops`` keeps
+    contiguous spans together)."""
+    spans, start = [], None
+    for i, ch in enumerate(text):
+        if ch.isspace() or is_cjk(ch):
+            if start is not None:
+                spans.append((start, i))
+            start = None
+            if is_cjk(ch):
+                spans.append((i, i + 1))
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
 def word_scores(predicted: str, truth: str, cjk: str = "char") -> tuple[float, float]:
     """(precision, recall) of the predicted tokens against the true ones, as multisets."""
     pred, true = Counter(tokenize(predicted, cjk)), Counter(tokenize(truth, cjk))

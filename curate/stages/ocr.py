@@ -3,7 +3,13 @@
 A manifest lists ``image_decode`` (and ``ocr_text`` where transcripts exist), then ``ocr``,
 ``ocr_filter``, optionally ``ocr_crop``, then ``ocr_vocab``; the pipeline ends the pass there,
 the step writes ``ocr_vocab.tsv`` under its work folder and returns the ``ocr_labels`` stage that
-heads the next pass and gives each OCR'd row its word ids (``words_npy``: int32 .npy bytes).
+heads the next pass and gives each OCR'd sample its word ids (``words_npy``: int32 .npy bytes):
+a page's from all its words, a crop's from the words inside it.
+
+OCR reads the page at reading resolution (the decoded file, a PDF page rendered at its DPI), never
+the training-size ``jpg``, on which small text is unreadable; ``ocr_crop`` then stores what the
+encoder can read: the text-dense regions at the training resolution, and the whole page where its
+text stays legible at training size.
 """
 
 from __future__ import annotations
@@ -15,20 +21,19 @@ from typing import Annotated, Literal
 import numpy as np
 
 from curate.ocr import crops
-from curate.ocr.engines import load_engine
+from curate.ocr.engines import load_engine, read_page
 from curate.ocr.scripts import letter_scripts
 from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import count_words, count_words_local, label, lines_of, rank, read_vocab, write_vocab
-from curate.pictures import pixels_array, read_picture
+from curate.pictures import read_picture
 from curate.stage import Filter, GlobalStep, Stage
 from manifests import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from shards import storage
 from shards.format import encode_npy
 
 
-def _picture(row: dict, source: str) -> np.ndarray:
-    if source == "jpg" and row.get("jpg") is not None:
-        return pixels_array(row["jpg"])
+def _picture(row: dict) -> np.ndarray:
+    """The page at reading resolution: the source file decoded, or the PDF page rendered at its DPI."""
     return np.asarray(read_picture(row["uri"], row["meta"])[0])
 
 
@@ -36,10 +41,11 @@ def _picture(row: dict, source: str) -> np.ndarray:
 class OcrRead(Stage):
     """Read text lines with boxes and confidences into ``meta["ocr"]``; one engine per actor.
 
-    ``meta["ocr"]["lines"]`` holds ``{"text", "conf", "box": [x0, y0, x1, y1]}`` records in reading order, in the
-    pixels of the picture read (``source``: the curated ``jpg``, or the source file at full
-    size, ``meta["ocr"]["size"]``). The filter columns ``ocr_text_area``, ``ocr_mean_conf``
-    (character-weighted) and ``ocr_words`` go to the top of ``meta``. A row with a known transcript
+    ``meta["ocr"]["lines"]`` holds ``{"text", "conf", "box": [x0, y0, x1, y1], "words": [[x0, x1], ...]}``
+    records in reading order, in the pixels of the page at reading resolution (``meta["ocr"]["size"]``;
+    pages of more than ``strip_pixels`` are read in overlapping strips, ``engines.read_page``), and
+    ``meta["ocr"]["x_height"]`` the median x-height of its lines (``crops.x_height``). The filter
+    columns ``ocr_text_area``, ``ocr_mean_conf`` (character-weighted) and ``ocr_words`` go to the top of ``meta``. A row with a known transcript
     (``txt``: a PDF page's text layer, a JSONL or ``.txt`` transcript) also gets ``ocr_agreement``,
     the word F1 of what OCR read against it, and ``meta["ocr"]["transcript"]`` its precision and recall.
     ``ocr_scripts`` (each writing script's share of the letters of the known transcript, else of
@@ -61,7 +67,8 @@ class OcrRead(Stage):
     threads: PositiveInt = 1  # per actor; scale out with actors, not threads
     min_conf: Fraction = 0.5  # lines read with less confidence are discarded
     read: tuple[str, ...] = ("ocr",)  # modalities to OCR; other rows pass through untouched
-    source: Literal["jpg", "uri"] = "jpg"
+    strip_pixels: PositiveInt = 4_000_000  # the most pixels one engine pass reads (taller pages: strips)
+    strip_overlap: PositiveInt = 192  # rows strips share; more than the tallest line
     write_txt: bool = False  # rows without a transcript get the OCR text as ``txt``
     cjk: Literal["char", "bigram"] = "char"
 
@@ -80,19 +87,21 @@ class OcrRead(Stage):
     def process_row(self, row: dict) -> dict:
         if row["modality"] not in self.read:
             return row
-        rgb = _picture(row, self.source)
+        rgb = _picture(row)
         h, w = rgb.shape[:2]
-        lines = self._engine(rgb)
+        lines = read_page(self._engine, rgb, self.strip_pixels, self.strip_overlap)
+        gray = rgb.min(axis=2) if rgb.ndim == 3 else rgb
         chars = [len(line.text) for line in lines]
         text = "\n".join(line.text for line in lines)
         tag = f"tesseract:{self.lang}"
         if self.engine == "rapidocr":
             tag = f"rapidocr:{self.models}" + ("+own-weights" if self.det_model or self.rec_model else "")
         meta = row["meta"]
+        heights = [crops.x_height(gray, line.box) for line in lines]
         meta["ocr"] = {
             "engine": tag,
-            "source": self.source if row.get("jpg") is not None else "uri",
             "size": [w, h],
+            "x_height": round(float(np.median(heights)), 1) if heights else 0.0,
             "lines": [line.compact() for line in lines],
         }
         meta["ocr_text_area"] = round(crops.text_area_ratio([line.box for line in lines], w, h), 4)
@@ -174,36 +183,86 @@ class OcrFilter(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class OcrCrop(Stage):
-    """A ``size`` x ``size`` crop of the most text-dense window as ``crop_jpg`` (shard ``crop.jpg``).
+    """Store what the encoder can read of a page: its text-dense crops, and the whole page if legible.
 
-    Rows whose best window holds less than ``min_density`` text get no crop. ``meta["ocr_crop"]``
-    records the window (in the OCR'd picture's pixels), its text density and the share of the
-    page's text it holds. Word labels stay those of the whole picture.
+    Crops are ``size`` x ``size`` windows of the page at reading resolution (``crops.dense_crops``:
+    the densest window first, then the densest of the text left, near-ties in reading order, up to
+    ``max_crops``, each holding at least ``min_words`` words no earlier crop holds and sharing at
+    most ``max_overlap`` of its area with another); each is a sample ``{key}-r{n}`` of its own: its
+    ``jpg``, its ``txt`` (the OCR text of the words inside it) and ``meta["ocr"]`` (those words'
+    lines, in the crop's pixels), from which ``ocr_labels`` gives it its own word ids.
+    ``meta["ocr_crop"]`` records its window in the page's pixels.
+
+    Legibility rule: the whole page (its training-size ``jpg``) is stored too when the median
+    x-height of its OCR'd lines, scaled to the training copy (``image_decode``'s ``out_width`` /
+    ``out_height`` over the page's size), is at least ``min_x_height`` pixels. The shipped recogniser
+    reads text down to an x-height of 4 px (PDF pages at 150 dpi: 7- and 8-px Latin, x-height 4,
+    word recall 0.967 and 0.991; 6-px, x-height 3, 0.824; tests/benchmarks/RESULTS.md, "PDF pages
+    and dense documents"); the default 5 px keeps a pixel of margin for a copy shrunk from a larger
+    page. The page sample is ``{key}-page`` beside crops, or keeps the page's key when it is the only
+    sample; so does a lone crop. A page that fits one window gives no crops (its training copy is
+    already at reading size). A page with neither a legible whole nor a crop is dropped as
+    ``illegible``.
     """
 
     name = "ocr_crop"
     modalities = ("image", "ocr")
-    outputs = ("crop_jpg",)
+    outputs = ("jpg", "txt")
+    fans_out = True
 
     size: PositiveInt = 448
-    min_density: NonNegativeFloat = 0.05
+    max_crops: PositiveInt = 64  # a 2000x2800 page of 10-px text gives 38
+    min_words: PositiveInt = 8
+    max_overlap: Fraction = 0.3  # of a crop's area, shared with any other crop of the page
+    min_x_height: NonNegativeFloat = 5.0
     quality: Annotated[int, Range(1, 100)] = 92
 
-    def process_row(self, row: dict) -> dict:
-        ocr = row["meta"].get("ocr")
+    def process_row(self, row: dict) -> list[dict]:
+        meta = row["meta"]
+        ocr = meta.get("ocr")
         if not ocr or not ocr["lines"]:
-            return row
+            return [row]
+        lines = lines_of(meta)
         w, h = ocr["size"]
-        mask = crops.text_mask([line.box for line in lines_of(row["meta"])], w, h)
-        box, share, density = crops.dense_window(mask, self.size)
-        if density < self.min_density:
-            return row
-        rgb = _picture(row, ocr["source"])
+        if "out_width" not in meta:
+            raise ValueError("ocr_crop needs the training copy's size (meta out_width): run image_decode first")
+        x_height = ocr.get("x_height", 0.0) * max(meta["out_width"] / w, meta["out_height"] / h)
+        legible = x_height >= self.min_x_height
+        windows = []
+        if w > self.size or h > self.size:
+            boxes = crops.word_boxes(lines)
+            windows = crops.dense_crops(boxes, w, h, self.size, self.max_crops, self.min_words, self.max_overlap)
+        summary = {"crops": len(windows), "page": legible, "x_height_at_training": round(x_height, 2)}
+        meta["ocr_crops"] = summary
+        if not windows and not legible:
+            why = f"x-height {x_height:.1f} px at training size < {self.min_x_height} and no crop of {self.min_words}+ words"
+            return [dict(row, keep=False, drop_reason=f"illegible: {why}")]
+        if not windows:
+            return [row]
+        rgb = _picture(row)
         if rgb.shape[:2] != (h, w):
             raise ValueError(f"picture is {rgb.shape[1]}x{rgb.shape[0]}, OCR read {w}x{h}: run ocr_crop after ocr")
-        row["crop_jpg"] = crops.crop_jpeg(rgb, box, self.quality)
-        row["meta"]["ocr_crop"] = {"box": list(box), "density": round(density, 4), "text_share": round(share, 4)}
-        return row
+        samples = [self._crop(row, rgb, lines, n, window) for n, window in enumerate(windows)]
+        if legible:
+            samples.insert(0, dict(row, key=f"{row['key']}-page", meta=dict(meta, ocr_crops=summary)))
+        if len(samples) == 1:  # the page is its one sample: kept, dropped or failed as that sample
+            return [dict(samples[0], key=row["key"], meta=dict(samples[0]["meta"], ocr_crops=summary))]
+        return [row, *samples]
+
+    def _crop(self, row: dict, rgb: np.ndarray, lines: list, n: int, window) -> dict:
+        held = crops.crop_lines(lines, window)
+        text = "\n".join(line.text for line in held)
+        meta = {k: v for k, v in row["meta"].items() if k != "ocr_crops"}
+        x0, y0, x1, y1 = window
+        meta["ocr"] = dict(meta["ocr"], size=[x1 - x0, y1 - y0], lines=[line.compact() for line in held])
+        meta.update(out_width=x1 - x0, out_height=y1 - y0, ocr_words=sum(len(line.words) for line in held))
+        meta["ocr_crop"] = {"box": list(window), "n": n, "txt": "ocr"}
+        return {
+            "key": f"{row['key']}-r{n}",
+            "jpg": crops.crop_jpeg(rgb, window, self.quality),
+            "txt": text.encode(),
+            "meta": meta,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

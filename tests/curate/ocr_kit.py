@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
@@ -72,3 +73,45 @@ def degrade(rgb: np.ndarray, scale: float = 0.6, quality: int = 35, noise: float
     noisy = small + np.random.default_rng(seed).normal(0, noise, small.shape)
     data = jpeg(np.clip(noisy, 0, 255).astype(np.uint8), quality)
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+SUPERSAMPLE = 4  # dense pages are drawn this much larger, then averaged down: anti-aliased like a scan
+
+
+def dense_page(size: tuple[int, int], px: int, seed: int = 0, words: list[str] | None = None, font_path: str = ""):
+    """A page of ``size`` filled with ``px``-pixel text (line pitch 1.4 ``px``, 10-px margins), drawn
+    at 4x and averaged down, so the glyphs are anti-aliased as in a scan rather than hinted to the
+    pixel grid (PIL's hinting opens gaps inside words at 10 px that a reader sees too).
+
+    Returns (RGB array, text, words): ``words`` are ``(word, (x0, y0, x1, y1))`` in reading order, each
+    box the word's ink in page pixels."""
+    s = SUPERSAMPLE
+    font = ImageFont.truetype(font_path or _font().path, px * s)
+    words = words or _zen_words()
+    rng = random.Random(seed)
+    width, height = size
+    img = Image.new("L", (width * s, height * s), 255)
+    draw = ImageDraw.Draw(img)
+    space, pitch = font.getlength(" "), round(px * 1.4 * s)
+    lines, placed, y = [], [], 10 * s
+    while y + pitch < (height - 10) * s:
+        x, line = 10 * s, []
+        while True:
+            word = rng.choice(words)
+            if x + font.getlength(word) > (width - 10) * s:
+                break
+            draw.text((x, y), word, fill=0, font=font)
+            left, top, right, bottom = font.getbbox(word)
+            box = (
+                math.floor((x + left) / s),
+                math.floor((y + top) / s),
+                math.ceil((x + right) / s),
+                math.ceil((y + bottom) / s),
+            )
+            placed.append((word, box))
+            line.append(word)
+            x += font.getlength(word) + space
+        lines.append(" ".join(line))
+        y += pitch
+    rgb = np.asarray(img.resize(size, Image.Resampling.BOX).convert("RGB"))
+    return rgb, "\n".join(lines), placed

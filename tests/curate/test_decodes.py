@@ -3,6 +3,8 @@ same bits as decoding it in each stage; and which stages Ray runs as one task.""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from concepts_kit import NAME, save_tiny
@@ -26,7 +28,7 @@ def stages(tmp_path_factory):
         {"name": "embed", "model": NAME, "model_config": config, "weights": weights, "dtype": "float32"},
         {"name": "embed", "model": NAME, "model_config": config, "weights": weights, "modalities": ["ocr"]},
         {"name": "ocr"},
-        {"name": "ocr_crop", "size": 96, "min_density": 0.0},
+        {"name": "ocr_crop", "size": 96, "min_words": 1},
     ]
     return [build_stage(s) for s in specs]
 
@@ -58,15 +60,21 @@ def test_a_chain_decodes_each_picture_once_with_the_bits_of_one_decode_per_stage
     assert shared == apart  # shard payloads, signatures, tiny and CLIP embeddings, OCR lines and crops
 
     live = [r for r in shared if r["status"] == LIVE]
-    payloads = {bytes(r["jpg"]) for r in live}
+    pages = {re.sub(r"-(r\d+|page)$", "", r["key"]) for r in live if r["modality"] == "ocr"}  # crops fan out
     images = {bytes(r["jpg"]) for r in live if r["modality"] == "image"}
-    assert len(live) == len(inputs) - 2 and len(payloads) < len(live)  # byte copies curate to the same jpg
+    n_images = sum(r["modality"] == "image" for r in live)
+    assert n_images + len(pages) == len(inputs) - 2 and len(images) < n_images  # byte copies curate to one jpg
     assert all(r["meta"]["dedup"]["phash"] and r["embedding"] and r["emb"] for r in live if r["modality"] == "image")
-    assert all(r["crop_jpg"] and r["meta"]["ocr"]["lines"] for r in live if r["modality"] == "ocr")
-    # one source decode per input, one decode per distinct payload for dedup, embed, ocr and ocr_crop
-    # alike, one reduced grey decode per image payload for tiny_embed
-    assert counts == {"source": len(live), "pixels": len(payloads), "reduced": len(images)}
-    assert alone >= 2 * len(payloads)  # stage by stage: dedup and embed each decode, then ocr and ocr_crop
+    assert all(r["jpg"] and r["meta"]["ocr"]["lines"] for r in live if r["modality"] == "ocr")
+    # one source decode per input, and one at reading resolution per page that ocr and ocr_crop share;
+    # one decode per distinct payload for dedup and embed alike; one reduced grey decode per image payload
+    assert counts == {
+        "source": len(inputs) - 2 + len(pages),
+        "pixels": len(images) + len(pages),
+        "reduced": len(images),
+    }
+    payloads = images | set(pages)
+    assert alone >= 2 * len(payloads)  # stage by stage: dedup and embed each decode the same payload
 
 
 def test_pictures_past_the_budget_are_decoded_again_not_held(inputs):

@@ -15,11 +15,13 @@ import tempfile
 
 import numpy as np
 import pytest
-from ocr_kit import blank_page, cjk_pages, jpeg, pages
+from ocr_kit import blank_page, cjk_pages, pages
+from PIL import Image
 
 from curate.ocr.engines import MODEL_SETS, load_engine, package_file
 from curate.ocr.text import tokenize, word_scores
 from curate.stage import new_rows, run_in_process
+from curate.stages.images import ImageDecode
 from curate.stages.ocr import OcrCrop, OcrFilter, OcrRead
 from shards import storage
 
@@ -65,39 +67,52 @@ def test_tesseract_reads_rendered_pages(test_pages):
     assert precision >= THRESHOLD and recall >= THRESHOLD, (precision, recall)
 
 
-def test_ocr_stage_filter_and_crop_on_a_page_and_a_blank_image(test_pages):
+def _files(tmp_path, pictures: dict) -> list[dict]:
+    """Each picture written as a PNG: the stages read the source file, never the training copy."""
+    items = []
+    for key, (modality, rgb) in pictures.items():
+        Image.fromarray(rgb).save(tmp_path / f"{key}.png")
+        items.append({"key": key, "uri": str(tmp_path / f"{key}.png"), "modality": modality, "partition": 0})
+    return items
+
+
+def test_ocr_stage_filter_and_crop_on_a_page_and_a_blank_image(test_pages, tmp_path):
     rgb, truth = test_pages[0]
-    batch = new_rows(
-        [
-            {"key": "page", "uri": "mem://page", "modality": "ocr", "partition": 0},
-            {"key": "blank", "uri": "mem://blank", "modality": "ocr", "partition": 0},
-            {"key": "photo", "uri": "mem://photo", "modality": "image", "partition": 0},
-        ]
-    )
-    batch["jpg"] = np.array([jpeg(rgb), jpeg(blank_page()), jpeg(blank_page())], dtype=object)
-    out = run_in_process([OcrRead(write_txt=True), OcrFilter(min_text_area=0.02), OcrCrop(size=256)], batch)
+    pictures = {"page": ("ocr", rgb), "blank": ("ocr", blank_page()), "photo": ("image", blank_page())}
+    batch = new_rows(_files(tmp_path, pictures))
+    stages = [ImageDecode(), OcrRead(write_txt=True), OcrFilter(min_text_area=0.02), OcrCrop(size=256)]
+    out = run_in_process(stages, batch)
     status = dict(zip(out["key"], out["status"], strict=True))
     reason = dict(zip(out["key"], out["reason"], strict=True))
     meta = {k: json.loads(m) for k, m in zip(out["key"], out["meta"], strict=True)}
-    assert status == {"page": "live", "blank": "dropped", "photo": "live"}
+    crops = sorted(k for k in status if k.startswith("page-r"))
+    assert status == {"page": "split", "page-page": "live", "blank": "dropped", "photo": "live"} | dict.fromkeys(
+        crops, "live"
+    )
     assert reason["blank"] == "ocr_filter/no_text"
     assert "ocr" not in meta["photo"]  # ``read`` defaults to the ocr modality only
     page = meta["page"]
     assert page["ocr"]["size"] == [640, 480] and page["ocr"]["engine"] == "rapidocr:ppocrv6-tiny"
     assert abs(page["ocr_words"] - len(truth.split())) <= 1 and page["ocr_mean_conf"] > 0.8
     assert 0.05 < page["ocr_text_area"] < 0.6
-    text = bytes(out["txt"][0]).decode()
-    assert word_scores(text, truth)[1] >= THRESHOLD
-    assert page["ocr_crop"]["density"] > 0.05 and out["crop_jpg"][0] is not None
-    assert out["crop_jpg"][1] is None  # dropped rows carry no payload
+    # 22-px text (x-height 12) on a page shrunk to 448 stays legible: the whole page is a sample too
+    assert page["ocr_crops"]["page"] is True and page["ocr_crops"]["crops"] == len(crops) >= 2
+    texts = dict(zip(out["key"], out["txt"], strict=True))
+    assert word_scores(bytes(texts["page-page"]).decode(), truth)[1] >= THRESHOLD
+    for key in crops:  # each crop: a 256-px window of the page, its words' text, their lines
+        crop = meta[key]["ocr_crop"]["box"]
+        assert crop[2] - crop[0] == crop[3] - crop[1] == 256
+        lines = meta[key]["ocr"]["lines"]
+        assert bytes(texts[key]).decode() == "\n".join(line["text"] for line in lines) != ""
+        assert all(0 <= a < b <= 256 for line in lines for a, b in line["words"])
+    assert texts["blank"] is None  # dropped rows carry no payload
 
 
-def test_real_photographs_without_text_are_dropped(test_pages):
+def test_real_photographs_without_text_are_dropped(test_pages, tmp_path):
     """Photographs that ship with scikit-image and matplotlib; the engine "reads" digits in the coins
     and letters in the portrait at low confidence: each goes as low_confidence or no_text."""
     import matplotlib.cbook
     import skimage.data
-    from PIL import Image
 
     from curate.stages.images import resize_policy
 
@@ -109,11 +124,8 @@ def test_real_photographs_without_text_are_dropped(test_pages):
         "coffee": skimage.data.coffee(),
     }
     photos["page"] = test_pages[2][0]
-    batch = new_rows([{"key": k, "uri": f"mem://{k}", "modality": "ocr", "partition": 0} for k in photos])
-    batch["jpg"] = np.array(
-        [jpeg(np.asarray(resize_policy(Image.fromarray(a), 448, "shorter"))) for a in photos.values()], dtype=object
-    )
-    out = run_in_process([OcrRead(), OcrFilter()], batch)
+    small = {k: ("ocr", np.asarray(resize_policy(Image.fromarray(a), 448, "shorter"))) for k, a in photos.items()}
+    out = run_in_process([OcrRead(), OcrFilter()], new_rows(_files(tmp_path, small)))
     reason = dict(zip(out["key"], out["reason"], strict=True))
     for name in ("coins", "grace_hopper", "coffee"):
         assert reason[name] in ("ocr_filter/low_confidence", "ocr_filter/no_text"), (name, reason[name])

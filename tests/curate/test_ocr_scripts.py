@@ -65,7 +65,7 @@ def test_pages_in_a_script_no_recogniser_reads_are_dropped_naming_it_and_reporte
         f'name = "scripts"\nexecutor = "local"\n[output]\ndir = "{out}"\n'
         f'[[sources]]\nmodality = "ocr"\nformat = "pdf"\nuri = "{tmp_path / "docs"}"\n'
         '[[stages]]\nname = "image_decode"\n[[stages]]\nname = "ocr_text"\n'
-        '[[stages]]\nname = "ocr"\nsource = "uri"\n[[stages]]\nname = "ocr_filter"\n'
+        '[[stages]]\nname = "ocr"\n[[stages]]\nname = "ocr_filter"\n'
     )
     run(*load_run(str(manifest)), progress=False)
     ledger = read_ledger(str(out))

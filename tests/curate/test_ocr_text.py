@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from curate.ocr import crops
-from curate.ocr.engines import Line, Tesseract
-from curate.ocr.text import char_accuracy, normalize, tokenize, word_scores
+from curate.ocr.engines import Line, Tesseract, word_extents
+from curate.ocr.text import char_accuracy, normalize, tokenize, word_scores, word_spans
 from curate.ocr.vocab import label
 
 
@@ -77,6 +77,12 @@ def test_text_area_and_dense_crop():
     assert Image.open(io.BytesIO(crops.crop_jpeg(rgb, box))).size == (200, 200)
 
 
+def test_word_spans_split_at_spaces_and_between_cjk_characters():
+    assert word_spans("to be  or") == [(0, 2), (3, 5), (7, 9)]
+    assert word_spans("今天 ok") == [(0, 1), (1, 2), (3, 5)]
+    assert word_extents("ab 今", [(0, 5), (5, 9), (9, 12), (12, 20)]) == ((0, 9), (12, 20))
+
+
 def test_tesseract_tsv_groups_words_into_lines():
     tsv = (
         "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
@@ -90,3 +96,4 @@ def test_tesseract_tsv_groups_words_into_lines():
     (line,) = engine.parse_tsv(tsv)
     assert (line.text, line.box) == ("Hello world", (10, 10, 130, 30))
     assert line.conf == pytest.approx(0.93)
+    assert line.words == ((10, 60), (70, 130))  # each word where tesseract boxed it

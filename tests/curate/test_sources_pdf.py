@@ -78,7 +78,7 @@ def test_pdf_pages_curate_end_to_end_and_ocr_is_checked_against_the_text_layer(t
         f'name = "pdf"\nexecutor = "local"\n[output]\ndir = "{out}"\n'
         f'[[sources]]\nmodality = "ocr"\nformat = "pdf"\nuri = "{tmp_path / "docs"}"\n'
         '[[stages]]\nname = "image_decode"\n[[stages]]\nname = "ocr_text"\n'
-        '[[stages]]\nname = "ocr"\nsource = "uri"\nwrite_txt = true\n'
+        '[[stages]]\nname = "ocr"\nwrite_txt = true\n'
         '[[stages]]\nname = "ocr_filter"\nmin_agreement = 0.8\n'
     )
     summary = run(*load_run(str(manifest)), progress=False, report=False)
