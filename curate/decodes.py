@@ -1,7 +1,8 @@
 """One decode per picture for every stage of a task that needs its pixels.
 
-Stages read pixels independently (``dedup_signatures``, ``tiny_embed``, ``embed``, ``ocr``,
-``ocr_crop`` all open the curated ``jpg``), and a stage knows nothing of the others. Inside
+Stages read pixels independently (``dedup_signatures``, ``tiny_embed`` and ``embed`` open the curated
+``jpg``; ``ocr`` and ``ocr_crop`` read the page at reading resolution from its source), and a stage
+knows nothing of the others. Inside
 :func:`shared` (the stage chain of one partition: ``curate.stage.apply_chain``, in process and in
 a Ray task alike), :func:`once` computes each decode once and hands every later stage the same
 result; outside it, every call decodes. Results are keyed by what was decoded (the bytes
