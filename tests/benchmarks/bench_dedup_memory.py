@@ -60,11 +60,12 @@ if mode == "task":
 else:  # before: the edges pulled to the driver and grouped there
     stage = step._groups(ray_edges(ds, step.config(), rows).to_pandas(), work, {"rows": rows, "band_partitions": 0})
 seconds = time.perf_counter() - start
-time.sleep(0.5)
+time.sleep(0.5)  # one more sample; then the peaks, before the check below reads the group table here
+peaks = {"hwm": status("VmHWM:"), "anon": anon["peak"]}
 table = pd.read_parquet(stage.table)
 found = {tuple(sorted(g["key"])) for _, g in table.groupby("group")}
 truth = {(f"doc{i - 1:08d}", f"doc{i:08d}") for i in range(9, rows, 10)}
-print(json.dumps({"before": before, "hwm": status("VmHWM:"), "anon": anon["peak"], "seconds": seconds,
+print(json.dumps({"before": before, **peaks, "seconds": seconds,
                   "partitions": band_partitions(step.config(), rows), "groups": len(found),
                   "true": len(truth), "right": len(found & truth)}))
 """
