@@ -85,9 +85,7 @@ def run(
         for k, segment in enumerate(segments):
             last = k == len(segments) - 1
             # a global step needs every partition's rows, so earlier passes cover all partitions
-            need = (
-                todo if last else [p for p in sorted(by_partition) if redo or read_pass_marker(out, k, p) != digests[p]]
-            )
+            need, live = (todo, {}) if last else _pass_todo(out, k, digests, redo)
             if need:
                 if k == 0:
                     source = [{"partition": p, "items": json.dumps(by_partition[p]), "uri": ""} for p in need]
@@ -112,8 +110,11 @@ def run(
                     shown.close()
                 if last:
                     markers.update({m["partition"]: m for m in done})
+                else:
+                    live.update({m["partition"]: m["rows"] for m in done})
             if not last:
-                stage, seconds = _global_step(steps[k], out, k, sorted(by_partition), cfg, console)
+                step_rows = sum(live.values())
+                stage, seconds = _global_step(steps[k], out, k, sorted(by_partition), step_rows, cfg, console)
                 segments[k + 1].insert(0, stage)
                 steps_cost[steps[k].name] = steps_cost.get(steps[k].name, 0.0) + seconds
 
@@ -146,11 +147,24 @@ def split_passes(stages: list) -> tuple[list[list[Stage]], list[GlobalStep]]:
     return segments, steps
 
 
+def _pass_todo(out: str, k: int, digests: dict[int, str], redo: bool) -> tuple[list[int], dict[int, int]]:
+    """Partitions whose pass ``k`` is still to run, and the live rows of those it finished (their markers')."""
+    need, live = [], {}
+    for p in sorted(digests):
+        marker = None if redo else read_pass_marker(out, k, p)
+        if marker and marker["keys_sha256"] == digests[p]:
+            live[p] = marker["rows"]
+        else:
+            need.append(p)
+    return need, live
+
+
 def _global_step(
-    step: GlobalStep, out: str, k: int, partitions: list[int], cfg: RunConfig, console: Console
+    step: GlobalStep, out: str, k: int, partitions: list[int], rows: int, cfg: RunConfig, console: Console
 ) -> tuple[Stage, float]:
     """The stage ``step`` returns, and the core-seconds it took: this process's CPU time in process;
-    on Ray, its wall time times the cluster's CPUs (an upper bound: the workers' CPU is not measured)."""
+    on Ray, its wall time times the cluster's CPUs (an upper bound: the workers' CPU is not measured).
+    ``rows``: the live rows of pass ``k``, counted by its markers."""
     workdir = storage.join(out, "_work", f"step{k}-{step.name}")
     columns = sorted(set(step.columns) | {"status"})
     files = pass_files(out, k, partitions)
@@ -163,7 +177,7 @@ def _global_step(
         init_ray(cfg.ray)
         ds = ray.data.read_parquet(files, columns=columns, filesystem=storage.arrow_filesystem(out))
         ds = ds.filter(lambda row: row["status"] == LIVE)
-        stage = step.run(ds, workdir)
+        stage = step.run(ds, workdir, rows)
     return stage, (time.perf_counter() - started) * cluster_cpus()
 
 

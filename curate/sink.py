@@ -169,9 +169,13 @@ def pass_files(out: str, pass_index: int, partitions) -> list[str]:
     return [pass_uri(out, pass_index, p, "parquet") for p in partitions]
 
 
-def read_pass_marker(out: str, pass_index: int, partition: int) -> str | None:
+def read_pass_marker(out: str, pass_index: int, partition: int) -> dict | None:
+    """``{"keys_sha256", "rows"}`` of a partition's finished pass (rows: its live rows), or None."""
     data = storage.try_read(pass_uri(out, pass_index, partition, "done"))
-    return None if data is None else data.decode()
+    try:
+        return None if data is None else json.loads(data)
+    except json.JSONDecodeError:
+        return None  # torn, or a marker of an older layout: the partition's pass is redone
 
 
 def write_pass(batch: dict, out: str, pass_index: int) -> dict:
@@ -185,9 +189,9 @@ def write_pass(batch: dict, out: str, pass_index: int) -> dict:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(pass_uri(out, pass_index, partition, "parquet"), buf.getvalue())
-    digest = keys_digest(input_keys(rows))
-    storage.write_bytes(pass_uri(out, pass_index, partition, "done"), digest.encode())
-    return {"partition": partition, "keys_sha256": digest, "failures": failures(rows), "outcomes": outcomes(rows)}
+    marker = {"keys_sha256": keys_digest(input_keys(rows)), "rows": sum(r["status"] == LIVE for r in rows)}
+    storage.write_bytes(pass_uri(out, pass_index, partition, "done"), json.dumps(marker).encode())
+    return {"partition": partition, **marker, "failures": failures(rows), "outcomes": outcomes(rows)}
 
 
 def write_partition(batch: dict, out: str, set_name: str, version: str) -> dict:

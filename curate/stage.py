@@ -107,18 +107,19 @@ class GlobalStep:
     """A step that needs every row at once (dedup grouping, k-means fitting), between two passes.
 
     The pipeline ends the pass before it, writes that pass's rows to parquet per partition, and
-    calls ``run(ds, workdir)`` with a Ray dataset of those rows restricted to ``columns`` (live
-    rows only), or, for the local executor, ``run_local(table, workdir)`` with the same rows as one
-    Arrow table (the data must fit in this process; no Ray is imported). Both drivers call the same
-    functions of the domain code. The step writes what it computed under ``workdir`` and returns the
-    stage that applies it (a ``Stage`` whose parameters name those files); the pipeline puts that
-    stage at the head of the next pass. On Ray it never collects every row on the driver.
+    calls ``run(ds, workdir, rows)`` with a Ray dataset of those rows restricted to ``columns`` (live
+    rows only; ``rows`` counts them, from the pass's markers: it sizes shuffles without a pass), or,
+    for the local executor, ``run_local(table, workdir)`` with the same rows as one Arrow table (the
+    data must fit in this process; no Ray is imported). Both drivers call the same functions of the
+    domain code. The step writes what it computed under ``workdir`` and returns the stage that
+    applies it (a ``Stage`` whose parameters name those files); the pipeline puts that stage at the
+    head of the next pass. On Ray it never collects every row on the driver.
     """
 
     name: ClassVar[str] = ""
     columns: ClassVar[tuple[str, ...]] = ("key", "modality", "meta")
 
-    def run(self, ds, workdir: str) -> Stage:
+    def run(self, ds, workdir: str, rows: int) -> Stage:
         raise NotImplementedError
 
     def run_local(self, table, workdir: str) -> Stage:

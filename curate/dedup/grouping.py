@@ -4,9 +4,10 @@ On Ray every row becomes one record per (kind, band key); a hash shuffle on the 
 (``groupby`` on ``bucket mod partitions``, then ``map_groups`` per partition) brings the rows sharing
 a key onto one worker, which drops singleton keys in one vectorised step, verifies the candidate
 pairs of the rest against the real signatures (Hamming distance, MinHash Jaccard estimate, frame
-overlap) and emits only a spanning forest of the verified pairs. Only those edges reach the driver
-(O(duplicate members), never O(rows)); connected components and the keep choice run there
-(``keep.group_table``). Tests check it against an all-pairs oracle (``tests/curate/dedup_oracle.py``).
+overlap) and emits only a spanning forest of the verified pairs (O(duplicate members), never O(rows)).
+Connected components and the keep choice (``keep.group_table``) run over those edges in one Ray task
+(``stages.dedup``): the driver holds references to the edge blocks, never their rows. Tests check it
+against an all-pairs oracle (``tests/curate/dedup_oracle.py``).
 In one process (the local executor, no Ray) :func:`local_edges` runs the same records and
 per-bucket verification over one table, all buckets in one partition.
 """
@@ -95,8 +96,7 @@ class DedupConfig:
     semantic_clusters: PositiveInt = 64
     kmeans_sample: PositiveInt = 100_000
     max_bucket: PositiveInt = 256  # larger buckets are verified against their first member and neighbours
-    # hash partitions of the band shuffle; 0: two per cluster CPU, more when the row count is known
-    # (RECORDS_PER_PARTITION); set it for corpora of millions of rows: rows x bands / 1M
+    # hash partitions of the band shuffle; 0: sized from the row count (``partitions_for``)
     shuffle_partitions: NonNegativeInt = 0
     seed: NonNegativeInt = 0
 
@@ -298,10 +298,12 @@ def upper_pairs(sim: np.ndarray, ok: np.ndarray, offset: int = 0):
 
 def partition_edges(records: pd.DataFrame, cfg: DedupConfig, verify=None) -> pa.Table:
     """``map_groups`` body for one hash partition of buckets: singleton buckets are dropped at once
-    (vectorised), so only buckets holding candidates cost a verification call."""
+    (vectorised), so only buckets holding candidates cost a verification call. The edges come back
+    as one chunk: a chunk per bucket (20,000 at 100k captions) cost a driver that read the edges
+    460 MiB and its parquet writer a row group each (49 MB of footers for 0.6 MB of edges)."""
     shared = records[records.duplicated("bucket", keep=False)]
     tables = [(verify or bucket_edges)(part, cfg) for _, part in shared.groupby("bucket", sort=True)]
-    return pa.concat_tables([EDGE.empty_table(), *tables])
+    return pa.concat_tables([EDGE.empty_table(), *tables]).combine_chunks()
 
 
 def bucket_edges(records: pd.DataFrame, cfg: DedupConfig) -> pa.Table:
@@ -339,6 +341,7 @@ def shuffle_by_bucket(records, partitions: int, verify=None, cfg: DedupConfig | 
 
 
 RECORDS_PER_PARTITION = 1_000_000  # band records one shuffle partition may hold (about 0.6 GB as a frame)
+RECORDS_PER_TASK = 100_000  # fewer records than this are not worth another partition's tasks
 
 
 def records_per_row(cfg: DedupConfig) -> int:
@@ -348,22 +351,29 @@ def records_per_row(cfg: DedupConfig) -> int:
     return n + lsh.minhash_params(cfg.minhash_threshold, 128)[0] * ("minhash" in cfg.kinds)
 
 
-def partitions_for(cfg: DedupConfig, rows: int = 0) -> int:
-    """Hash partitions of a shuffle: as set; else two per cluster CPU, and enough that none holds more
-    than RECORDS_PER_PARTITION records of ``rows`` rows (1M captions at 14 bands: 14 partitions, not 4)."""
+def partitions_for(cfg: DedupConfig, records: int) -> int:
+    """Hash partitions of a shuffle of ``records`` records (the pipeline knows the rows from the pass's
+    markers): as set; else enough that none holds more than RECORDS_PER_PARTITION (1M captions at 14
+    bands: 14), and up to two per cluster CPU while each still gets RECORDS_PER_TASK (the demo: one)."""
     if cfg.shuffle_partitions:
         return cfg.shuffle_partitions
-    return max(shuffle_partitions(), -(-rows * records_per_row(cfg) // RECORDS_PER_PARTITION))
+    spread = min(shuffle_partitions(), -(-records // RECORDS_PER_TASK))
+    return max(1, spread, -(-records // RECORDS_PER_PARTITION))
 
 
-def ray_edges(ds, cfg: DedupConfig, rows: int = 0):
+def ray_edges(ds, cfg: DedupConfig, rows: int):
     """The Ray dataset of verified edges over every band kind (semantic edges come separately).
 
-    ``rows``: the input's row count where the caller knows it without a pass (it sizes the shuffle);
-    counting here would cost a pass over the data, outside the S3 settings ``worker_env`` forwards.
+    ``rows``: the input's row count (from the pass's markers; counting here would cost a pass over
+    the data), which sizes the shuffle.
     """
     records = ds.map_batches(band_records, fn_kwargs={"cfg": cfg}, batch_format="pandas", **worker_env())
-    return shuffle_by_bucket(records, partitions_for(cfg, rows), cfg=cfg)
+    return shuffle_by_bucket(records, band_partitions(cfg, rows), cfg=cfg)
+
+
+def band_partitions(cfg: DedupConfig, rows: int) -> int:
+    """Hash partitions of the band shuffle over ``rows`` rows."""
+    return partitions_for(cfg, rows * records_per_row(cfg))
 
 
 def local_edges(table: pa.Table, cfg: DedupConfig) -> pa.Table:

@@ -128,7 +128,7 @@ def ray_semantic_edges(ds, cfg: DedupConfig):
         sample = vectors.limit(cfg.kmeans_sample).to_pandas()
     centroids = sample_centroids(sample, cfg)
     assigned = vectors.map_batches(assign, fn_kwargs={"centroids": centroids}, batch_format="pandas", **worker_env())
-    return shuffle_by_bucket(assigned, partitions_for(cfg), verify=cluster_edges, cfg=cfg)
+    return shuffle_by_bucket(assigned, partitions_for(cfg, total), verify=cluster_edges, cfg=cfg)
 
 
 def local_semantic_edges(table: pa.Table, cfg: DedupConfig) -> pa.Table | None:

@@ -118,7 +118,7 @@ class Concepts(GlobalStep, KMeansConfig):
         super().__post_init__()
         _check_modalities(self.modalities)
 
-    def run(self, ds, workdir: str) -> Stage:
+    def run(self, ds, workdir: str, rows: int) -> Stage:
         import ray
 
         from curate.cluster import worker_env

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curate.dedup import signatures as sg
-from curate.dedup.grouping import DedupConfig, local_edges, ray_edges
+from curate.dedup.grouping import EDGE, DedupConfig, band_partitions, local_edges, ray_edges
 from curate.dedup.keep import group_table
 from curate.dedup.semantic import local_semantic_edges, ray_semantic_edges, tiny_image_embedding
 from curate.pictures import pixels, reduced_grey
@@ -150,23 +150,33 @@ class DedupGroup(GlobalStep, DedupConfig):
     def config(self) -> DedupConfig:
         return DedupConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DedupConfig)})
 
-    def run(self, ds, workdir: str) -> Stage:
+    def run(self, ds, workdir: str, rows: int) -> Stage:
+        """Edges on Ray, then the groups in one task over the edge blocks: the driver passes their
+        references on and never holds the rows, so its memory does not grow with the corpus."""
+        import ray
+
+        from curate.cluster import worker_env
+
         cfg = self.config()
-        edges = ray_edges(ds, cfg)
+        edges = ray_edges(ds, cfg, rows)
         if "semantic" in cfg.kinds:
             semantic = ray_semantic_edges(ds, cfg)
             edges = edges if semantic is None else edges.union(semantic)
-        return self._groups(edges.to_pandas(), workdir)
+        groups = ray.remote(_groups_of_blocks).options(**worker_env())
+        shape = {"rows": rows, "band_partitions": band_partitions(cfg, rows)}
+        return ray.get(groups.remote(self, workdir, shape, *edges.to_arrow_refs()))
 
     def run_local(self, table: pa.Table, workdir: str) -> Stage:
         cfg = self.config()
         edges = [local_edges(table, cfg)]
         if "semantic" in cfg.kinds:
             edges.append(local_semantic_edges(table, cfg))
-        return self._groups(pa.concat_tables([e for e in edges if e is not None]).to_pandas(), workdir)
+        edges = pa.concat_tables([e for e in edges if e is not None]).to_pandas()
+        return self._groups(edges, workdir, {"rows": table.num_rows, "band_partitions": 1})
 
-    def _groups(self, edges: pd.DataFrame, workdir: str) -> Stage:
-        """Groups from the verified edges: the group table, its summary, and the stage that applies it."""
+    def _groups(self, edges: pd.DataFrame, workdir: str, shape: dict) -> Stage:
+        """Groups from the verified edges: the group table, its summary, and the stage that applies it.
+        ``shape``: the rows grouped and the band shuffle's partitions, for the summary."""
         cfg = self.config()
         table = group_table(edges)
         uri = storage.join(workdir, "dedup_groups.parquet")
@@ -179,10 +189,16 @@ class DedupGroup(GlobalStep, DedupConfig):
             "members": len(table),
             "dropped": len(dropped),
             "dropped_by_kind": {k: int(n) for k, n in dropped["kind"].value_counts().sort_index().items()},
+            **shape,
             "config": dataclasses.asdict(cfg),
         }
         storage.write_bytes(storage.join(workdir, "dedup_summary.json"), json.dumps(summary, indent=1).encode())
         return DedupApply(table=uri)
+
+
+def _groups_of_blocks(step: DedupGroup, workdir: str, shape: dict, *blocks: pa.Table) -> Stage:
+    """Ray task body: the group table of ``step`` from the edge blocks (Ray passes them in as tables)."""
+    return step._groups(pa.concat_tables([EDGE.empty_table(), *blocks]).to_pandas(), workdir, shape)
 
 
 @dataclasses.dataclass(frozen=True)

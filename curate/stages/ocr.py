@@ -277,7 +277,7 @@ class OcrVocab(GlobalStep):
     max_words: PositiveInt = 100  # word ids per image
     cjk: Literal["char", "bigram"] = "char"
 
-    def run(self, ds, workdir: str) -> Stage:
+    def run(self, ds, workdir: str, rows: int) -> Stage:
         return self._vocab(count_words(ds, self.cjk, self.min_count), workdir)
 
     def run_local(self, table, workdir: str) -> Stage:

@@ -317,7 +317,6 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
 
     from curate.cluster import init_ray
     from curate.config import RayConfig
-    from curate.dedup.grouping import DedupConfig, partitions_for
     from curate.stages.dedup import DedupGroup
 
     init_ray(RayConfig(num_cpus=2, shuffle=shuffle))  # as a pipeline run sets Ray up
@@ -328,10 +327,9 @@ def bench_ray(rows: int, shuffle: str = "sort") -> list[tuple[str, str, str, str
     made = time.perf_counter() - t
     work = tempfile.mkdtemp()
     t = time.perf_counter()
-    # partitions for at most 1M band records each (14 at 1M rows)
-    step = DedupGroup(kinds=("minhash",), shuffle_partitions=partitions_for(DedupConfig(kinds=("minhash",)), rows))
+    step = DedupGroup(kinds=("minhash",))  # partitions from the row count, as in a run (14 at 1M rows)
     with MemorySampler() as mem:
-        step.run(ds, work)
+        step.run(ds, work, rows)
     seconds = time.perf_counter() - t
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ray.shutdown()

@@ -126,7 +126,7 @@ def test_precision_and_recall_per_kind_on_the_demo_families(corpus):
     assert scores["semantic"][0] == 1.0 and scores["semantic"][1] >= 0.6  # tiny-image vectors: crops escape
 
     # the banded path (LSH buckets, then verification) finds what all-pairs verification finds
-    cfg = DedupConfig(kinds=ALL_KINDS[:-1])
+    cfg = DedupConfig(kinds=("exact", "pixel", "perceptual", "minhash"))
     banded = group_table(partition_edges(band_records(pd.DataFrame(rows), cfg).to_pandas(), cfg).to_pandas())
     as_sets = lambda t: sorted(sorted(g) for g in t.groupby("group")["key"].apply(list))  # noqa: E731
     assert as_sets(banded) == as_sets(reference_groups(rows, cfg))
@@ -184,7 +184,9 @@ def test_the_ray_and_the_local_driver_group_like_the_reference(corpus, ray_clust
     got = {}
     for driver, data in (("ray", ray_cluster.data.from_pandas([frame[:40], frame[40:]])), ("local", frame)):
         run = (
-            step.run if driver == "ray" else lambda table, workdir: step.run_local(pa.Table.from_pandas(table), workdir)
+            (lambda ds, workdir: step.run(ds, workdir, len(frame)))
+            if driver == "ray"
+            else (lambda table, workdir: step.run_local(pa.Table.from_pandas(table), workdir))
         )
         stage = run(data, str(tmp_path / driver))
         got[driver] = _groups_as_sets(pd.read_parquet(stage.table))
@@ -344,14 +346,23 @@ def test_keep_rule_picks_one_member_per_group(rule, kept):
     assert table.loc["a-key", "size"] == 3
 
 
-def test_the_band_shuffle_gets_more_partitions_as_the_input_grows():
+def test_the_band_shuffle_partitions_follow_the_row_count(ray_cluster):
     from curate.cluster import shuffle_partitions
-    from curate.dedup.grouping import RECORDS_PER_PARTITION, DedupConfig, partitions_for, records_per_row
+    from curate.dedup.grouping import RECORDS_PER_PARTITION, band_partitions, records_per_row
     from curate.dedup.lsh import minhash_params
 
     text = DedupConfig(kinds=("minhash",), minhash_threshold=0.7)
-    assert records_per_row(text) == minhash_params(0.7, 128)[0]
-    assert partitions_for(text, 10_000) == shuffle_partitions()  # small inputs: two per CPU
-    big = 1_000_000 * records_per_row(text)
-    assert partitions_for(text, 1_000_000) == -(-big // RECORDS_PER_PARTITION) > shuffle_partitions()
-    assert partitions_for(DedupConfig(kinds=("minhash",), shuffle_partitions=3), 1_000_000) == 3  # as set
+    assert records_per_row(text) == minhash_params(0.7, 128)[0] == 14 and shuffle_partitions() == 4
+    # a few thousand records (the demo) in one partition; then up to two per CPU; then 1M records each
+    assert [band_partitions(text, rows) for rows in (0, 100, 7_142, 7_143, 20_000, 100_000)] == [1, 1, 1, 2, 3, 4]
+    assert band_partitions(text, 1_000_000) == -(-1_000_000 * 14 // RECORDS_PER_PARTITION) == 14
+    assert band_partitions(text, 100_000_000) == 1400
+    assert band_partitions(DedupConfig(kinds=("minhash",), shuffle_partitions=3), 1_000_000) == 3  # as set
+
+
+def test_partition_edges_come_back_as_one_chunk(corpus):
+    """One Arrow chunk per bucket (thousands per partition) once cost the driver reading them 460 MiB at 100k rows."""
+    cfg = DedupConfig(kinds=("exact", "pixel", "perceptual", "minhash"))
+    frame = pd.DataFrame([{**r, "meta": json.dumps(r["meta"])} for r in corpus[0] if r["status"] == LIVE])
+    edges = partition_edges(band_records(frame, cfg).to_pandas(), cfg)
+    assert edges.num_rows > 20 and {column.num_chunks for column in edges.columns} == {1}

@@ -45,7 +45,7 @@ def _vocab_step(step: OcrVocab, frame: pd.DataFrame, workdir, driver: str, reque
     if driver == "local":
         return step.run_local(pa.Table.from_pandas(frame), workdir)
     ray = request.getfixturevalue("ray_cluster")
-    return step.run(ray.data.from_pandas([frame[:2], frame[2:4], frame[4:]]), workdir)
+    return step.run(ray.data.from_pandas([frame[:2], frame[2:4], frame[4:]]), workdir, len(frame))
 
 
 @pytest.mark.parametrize("driver", ["ray", "local"])

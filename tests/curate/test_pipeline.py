@@ -181,7 +181,7 @@ class _CountSizes(GlobalStep):
     name = "count_sizes"
     columns = ("key", "modality")
 
-    def run(self, ds, workdir):
+    def run(self, ds, workdir, rows):
         return self._annotate({r["modality"]: r["count()"] for r in ds.groupby("modality").count().take_all()}, workdir)
 
     def run_local(self, table, workdir):
@@ -224,6 +224,22 @@ def test_global_step_splits_passes_sees_every_partition_and_resumes(ray_cluster,
     pass1 = {p: p.stat().st_mtime_ns for p in (tmp_path / "_work" / "pass0").iterdir()}
     again = run(cfg, stages, progress=False)
     assert {p: p.stat().st_mtime_ns for p in pass1} == pass1 and again["kept"] == summary["kept"]
+
+
+def test_the_dedup_shuffle_is_sized_from_the_pass_markers_row_count(ray_demo):
+    from curate.dedup.grouping import band_partitions
+    from curate.stages import build_stage
+
+    out, _ = ray_demo
+    (folder,) = (out / "_work").glob("step*-dedup_group")
+    k = int(folder.name[len("step") :].split("-")[0])
+    files = sorted((out / "_work" / f"pass{k}").glob("*.parquet"))
+    live = sum(pd.read_parquet(f, columns=["status"])["status"].eq("live").sum() for f in files)
+    markers = [json.loads(f.with_suffix(".done").read_text()) for f in files]
+    summary = json.loads((folder / "dedup_summary.json").read_text())
+    assert summary["rows"] == sum(m["rows"] for m in markers) == live > 50
+    cfg = build_stage({"name": "dedup_group", **summary["config"]}).config()
+    assert summary["band_partitions"] == band_partitions(cfg, live)
 
 
 def test_report_is_self_contained_and_names_every_failure(ray_demo):

@@ -7,6 +7,7 @@ Killed in the last pass (shards being written) under the local executor, and in 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -60,3 +61,8 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(demo_local, d
     want_tars, want_index, want_ledger = _state(whole)
     assert tars == want_tars and index == want_index
     pd.testing.assert_frame_equal(ledger, want_ledger)
+    # the rerun's dedup step counts its rows from the markers the killed run left and those it wrote
+    groups = [
+        json.loads(next(out.glob("_work/step*-dedup_group/dedup_summary.json")).read_text()) for out in (killed, whole)
+    ]
+    assert groups[0]["rows"] == groups[1]["rows"] > 50
