@@ -479,7 +479,31 @@ MEDIA_BLOCK = 8 << 20  # bytes per ranged GET of a seekable S3 stream
 MEDIA_BLOCKS = 3  # blocks kept (least recently used dropped): the header at the end, the data, one behind
 
 
-class _S3Seekable(io.RawIOBase):
+class _Seekable(io.RawIOBase):
+    """What the seekable readers below share: a read-only file of ``size`` bytes, read from ``pos``."""
+
+    uri = ""
+    size = 0
+    pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        if target < 0:
+            raise ValueError(f"{self.uri}: seek to negative position {target}")
+        self.pos = target
+        return self.pos
+
+
+class _S3Seekable(_Seekable):
     """A seekable S3 object: reads are served from a few cached blocks, each one ranged GET (retried).
 
     Demuxers seek (an mp4's index sits at its end, a clip starts at a keyframe) and then read on
@@ -500,22 +524,6 @@ class _S3Seekable(io.RawIOBase):
         self.pos = 0
         self.cache: dict[int, bytes] = {}  # block index -> bytes, in order of use (oldest first)
         self.gets = 0  # ranged GETs issued (for tests and benchmarks)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"{self.uri}: seek to negative position {base + offset}")
-        self.pos = base + offset
-        return self.pos
 
     def _block(self, index: int) -> bytes:
         data = self.cache.pop(index, None)
@@ -543,25 +551,12 @@ class _S3Seekable(io.RawIOBase):
         super().close()
 
 
-class _Window(io.RawIOBase):
+class _Window(_Seekable):
     """Bytes ``[start, end)`` of a seekable binary file, read in place as a file of their own: a tar
     member for a demuxer or a hash, whose seeks move within the member, never over the whole tar."""
 
-    def __init__(self, file, start: int, end: int):
-        self.file, self.start, self.size, self.pos = file, start, end - start, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
-        return self.pos
+    def __init__(self, file, start: int, end: int, uri: str = ""):
+        self.file, self.start, self.size, self.pos, self.uri = file, start, end - start, 0, uri
 
     def readinto(self, buffer) -> int:
         n = max(0, min(len(buffer), self.size - self.pos))
@@ -583,7 +578,7 @@ def open_media(uri: str, block: int = MEDIA_BLOCK, blocks: int = MEDIA_BLOCKS):
     if member is not None:
         tar, start, end = member
         file = _S3Seekable(tar, block, blocks) if is_s3(tar) else open(_existing(tar), "rb")  # noqa: SIM115
-        return io.BufferedReader(_Window(file, start, end), buffer_size=1 << 16)
+        return io.BufferedReader(_Window(file, start, end, uri), buffer_size=1 << 16)
     if is_s3(uri):
         return io.BufferedReader(_S3Seekable(uri, block, blocks), buffer_size=1 << 16)
     return _existing(uri)
