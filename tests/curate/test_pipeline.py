@@ -38,9 +38,15 @@ def _checksums(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_demo(ray_cluster, demo_corpus, tmp_path_factory):
+    """The demo on Ray with several partitions to a Ray Data task (one task per CPU instead of four), so
+    the comparisons with the local executor below cover tasks that carry more than one partition."""
+    from curate import pipeline
+
     out = tmp_path_factory.mktemp("ray-demo")
     mp = pytest.MonkeyPatch()
+    mp.setattr(pipeline, "TASKS_PER_CPU", 1)
     summary = _run(demo_corpus, out, mp)
+    assert pipeline.partitions_per_task(len(list((out / "_partitions").iterdir()))) >= 2
     mp.undo()
     return out, summary
 
