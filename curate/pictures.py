@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 from PIL import Image
 
 from curate import decodes
@@ -48,11 +47,6 @@ def pixels(data: bytes) -> Image.Image:
     it; shared with later stages of the chain: never change it in place."""
     data = bytes(data)
     return decodes.once("pixels", data, lambda: Image.open(io.BytesIO(data)).convert("RGB"), _size)
-
-
-def pixels_array(data: bytes) -> np.ndarray:
-    """:func:`pixels` as a writable ``(H, W, 3)`` uint8 array of the caller's own."""
-    return np.array(pixels(data))
 
 
 def reduced_grey(data: bytes) -> Image.Image:

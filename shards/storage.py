@@ -242,8 +242,9 @@ def file_digest(uri: str) -> str:
     import blake3
 
     hasher = blake3.blake3()
-    if is_s3(uri) or split_member(uri) is not None:  # a tar member (a video can be gigabytes) read in place
-        with open_stream(uri) if split_member(uri) is None else open_media(uri) as stream:
+    member = split_member(uri) is not None  # a tar member (a video can be gigabytes): read in place
+    if member or is_s3(uri):
+        with open_media(uri) if member else open_stream(uri) as stream:
             while chunk := stream.read(1 << 20):
                 hasher.update(chunk)
         return hasher.hexdigest()
@@ -562,6 +563,8 @@ class _Window(_Seekable):
         n = max(0, min(len(buffer), self.size - self.pos))
         self.file.seek(self.start + self.pos)
         got = self.file.readinto(memoryview(buffer)[:n]) if n else 0
+        if n and not got:  # as read_bytes says of a member cut short
+            raise EOFError(f"{self.uri}: the file ends after {self.pos} of the member's {self.size} bytes")
         self.pos += got
         return got
 

@@ -26,7 +26,7 @@ from train.config import RunConfig
 from train.data import Stream
 from train.loss import ConceptHeads
 from train.model import Encoder
-from train.nonfinite import diagnose
+from train.nonfinite import diagnose, finite
 from train.optim import SampledRowAdamW, build_optimizer, set_lr, step_if_finite
 from train.parallelize import clip_grads, parallelize, setup_distributed
 
@@ -198,7 +198,7 @@ def _diagnose(t: Trainer, step: int, batches: list) -> None:
         bad = [  # the sampled heads' scored-row gradients are the optimizer's, not parameters' .grad
             f"heads.{name}.scored_rows"
             for name, head in t.heads.heads.items()
-            if not all(bool(torch.isfinite(g.p).all() and torch.isfinite(g.b).all()) for g in head.pending)
+            if not finite([(g.p, g.b) for g in head.pending])
         ]
         if t.head_opt:
             t.head_opt.zero_grad()

@@ -35,7 +35,8 @@ def _tensors(x) -> list[torch.Tensor]:
     return []
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
+    """No NaN or infinity in any floating tensor of ``x`` (a tensor, or lists and tuples of them)."""
     return all(bool(torch.isfinite(t).all()) for t in _tensors(x) if t.is_floating_point())
 
 
@@ -54,14 +55,14 @@ class Watch:
 
     def _on_forward(self, name: str) -> Callable:
         def hook(module, inputs, output):
-            if self.forward is None and not _finite(output):
+            if self.forward is None and not finite(output):
                 self.forward = name
 
         return hook
 
     def _on_backward(self, name: str) -> Callable:
         def hook(module, grad_input, grad_output):
-            if self.backward is None and _finite(grad_output) and not _finite(grad_input):
+            if self.backward is None and finite(grad_output) and not finite(grad_input):
                 self.backward = name
 
         return hook
@@ -102,7 +103,7 @@ def diagnose(
                 other_bad += [n for n in bad if n not in other_bad]
     finally:
         watch.close()
-    bad_grads = [n for n, q in params.items() if q.grad is not None and not _finite(q.grad)] + other_bad
+    bad_grads = [n for n, q in params.items() if q.grad is not None and not finite(q.grad)] + other_bad
     report = {
         "step": step + 1,
         "reproduced": bool(bad_grads) or watch.forward is not None or watch.backward is not None,
@@ -111,7 +112,7 @@ def diagnose(
         "first_non_finite_backward": watch.backward,
         "non_finite_parameter_grads": bad_grads[:50],
         "non_finite_parameter_grads_count": len(bad_grads),
-        "non_finite_parameters": [n for n, q in params.items() if not _finite(q.detach())][:50],
+        "non_finite_parameters": [n for n, q in params.items() if not finite(q.detach())][:50],
         "micro_batches": [describe(m) for m in range(micro_batches)],
     }
     for q in params.values():

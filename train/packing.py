@@ -206,8 +206,9 @@ def _dense_pool(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, count: int) -
     Written out (scores, an fp32 softmax, the weighted sum) rather than as SDPA with one query: on an
     H100, cuDNN's SDPA backward for a single query over 64 keys returns NaN query gradients when every
     score of the row is very negative (log-sum-exp below about -88: see ``_sdpa``; cudnn-frontend issue
-    1072 reports the same for dK / dV), which a learned pooling query can reach late in training. One query per sample makes this a batched matrix-vector product: no flash kernel to lose;
-    its scores are fp32, as a flash kernel keeps them (bf16 scores near -120 would be 0.5 apart).
+    1072 reports the same for dK / dV), which a learned pooling query can reach late in training.
+    One query per sample makes this a batched matrix-vector product: no flash kernel to lose; its
+    scores are fp32, as a flash kernel keeps them (bf16 scores near -120 would be 0.5 apart).
     """
     n, h, d = k.shape
     k, v = (x.view(count, n // count, h, d) for x in (k, v))

@@ -75,7 +75,6 @@ def test_units_list_in_ray_tasks_into_the_partitions_listed_in_process(tmp_path,
 def test_a_rerun_redoes_only_the_partition_whose_marker_is_gone(tmp_path):
     table = _sources(tmp_path / "corpus")[0]  # 150 rows in three row groups: nine partitions of up to 20
     out = tmp_path / "out"
-    out = tmp_path / "out"
     manifest = tmp_path / "run.toml"
     manifest.write_text(
         f'name = "t"\nexecutor = "local"\npartition_size = 20\n[output]\ndir = "{out}"\n[[sources]]\n'

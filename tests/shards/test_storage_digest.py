@@ -44,3 +44,10 @@ def test_a_tar_member_digest_streams_the_member_in_place(tmp_path):
     assert peak < 8 << 20, peak
     with pytest.raises(FileNotFoundError, match="nope.tar"):
         storage.file_digest(storage.member_uri(str(tmp_path / "nope.tar"), 0, 10))
+
+
+def test_a_tar_member_cut_short_is_an_error_not_a_digest(tmp_path):
+    path = tmp_path / "t.tar"
+    path.write_bytes(b"H" * 512 + b"m" * 1000)  # the member should run to byte 512 + 4096
+    with pytest.raises(EOFError, match="ends after 1000 of the member's 4096 bytes"):
+        storage.file_digest(storage.member_uri(str(path), 512, 512 + 4096))
