@@ -243,11 +243,11 @@ def video_signature(
 
     def settle():  # the pending tick's frame is final: keep its 64x64 gray (never hold full frames)
         ticks.append(pending[0])
-        grays.append(pending[2].reformat(width=64, height=64, format="gray").to_ndarray())
+        grays.append(pending[2].reformat(width=64, height=64, format="gray", threads=1).to_ndarray())
 
     with open_video(data, uri) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_count = 1  # a pipeline task owns one core: FFmpeg's own threads only add CPU time
         declared = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
         if end is not None:
             declared = max(0.0, end - start) + 1.0 / fps

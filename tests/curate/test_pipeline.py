@@ -45,10 +45,32 @@ def ray_demo(ray_cluster, demo_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray-demo")
     mp = pytest.MonkeyPatch()
     mp.setattr(pipeline, "TASKS_PER_CPU", 1)
+    for name in ("_run_ray_tasks", "_run_ray_data"):  # which way each pass went, for the test below
+        mp.setattr(pipeline, name, _recorded(name, getattr(pipeline, name)))
     summary = _run(demo_corpus, out, mp)
     assert pipeline.partitions_per_task(len(list((out / "_partitions").iterdir()))) >= 2
     mp.undo()
     return out, summary
+
+
+PASSES: list[tuple[str, list[str]]] = []  # (the function that ran a pass on Ray, its stages)
+
+
+def _recorded(name, run_pass):
+    def run(source, stages, *args):
+        PASSES.append((name, [s.name for s in stages]))
+        return run_pass(source, stages, *args)
+
+    return run
+
+
+def test_passes_of_task_stages_run_as_ray_tasks_and_the_rest_through_ray_data(ray_demo):
+    """The demo exercises both (its byte-for-byte comparison with the local executor covers both)."""
+    ways: dict[str, list[str]] = {}
+    for name, stages in PASSES:
+        ways.setdefault(name, []).extend(stages)
+    assert "codec_patchify" in ways["_run_ray_tasks"] and "dedup_signatures" in ways["_run_ray_tasks"]
+    assert "ocr" in ways["_run_ray_data"]
 
 
 def test_every_input_is_accounted_with_the_ground_truth_outcome(ray_demo, demo_corpus):
