@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint browser
+.PHONY: demo test lint debian
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,17 @@ demo: $(STAMP)
 	$(VENV)/bin/python -m shards verify out/demo > out/demo/verify.json && echo "shards verified: out/demo/verify.json"
 	$(VENV)/bin/python -m shards inspect out/demo/shards
 
-# Debian's Chromium for the report's browser test; where it cannot be installed (not root, not Debian) that test
-# is skipped and says so
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "chromium not installed: the report's browser test will be skipped"
+# Debian packages some tests use: Chromium (the report's browser test) and tesseract with the Russian, Greek
+# and Arabic packs (OCR routed by script). Where they cannot be installed (not root, not Debian) those tests are
+# skipped and say so
+DEBIAN_PACKAGES := chromium tesseract-ocr tesseract-ocr-rus tesseract-ocr-ell tesseract-ocr-ara
+debian:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	  || echo "not installed: $$missing (the tests that need them will be skipped)"
 
-test: $(STAMP) browser
+test: $(STAMP) debian
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

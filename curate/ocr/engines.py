@@ -16,8 +16,13 @@ recogniser's from its character dictionary, tesseract's from its language packs.
 dictionaries also spell the Greek alphabet, for formulas: on Greek pages ppocrv5, ppocrv6-tiny
 and ppocrv6-small read no word right (``tests/benchmarks/bench_pdf.py``), so Greek is not theirs.
 
-``tesseract``: the Debian ``tesseract-ocr`` binary through a subprocess (TSV output); it is an
-apt package, so it is optional and tests skip it where the binary is missing.
+``tesseract``: the Debian ``tesseract-ocr`` binary through a subprocess (TSV output), with the
+language packs a manifest names (``tesseract-ocr-rus``, ...); an apt package, so optional. Its
+orientation and script detection (``osd_script``) finds the script of a page that has no
+transcript, so the ``ocr`` stage can hand it to a recogniser that reads it.
+
+An engine is named by a spec, ``rapidocr:<model set>`` or ``tesseract:<packs>``, which is also the
+tag each OCR'd row records (``meta["ocr"]["engine"]``).
 """
 
 from __future__ import annotations
@@ -259,33 +264,47 @@ class RapidOcr:
 
 
 class Tesseract:
-    """The ``tesseract`` binary (LSTM engine, page segmentation mode 3), ``threads`` OpenMP threads."""
+    """The ``tesseract`` binary (LSTM engine, page segmentation mode 3), ``threads`` OpenMP threads.
+
+    ``scale``: how much the page is enlarged (bicubic) before reading, boxes brought back; by default
+    (None) enough to bring its text lines to about ``LINE_PX`` pixels (``enlargement``). Tesseract's
+    models want the text of a ~300-dpi scan: at 150 dpi (our PDF pages) 8-px Cyrillic read at 0.19 word
+    recall as is and 1.00 at twice the size, 8-px Greek 0.04 and 0.96, for about twice the CPU time,
+    while 28-px Greek lost two words of 34 when doubled (tests/benchmarks/RESULTS.md, "OCR routed by
+    script").
+    """
 
     def __init__(
-        self, lang: str = "eng", threads: int = 1, min_conf: float = 0.5, binary: str = "tesseract", psm: int = 3
+        self,
+        lang: str = "eng",
+        threads: int = 1,
+        min_conf: float = 0.5,
+        binary: str = "tesseract",
+        psm: int = 3,
+        scale: float | None = None,
     ):
         self.binary = shutil.which(binary)
         if self.binary is None:
             raise FileNotFoundError(f"{binary!r} not on PATH: apt-get install tesseract-ocr (an apt package)")
-        self.lang, self.threads, self.min_conf, self.psm = lang, threads, min_conf, psm
+        self.lang, self.threads, self.min_conf, self.psm, self.scale = lang, threads, min_conf, psm, scale
         self.scripts = tesseract_scripts(lang)
 
     def __call__(self, rgb: np.ndarray) -> list[Line]:
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
+        scale = enlargement(rgb) if self.scale is None else self.scale
         env = dict(os.environ, OMP_THREAD_LIMIT=str(self.threads))
         cmd = [self.binary, "stdin", "stdout", "-l", self.lang, "--psm", str(self.psm), "tsv"]
-        out = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, check=True, env=env, timeout=300)
-        return self.parse_tsv(out.stdout.decode("utf-8", "replace"))
+        out = subprocess.run(cmd, input=_png(rgb, scale), capture_output=True, check=True, env=env, timeout=300)
+        return self.parse_tsv(out.stdout.decode("utf-8", "replace"), scale)
 
-    def parse_tsv(self, tsv: str) -> list[Line]:
-        """Words (level 5) grouped into their lines; a line's confidence is its words' mean."""
+    def parse_tsv(self, tsv: str, scale: float = 1.0) -> list[Line]:
+        """Words (level 5) grouped into their lines; a line's confidence is its words' mean. ``scale``: how
+        much larger the page tesseract read was than the caller's."""
         groups: dict[tuple, list] = {}
         for row in tsv.splitlines()[1:]:
             f = row.split("\t")
             if len(f) < 12 or f[0] != "5" or not f[11].strip() or float(f[10]) < 0:
                 continue
-            x, y, w, h = (int(v) for v in f[6:10])
+            x, y, w, h = (round(int(v) / scale) for v in f[6:10])
             groups.setdefault((f[1], f[2], f[3], f[4]), []).append((f[11], float(f[10]) / 100, (x, y, x + w, y + h)))
         lines = []
         for words in groups.values():  # dicts keep tesseract's reading order
@@ -300,6 +319,68 @@ class Tesseract:
                 char_x += even_chars(t, bx[0], bx[2]) + ([(bx[2], words[i + 1][2][0])] if i + 1 < len(words) else [])
             lines.append(Line(text, conf, box, word_extents(text, char_x)))
         return lines
+
+
+LINE_PX = 24  # text line height (ascenders to descenders) tesseract reads best at, as in a 300-dpi scan
+
+
+def line_height(rgb: np.ndarray) -> float | None:
+    """Median height of the page's runs of inked rows (its text lines, where a page holds text), or None."""
+    gray = rgb.min(axis=2) if rgb.ndim == 3 else rgb
+    inked = (gray < (int(gray.max()) + int(gray.min())) // 2).any(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], inked.astype(np.int8), [0]))))
+    runs = edges[1::2] - edges[::2]
+    runs = runs[runs >= 3]
+    return float(np.median(runs)) if runs.size else None
+
+
+def enlargement(rgb: np.ndarray) -> float:
+    """How much to enlarge a page so its text lines are about ``LINE_PX`` tall: 1 to 3."""
+    height = line_height(rgb)
+    return 1.0 if height is None else float(np.clip(LINE_PX / height, 1.0, 3.0))
+
+
+def _png(rgb: np.ndarray, scale: float) -> bytes:
+    img = Image.fromarray(rgb)
+    if scale != 1:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# tesseract OSD's script names that are not this package's (``curate.ocr.scripts``): a Japanese page
+# needs kana, a Korean one Hangul
+OSD_SCRIPTS = {"Japanese": "Hiragana", "Korean": "Hangul", "HanS": "Han", "HanT": "Han", "Fraktur": "Latin"}
+
+
+def osd_script(rgb: np.ndarray, binary: str = "tesseract") -> str | None:
+    """The page's writing script by tesseract's orientation and script detection (``--psm 0``, with
+    the ``osd`` pack Debian's tesseract-ocr installs), in ``curate.ocr.scripts``' names; None where
+    tesseract is missing or sees too few letters to say. Small text enlarged as ``Tesseract`` does."""
+    found = shutil.which(binary)
+    if found is None:
+        return None
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    out = subprocess.run(
+        [found, "stdin", "stdout", "--psm", "0"], input=_png(rgb, enlargement(rgb)), capture_output=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    for line in out.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("Script:"):
+            name = line.split(":", 1)[1].strip()
+            return OSD_SCRIPTS.get(name, name)
+    return None
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``rapidocr:ppocrv6-small`` -> ("rapidocr", {"models": "ppocrv6-small"}); ``tesseract:rus`` -> lang."""
+    name, _, arg = spec.partition(":")
+    if name == "rapidocr":
+        return name, {"models": arg or "ppocrv6-tiny"}
+    if name == "tesseract":
+        return name, {"lang": arg or "eng"}
+    raise ValueError(f"unknown OCR engine {spec!r}: write rapidocr:<model set> or tesseract:<packs>")
 
 
 def load_engine(engine: str, **params):

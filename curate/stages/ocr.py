@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from curate.ocr import crops
-from curate.ocr.engines import load_engine, read_page
+from curate.ocr.engines import load_engine, osd_script, parse_spec, read_page
 from curate.ocr.scripts import letter_scripts
 from curate.ocr.text import tokenize, word_scores
 from curate.ocr.vocab import count_words, count_words_local, label, lines_of, rank, read_vocab, write_vocab
@@ -48,9 +48,16 @@ class OcrRead(Stage):
     columns ``ocr_text_area``, ``ocr_mean_conf`` (character-weighted) and ``ocr_words`` go to the top of ``meta``. A row with a known transcript
     (``txt``: a PDF page's text layer, a JSONL or ``.txt`` transcript) also gets ``ocr_agreement``,
     the word F1 of what OCR read against it, and ``meta["ocr"]["transcript"]`` its precision and recall.
-    ``ocr_scripts`` (each writing script's share of the letters of the known transcript, else of
-    what OCR read) and ``ocr_unsupported`` (the shares of scripts the engine does not read) let
+    ``ocr_scripts`` (each writing script's share of the letters of the known transcript, else the
+    script tesseract detects on the page, where ``route`` asks for detection, else of what OCR read) and ``ocr_unsupported`` (the shares of scripts the engine does not read) let
     ``ocr_filter`` name a page's script instead of blaming low confidence.
+
+    ``route`` lists further engines (``rapidocr:<model set>``, ``tesseract:<packs>``): a page whose
+    main script the stage's own engine does not read is read by the first of them that does, and
+    ``meta["ocr"]["engine"]`` names the one that read it. The main script comes from the page's
+    transcript where it has one, else from tesseract's script detection (``engines.osd_script``,
+    where tesseract is installed), else from what the stage's own engine read
+    (``meta["ocr"]["script"]`` says which). Without ``route`` nothing is detected, nothing changes.
     """
 
     name = "ocr"
@@ -71,6 +78,7 @@ class OcrRead(Stage):
     strip_overlap: PositiveInt = 192  # rows strips share; more than the tallest line
     write_txt: bool = False  # rows without a transcript get the OCR text as ``txt``
     cjk: Literal["char", "bigram"] = "char"
+    route: tuple[str, ...] = ()  # further engines by script: "tesseract:rus", "rapidocr:ppocrv6-small", ...
 
     def setup(self) -> None:
         if self.engine == "rapidocr":
@@ -82,53 +90,88 @@ class OcrRead(Stage):
             }
         else:
             params = {"lang": self.lang}
-        self.hold("_engine", load_engine(self.engine, threads=self.threads, min_conf=self.min_conf, **params))
+        engines = [(self._tag(), load_engine(self.engine, threads=self.threads, min_conf=self.min_conf, **params))]
+        for spec in self.route:
+            name, params = parse_spec(spec)
+            engine = load_engine(name, threads=self.threads, min_conf=self.min_conf, **params)
+            if engine.scripts is None:
+                raise ValueError(f"ocr.route: {spec} does not say which scripts it reads, so no page can go to it")
+            engines.append((spec, engine))
+        self.hold("_engines", engines)
+
+    def _tag(self) -> str:
+        if self.engine == "rapidocr":
+            return f"rapidocr:{self.models}" + ("+own-weights" if self.det_model or self.rec_model else "")
+        return f"tesseract:{self.lang}"
+
+    def _route(self, script: str | None):
+        """The first configured engine that reads ``script``: the stage's own unless it does not."""
+        first = self._engines[0]
+        if script is None or first[1].scripts is None or script in first[1].scripts:
+            return first
+        return next((e for e in self._engines[1:] if script in e[1].scripts), first)
 
     def process_row(self, row: dict) -> dict:
         if row["modality"] not in self.read:
             return row
         rgb = _picture(row)
         h, w = rgb.shape[:2]
-        lines = read_page(self._engine, rgb, self.strip_pixels, self.strip_overlap)
+        known = bytes(row["txt"]).decode("utf-8") if row.get("txt") is not None else None
+        script, found_by = _main_script(known), "transcript"
+        if script is None and len(self._engines) > 1:
+            script, found_by = osd_script(rgb), "osd"
+        tag, engine = self._route(script)
+        lines = read_page(engine, rgb, self.strip_pixels, self.strip_overlap)
+        text = "\n".join(line.text for line in lines)
+        if script is None and len(self._engines) > 1:  # no transcript, no OSD: what the first engine read
+            script, found_by = _main_script(text), "ocr"
+            if self._route(script)[0] != tag:
+                tag, engine = self._route(script)
+                lines = read_page(engine, rgb, self.strip_pixels, self.strip_overlap)
+                text = "\n".join(line.text for line in lines)
         gray = rgb.min(axis=2) if rgb.ndim == 3 else rgb
         chars = [len(line.text) for line in lines]
-        text = "\n".join(line.text for line in lines)
-        tag = f"tesseract:{self.lang}"
-        if self.engine == "rapidocr":
-            tag = f"rapidocr:{self.models}" + ("+own-weights" if self.det_model or self.rec_model else "")
         meta = row["meta"]
         heights = [crops.x_height(gray, line.box) for line in lines]
         meta["ocr"] = {
             "engine": tag,
             "size": [w, h],
+            **({"script": {"name": script, "by": found_by}} if script is not None and len(self._engines) > 1 else {}),
             "x_height": round(float(np.median(heights)), 1) if heights else 0.0,
             "lines": [line.compact() for line in lines],
         }
         meta["ocr_text_area"] = round(crops.text_area_ratio([line.box for line in lines], w, h), 4)
         meta["ocr_mean_conf"] = round(float(np.average([x.conf for x in lines], weights=chars)) if lines else 0.0, 4)
         meta["ocr_words"] = len(tokenize(text, self.cjk))
-        known = bytes(row["txt"]).decode("utf-8") if row.get("txt") is not None else None
         if known is not None:
             precision, recall = word_scores(text, known, self.cjk)
             meta["ocr"]["transcript"] = {"precision": round(precision, 4), "recall": round(recall, 4)}
             meta["ocr_agreement"] = round(
                 2 * precision * recall / (precision + recall) if precision + recall else 0.0, 4
             )
-        self._scripts(meta, known if known is not None else text)
+        if found_by == "osd" and script is not None:
+            self._scripts(meta, {script: 1}, engine)  # the detector's call on the whole page beats a misreading
+        else:
+            self._scripts(meta, letter_scripts(known if known is not None else text), engine)
         if self.write_txt and row.get("txt") is None:
             row["txt"] = text.encode("utf-8")
         return row
 
-    def _scripts(self, meta: dict, text: str) -> None:
-        """``ocr_scripts``: each script's share of the page's letters; ``ocr_unsupported``: those of
-        scripts the engine does not read (where it says which it reads)."""
-        counts = letter_scripts(text)
+    def _scripts(self, meta: dict, counts, engine) -> None:
+        """``ocr_scripts``: each script's share of the page's letters (``counts``: letters per script);
+        ``ocr_unsupported``: those of scripts the engine does not read (where it says which it reads)."""
         total = sum(counts.values())
         if not total:
             return
-        meta["ocr_scripts"] = {s: round(n / total, 4) for s, n in counts.most_common()}
-        if self._engine.scripts is not None:
-            meta["ocr_unsupported"] = {s: v for s, v in meta["ocr_scripts"].items() if s not in self._engine.scripts}
+        meta["ocr_scripts"] = {s: round(n / total, 4) for s, n in sorted(counts.items(), key=lambda kv: -kv[1])}
+        if engine.scripts is not None:
+            meta["ocr_unsupported"] = {s: v for s, v in meta["ocr_scripts"].items() if s not in engine.scripts}
+
+
+def _main_script(text: str | None) -> str | None:
+    """The script most of ``text``'s letters are in; None without letters."""
+    counts = letter_scripts(text or "")
+    return counts.most_common(1)[0][0] if counts else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +209,9 @@ class OcrFilter(Filter):
         if sum(unsupported.values()) > self.max_unsupported_script:
             script, share = max(unsupported.items(), key=lambda kv: kv[1])
             engine = meta["ocr"]["engine"]
-            return f"unsupported_script: {script} ({share:.0%} of the page's letters); {engine} does not read it"
+            how = "by tesseract's script detection" if meta["ocr"].get("script", {}).get("by") == "osd" else None
+            how = how or f"{share:.0%} of the page's letters"
+            return f"unsupported_script: {script} ({how}); {engine} does not read it"
         if words == 0 and self.min_words > 0:
             return f"no_text: no readable words ({len(meta['ocr']['lines'])} lines)"
         if words < self.min_words:
