@@ -273,12 +273,16 @@ def _run_ray_tasks(source: list[dict], stages: list[Stage], cfg: RunConfig, pass
 
     todo, running, done = list(reversed(source)), [], []
     limit = 2 * max(1, int(cluster_cpus() / cpus))
-    while todo or running:
-        while todo and len(running) < limit:
-            running.append(partition.remote(todo.pop()))
-        ready, running = ray.wait(running, num_returns=1)
-        done.append(ray.get(ready[0]))
-        watch(done[-1])
+    try:
+        while todo or running:
+            while todo and len(running) < limit:
+                running.append(partition.remote(todo.pop()))
+            ready, running = ray.wait(running, num_returns=1)
+            done.append(ray.get(ready[0]))
+            watch(done[-1])
+    finally:  # a failed partition or an early stop: the rest need not run on
+        for ref in running:
+            ray.cancel(ref)
     return done
 
 

@@ -141,3 +141,34 @@ def test_a_route_whose_scripts_are_unknown_is_refused(tmp_path):
     _scan(PAGES["Latin"]).save(tmp_path / "scans" / "p.png")
     with pytest.raises(ValueError, match="does not say which scripts it reads"):
         _manifest(tmp_path, tmp_path / "scans", "files", route=["tesseract:xyz"])
+
+
+def _small_text_pdf(path, script: str, px: int, dpi: float = 150.0):
+    """A letter-size page of 12 lines of ``px``-pixel text at ``dpi`` (matplotlib, with a text layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    words = " ".join(PAGES[script].split("\n")).split()
+    points = px * 72 / dpi
+    with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(path) as pdf:
+        fig = plt.figure(figsize=(8.5, 11))
+        for i in range(12):
+            line = " ".join(words[(i * 5 + k) % len(words)] for k in range(8))
+            fig.text(0.06, 0.95 - i * 2 * points / (11 * 72), line, fontsize=points)
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("script", ["Cyrillic", "Greek"])
+def test_small_text_at_150_dpi_is_read_by_the_routed_pack(tmp_path, script):
+    """10-px text (x-height 5 px at 150 dpi): tesseract reads it enlarged to the size its models want."""
+    (tmp_path / "docs").mkdir()
+    _small_text_pdf(tmp_path / "docs" / "small.pdf", script, 10)
+    ledger = _manifest(tmp_path, tmp_path / "docs", "pdf")
+    status, reason, detail, meta = next(iter(_rows(ledger, lambda uri, meta: script).values()))
+    assert status == "kept", (reason, detail)
+    assert meta["ocr"]["engine"] == {"Cyrillic": "tesseract:rus", "Greek": "tesseract:ell"}[script]
+    assert meta["ocr"]["transcript"]["recall"] >= 0.95
