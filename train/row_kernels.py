@@ -44,7 +44,7 @@ def _grad_tile(W, ROWS, P, B, r, d, n_rows, D):
     mask = (r[:, None] < n_rows) & (d[None, :] < D)
     row = tl.load(ROWS + r, mask=r < n_rows, other=0).to(tl.int64)
     at = row[:, None] * D + d[None, :]
-    w = tl.load(W + at, mask=mask, other=0.0)
+    w = tl.load(W + at, mask=mask, other=0.0).to(tl.float32)
     p = tl.load(P + r[:, None].to(tl.int64) * D + d[None, :], mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + r, mask=r < n_rows, other=0.0)
     return p + b[:, None] * w, w, at, mask
@@ -61,10 +61,14 @@ def _squares_kernel(W, ROWS, P, B, OUT, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_
 
 
 def row_squares(w: torch.Tensor, g) -> torch.Tensor:
-    """Per scored row, the squared norm of its gradient ``g`` (a ``RowGrad``), never written out."""
+    """Per scored row, the squared norm of its gradient ``g`` (a ``RowGrad``, ``for_norm``), never written out."""
     n, d = g.p.shape
     out = torch.empty(n, dtype=torch.float32, device=w.device)
-    _squares_kernel[(-(-n // BLOCK_R),)](w, g.rows, g.p, g.b, out, n, d, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+    if g.scored is not None:  # the GEMM's contiguous copy: row i is row i
+        w, rows = g.scored, torch.arange(n, device=w.device)
+    else:
+        rows = g.rows
+    _squares_kernel[(-(-n // BLOCK_R),)](w, rows, g.p, g.b, out, n, d, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
     return out
 
 

@@ -28,14 +28,24 @@ NORM_EPS = 1e-12  # F.normalize's
 
 @dataclass
 class RowGrad:
-    """Gradient of centre rows ``rows`` (sorted, distinct): ``p + b[:, None] * w[rows]``, ``w`` as scored."""
+    """Gradient of centre rows ``rows`` (sorted, distinct): ``p + b[:, None] * w[rows]``, ``w`` as scored.
+
+    ``scored``: the rows as the forward's GEMM read them (``w[rows]`` in the GEMM's dtype), kept so the
+    clip's norm reads this contiguous copy, half the bytes of fp32 rows gathered again; ``p`` itself
+    is rounded to that dtype, so the norm loses nothing it had. The update reads the fp32 rows.
+    """
 
     rows: torch.Tensor
     p: torch.Tensor  # (S, D), the GEMM's dtype
     b: torch.Tensor  # (S,) fp32
+    scored: torch.Tensor | None = None  # (S, D), the GEMM's dtype
 
     def materialize(self, w: torch.Tensor) -> torch.Tensor:
         return self.p.float() + self.b[:, None] * w[self.rows]
+
+    def for_norm(self, w: torch.Tensor) -> torch.Tensor:
+        """``materialize`` from the GEMM's copy of the rows where there is one."""
+        return self.p.float() + self.b[:, None] * (w[self.rows] if self.scored is None else self.scored.float())
 
 
 def gemm_dtype(device: torch.device) -> torch.dtype:
@@ -76,7 +86,7 @@ class ScoredRows(torch.autograd.Function):
             p = d_raw.T @ e_c
         # d s / d w = -s^3 w, except where the norm was clamped (s constant there)
         b = torch.where(s < 1 / NORM_EPS, -(s**3) * d_s.float(), 0.0) if d_s is not None else torch.zeros_like(s)
-        grad = RowGrad(index, p, b)
+        grad = RowGrad(index, p, b, rows)
         if ctx.sink is not None:
             ctx.sink.append(grad)
             return d_e, None, None, None, None, None

@@ -153,6 +153,9 @@ for dtype in (torch.float32, torch.bfloat16):
     torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
 grad = RowGrad(rows, torch.randn(19, d, generator=g), torch.randn(19, generator=g))
 torch.testing.assert_close(row_squares(w, grad).sum(), grad.materialize(w).square().sum(), rtol=1e-5, atol=0)
+scored = RowGrad(rows, grad.p, grad.b, w[rows].bfloat16())  # the norm from the GEMM's copy of the rows
+torch.testing.assert_close(row_squares(w, scored).sum(), scored.for_norm(w).square().sum(), rtol=1e-5, atol=0)
+assert not torch.equal(scored.for_norm(w), grad.materialize(w))  # it did read the copy
 hyper = (1e-2, 0.05, 0.9, 0.999, 1e-8, torch.tensor(3))
 coef = torch.tensor(0.7)
 orig = w.clone()
