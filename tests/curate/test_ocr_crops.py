@@ -246,3 +246,37 @@ def test_a_legible_page_is_stored_whole_beside_its_crops(curated):
         set(np.load(io.BytesIO(curated["samples"][k]["words.npy"])).tolist()) for k in keys if k != "legible-page"
     ]
     assert set().union(*crop_ids) <= set(ids.tolist())  # crops label parts of the page's words
+
+
+def test_a_figure_with_a_caption_is_stored_whole_and_no_text_is_read_into_the_photograph(tmp_path):
+    """A page that is mostly a photograph (scikit-image's coffee) over a one-line caption: the caption is
+    read, the photograph gives no words, and the page, legible at training size, is stored whole."""
+    import skimage.data
+
+    page = np.full((900, 1000, 3), 255, np.uint8)
+    page[60:460, 200:800] = skimage.data.coffee()
+    caption = "Figure 3: a cup of coffee on a white saucer"
+    img = Image.fromarray(page)
+    ImageDraw.Draw(img).text((200, 500), caption, fill="black", font=ImageFont.truetype(_font().path, 28))
+    (tmp_path / "pages").mkdir()
+    img.save(tmp_path / "pages" / "figure.png")
+    out = tmp_path / "out"
+    manifest = tmp_path / "run.toml"
+    manifest.write_text(
+        f'name = "figure"\nexecutor = "local"\n[output]\ndir = "{out}"\n'
+        f'[[sources]]\nmodality = "ocr"\nuri = "{tmp_path / "pages"}"\n'
+        '[[stages]]\nname = "image_decode"\n[[stages]]\nname = "ocr"\nwrite_txt = true\n'
+        '[[stages]]\nname = "ocr_filter"\n[[stages]]\nname = "ocr_crop"\n'
+    )
+    run(*load_run(str(manifest)), progress=False, report=False)
+    ledger = read_ledger(str(out)).set_index("key")
+    page_row = ledger[ledger.parent.isna()].iloc[0]
+    meta = json.loads(page_row["meta"])
+    read = "\n".join(line["text"] for line in meta["ocr"]["lines"])
+    assert page_row["status"] == "kept" and word_scores(read, caption) == (1.0, 1.0), read
+    samples = list(wds.WebDataset(sorted(map(str, out.rglob("*.tar"))), shardshuffle=False))
+    # the caption alone makes no crop of min_words words; the legible page is its one sample, whole
+    assert meta["ocr_crops"]["crops"] == 0 and meta["ocr_crops"]["page"] is True
+    assert [s["__key__"] for s in samples] == [page_row.name]
+    assert samples[0]["txt"].decode() == caption
+    assert Image.open(io.BytesIO(samples[0]["jpg"])).size == (498, 448)  # the training copy
