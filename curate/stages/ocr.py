@@ -49,7 +49,8 @@ class OcrRead(Stage):
     (``txt``: a PDF page's text layer, a JSONL or ``.txt`` transcript) also gets ``ocr_agreement``,
     the word F1 of what OCR read against it, and ``meta["ocr"]["transcript"]`` its precision and recall.
     ``ocr_scripts`` (each writing script's share of the letters of the known transcript, else the
-    script tesseract detects on the page, where ``route`` asks for detection, else of what OCR read) and ``ocr_unsupported`` (the shares of scripts the engine does not read) let
+    script tesseract detects on the page, where ``route`` asks for detection, else of what OCR read)
+    and ``ocr_unsupported`` (the shares of scripts the engine that read the page does not read) let
     ``ocr_filter`` name a page's script instead of blaming low confidence.
 
     ``route`` lists further engines (``rapidocr:<model set>``, ``tesseract:<packs>``): a page whose
