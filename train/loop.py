@@ -162,13 +162,10 @@ def train_step(t: Trainer, step: int) -> StepMetrics:
             parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / cfg.accum
         samples += n
         tokens += length
-    # the heads first: their norm pass may run on the optimizer's side stream, beside the encoder's clip
+    grad_norm = clip_grads(list(t.encoder.parameters()), cfg.optim.clip)
     head_norm = (
         t.head_opt.clip(cfg.optim.clip) if t.head_opt else clip_grads(list(t.heads.parameters()), cfg.optim.clip)
     )
-    grad_norm = clip_grads(list(t.encoder.parameters()), cfg.optim.clip)
-    if t.head_opt:
-        t.head_opt.norm_ready()
     if step_if_finite(t.optimizers, grad_norm, head_norm):
         t.bad_run = 0
     else:

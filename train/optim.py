@@ -78,37 +78,24 @@ class SampledRowAdamW:
         self.coef: torch.Tensor | None = None
         self.overlap = overlap
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
-        self.clipped: tuple[torch.cuda.Event, torch.device] | None = None  # clip's norm, not yet waited for
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> torch.Tensor:
         """Collect every head's row gradients; their global norm, and clip_grad_norm_'s coefficient for ``step``.
 
-        With ``overlap`` on one CUDA device the norm pass runs on the side stream too, beside the encoder's
-        clip or step; whoever reads the returned norm calls ``norm_ready`` first (``train.loop`` does).
+        The norm pass stays on the main stream: on the side stream it ran beside the encoder's clip and
+        step, which are bandwidth-bound too, and saved nothing (RESULTS.md, Trainer).
         """
         self.grads = [head.take_row_grad() for head in self.heads]
         w = self.heads[0].local_weight()
-        distributed = dist.is_initialized() and dist.get_world_size() > 1
-        with self._side_stream(
-            None, w.device, [t for g in self.grads for t in (g.rows, g.p, g.b, g.scored)], on=not distributed
-        ):
-            sq = torch.zeros((), device=w.device)
-            for head, g in zip(self.heads, self.grads, strict=True):
-                sq = sq + row_grad_sq(head.local_weight(), g)
-            if distributed:
-                dist.all_reduce(sq)  # ranks own disjoint rows: squares add up
-            norm = sq.sqrt()
-            self.coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # applied inside the update, not as a pass of its own
-        if self.clipped is not None:  # made on the side stream, read on the main one: not reused before that read
-            norm.record_stream(torch.cuda.current_stream(w.device))
+        sq = torch.zeros((), device=w.device)
+        for head, g in zip(self.heads, self.grads, strict=True):
+            sq = sq + row_grad_sq(head.local_weight(), g)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sq)  # ranks own disjoint rows: squares add up
+        norm = sq.sqrt()
+        self.coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # applied inside the update, not as a pass of its own
         return norm
-
-    def norm_ready(self) -> None:
-        """Make the current stream wait for ``clip``'s norm, where it ran on the side stream."""
-        if self.clipped is not None:
-            torch.cuda.current_stream(self.clipped[1]).wait_event(self.clipped[0])
-            self.clipped = None
 
     @torch.no_grad()
     def step(self):
@@ -128,17 +115,16 @@ class SampledRowAdamW:
         self.grads, self.coef = [], None
 
     @contextlib.contextmanager
-    def _side_stream(self, head, device: torch.device, inputs, on: bool = True):
-        """On CUDA (with ``overlap``), run the block on a side stream and leave an event to wait for:
-        ``head``'s (its update, ``PartialFC.settle``), or with no head the optimizer's (``norm_ready``).
+    def _side_stream(self, head, device: torch.device, inputs):
+        """On CUDA (with ``overlap``), run the block on a side stream and leave ``head`` an event to wait for.
 
         The row update reads and writes about 26 bytes per scored entry (5 GB a step at 2M x 1024 classes)
         and does almost no arithmetic; queued behind the encoder's step it adds its whole time, on a stream
         of its own it shares the card with the next forward's GEMMs. The inputs made on the main stream
         are marked as used by the side stream, so the allocator does not hand their memory out before the
-        side stream has read them.
+        update has read them.
         """
-        if not (on and self.overlap and device.type == "cuda"):
+        if not (self.overlap and device.type == "cuda"):
             yield
             return
         main = torch.cuda.current_stream(device)
@@ -149,10 +135,7 @@ class SampledRowAdamW:
         for t in inputs:
             if t is not None:
                 t.record_stream(side)
-        if head is None:
-            self.clipped = (side.record_event(), device)
-        else:
-            head.updated, head.updated_device = side.record_event(), device
+        head.updated, head.updated_device = side.record_event(), device
 
     def zero_grad(self, set_to_none: bool = True):
         self.grads, self.coef = [], None
