@@ -126,8 +126,9 @@ class OcrRead(Stage):
         text = "\n".join(line.text for line in lines)
         if script is None and len(self._engines) > 1:  # no transcript, no OSD: what the first engine read
             script, found_by = _main_script(text), "ocr"
-            if self._route(script)[0] != tag:
-                tag, engine = self._route(script)
+            routed = self._route(script)
+            if routed[0] != tag:
+                tag, engine = routed
                 lines = read_page(engine, rgb, self.strip_pixels, self.strip_overlap)
                 text = "\n".join(line.text for line in lines)
         gray = rgb.min(axis=2) if rgb.ndim == 3 else rgb
