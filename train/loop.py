@@ -79,7 +79,8 @@ def build(cfg: RunConfig) -> Trainer:
     torch.manual_seed(cfg.seed)
     encoder = Encoder(cfg.model).to(device)
     sampled = cfg.optim.head_update == "sampled"
-    heads = ConceptHeads(cfg.heads, encoder.dim, cfg.seed, device, sampled_update=sampled)
+    moments = torch.bfloat16 if cfg.optim.head_moments == "bf16" else torch.float32
+    heads = ConceptHeads(cfg.heads, encoder.dim, cfg.seed, device, sampled_update=sampled, moments=moments)
     wrapped = parallelize(encoder, cfg.parallel, world, device)
     model = nn.ModuleDict({"encoder": wrapped, "heads": heads})
     optimizer = build_optimizer(encoder, heads, cfg.optim)  # the encoder's (and dense heads') AdamW

@@ -160,7 +160,9 @@ def draw_labels(labels: torch.Tensor, draw: int, gen: torch.Generator) -> torch.
 class PartialFC(nn.Module):
     """One concept head: sharded centres and the sampled, model-parallel CosFace softmax."""
 
-    def __init__(self, cfg: HeadConfig, dim: int, seed: int = 0, device=None, sampled_update: bool = False):
+    def __init__(
+        self, cfg: HeadConfig, dim: int, seed: int = 0, device=None, sampled_update: bool = False, moments=torch.float32
+    ):
         super().__init__()
         self.cfg = cfg
         self.sampled_update = sampled_update
@@ -188,8 +190,8 @@ class PartialFC(nn.Module):
         if sampled_update:
             # AdamW moments of the centres and the head's update count: buffers, so that checkpoints hold
             # and reshard them with the weights (the torch optimizer never sees this head)
-            self.register_buffer("exp_avg", self._sharded(torch.zeros_like(local)))
-            self.register_buffer("exp_avg_sq", self._sharded(torch.zeros_like(local)))
+            self.register_buffer("exp_avg", self._sharded(torch.zeros_like(local, dtype=moments)))
+            self.register_buffer("exp_avg_sq", self._sharded(torch.zeros_like(local, dtype=moments)))
             self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
 
     def _sharded(self, local: torch.Tensor) -> torch.Tensor:
@@ -346,11 +348,13 @@ COMPILE_ON_CUDA = True  # the GPU test compares the compiled head with the eager
 class ConceptHeads(nn.Module):
     """All heads of a run; each scores the samples of its modalities, losses weighted and summed."""
 
-    def __init__(self, heads: tuple[HeadConfig, ...], dim: int, seed: int = 0, device=None, sampled_update=False):
+    def __init__(
+        self, heads: tuple[HeadConfig, ...], dim: int, seed=0, device=None, sampled_update=False, moments=torch.float32
+    ):
         super().__init__()
         self.cfgs = {h.name: h for h in heads}
         self.sampled_update = sampled_update
-        self.heads = nn.ModuleDict({h.name: PartialFC(h, dim, seed, device, sampled_update) for h in heads})
+        self.heads = nn.ModuleDict({h.name: PartialFC(h, dim, seed, device, sampled_update, moments) for h in heads})
         self.route = {m: h.name for h in heads for m in h.modalities}
 
     def forward(self, emb, modality: list[str], labels: torch.Tensor, seed: int, step: int, micro: int = 0):

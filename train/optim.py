@@ -105,14 +105,15 @@ class SampledRowAdamW:
             self.coef = None
         group = self.param_groups[0]
         b1, b2 = self.betas
-        for head, g in zip(self.heads, self.grads, strict=True):
+        for salt, (head, g) in enumerate(zip(self.heads, self.grads, strict=True)):
             if g.rows.numel() == 0:
                 continue
             head.updates += 1  # on the device: reading it back would make the host wait for the step
             w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
             coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
             with self._side_stream(head, w.device, (g.rows, g.p, g.b, coef)):
-                adamw_rows(w, m, v, g, coef, group["lr"], group["weight_decay"], b1, b2, self.eps, head.updates)
+                hyper = (group["lr"], group["weight_decay"], b1, b2, self.eps)
+                adamw_rows(w, m, v, g, coef, *hyper, head.updates, salt=salt)
         self.grads, self.coef = [], None
 
     @contextlib.contextmanager
@@ -155,36 +156,54 @@ def row_grad_sq(w: torch.Tensor, g: RowGrad) -> torch.Tensor:
     return g.for_norm(w).square().sum()
 
 
-def adamw_rows(w, m, v, g: RowGrad, coef, lr, wd, b1, b2, eps, step):
+def adamw_rows(w, m, v, g: RowGrad, coef, lr, wd, b1, b2, eps, step, salt=0):
     """torch AdamW's update of ``w[g.rows]`` and its moments, with the gradient ``g`` times ``coef``, in place.
 
     ``step``: the update count (a 0-d integer tensor, this update included) for the bias corrections.
     On CUDA one Triton pass reads each scored row's weight, moments and gradient factors once and
     writes them back (eager torch makes three gathers, six elementwise passes and three scatters),
     and the bias corrections are computed on the device, so the host never waits; elsewhere the
-    same formulas in torch.
+    same formulas in torch. bf16 moments are computed in fp32 and stored with stochastic rounding
+    (round-to-nearest would lose every increment under half a bf16 step: v's (1 - b2) g^2 is mostly
+    that small), from random bits seeded by ``step`` and ``salt`` (the head), so a rerun draws the same.
     """
     if w.is_cuda:
         from train.row_kernels import adamw_rows_cuda
 
-        adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step)
+        adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt)
     else:
-        _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step)
+        _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt)
 
 
-def _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step):
+def _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt=0):
     t = int(step)
     bc1, bc2_sqrt = 1 - b1**t, math.sqrt(1 - b2**t)
     rows = g.rows
     grad = g.materialize(w) * coef
-    wr, mr, vr = w[rows], m[rows], v[rows]
+    wr, mr, vr = w[rows], m[rows].float(), v[rows].float()
     wr.mul_(1 - lr * wd)
     mr.lerp_(grad, 1 - b1)
     vr.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     wr.addcdiv_(mr, (vr.sqrt() / bc2_sqrt).add_(eps), value=-lr / bc1)
     w.index_copy_(0, rows, wr)
+    if m.dtype == torch.bfloat16:
+        gen = torch.Generator(device=w.device).manual_seed(int(rounding_seed(torch.tensor(t), salt)))
+        mr, vr = (round_bf16(x, torch.randint(0, 1 << 16, x.shape, generator=gen, device=x.device)) for x in (mr, vr))
     m.index_copy_(0, rows, mr)
     v.index_copy_(0, rows, vr)
+
+
+def round_bf16(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """fp32 ``x`` to bf16, rounded up (in magnitude) with probability of the 16 dropped bits' share: the
+    expected value is ``x``. ``noise``: random integers in [0, 2^16), one per entry."""
+    bits = x.contiguous().view(torch.int32) + noise.to(torch.int32)
+    return (bits & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
+
+
+def rounding_seed(step: torch.Tensor, salt: int) -> torch.Tensor:
+    """Seed of the stochastic rounding of update ``step`` of head ``salt``: a checkpoint holds the update
+    count, so a resumed run draws the same bits."""
+    return (step.to(torch.int64) * 1_000_003 + salt).reshape(1)
 
 
 def set_lr(optimizers: Sequence, step: int, total: int, cfg: OptimConfig) -> float:

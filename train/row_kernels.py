@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from train.optim import rounding_seed
+
 BLOCK_R, BLOCK_D = 8, 256  # the row passes over (rows, columns) tiles
 
 
@@ -73,38 +75,53 @@ def row_squares(w: torch.Tensor, g) -> torch.Tensor:
 
 
 @triton.jit
+def _round_bf16(x, noise):
+    """fp32 ``x`` to bf16, rounded up with probability of the 16 dropped bits' share (``noise``: 16 random bits)."""
+    bits = x.to(tl.uint32, bitcast=True) + noise
+    return (bits & 0xFFFF0000).to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
 def _adamw_kernel(
-    W, M, V, ROWS, P, B, COEF, BC, n_rows, D, lr, wd, b1, b2, eps, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
-):
+    W, M, V, ROWS, P, B, COEF, BC, SEED, n_rows, D, lr, wd, b1, b2, eps,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, STOCHASTIC: tl.constexpr,
+):  # fmt: skip
     bc1, bc2_sqrt = tl.load(BC), tl.load(BC + 1)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     g, w, at, mask = _grad_tile(W, ROWS, P, B, r, d, n_rows, D)
     g = g * tl.load(COEF)
-    m = tl.load(M + at, mask=mask, other=0.0)
-    v = tl.load(V + at, mask=mask, other=0.0)
+    m = tl.load(M + at, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(V + at, mask=mask, other=0.0).to(tl.float32)
     w = w * (1 - lr * wd)
     m = m + (1 - b1) * (g - m)
     v = v * b2 + (1 - b2) * g * g
     # IEEE-rounded sqrt and division (Triton's defaults are approximate), as torch computes them
     w = w - tl.div_rn((lr / bc1) * m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
     tl.store(W + at, w, mask=mask)
-    tl.store(M + at, m, mask=mask)
-    tl.store(V + at, v, mask=mask)
+    if STOCHASTIC:  # bf16 moments: 32 random bits per entry (Philox of the step and the entry), 16 for each
+        noise = tl.randint(tl.load(SEED), at.to(tl.uint32)).to(tl.uint32, bitcast=True)
+        tl.store(M + at, _round_bf16(m, noise & 0xFFFF), mask=mask)
+        tl.store(V + at, _round_bf16(v, noise >> 16), mask=mask)
+    else:
+        tl.store(M + at, m, mask=mask)
+        tl.store(V + at, v, mask=mask)
 
 
-def adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step):
+def adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt=0):
     """``train.optim.adamw_rows`` in one pass: each scored row's weight, moments and gradient factors read once."""
-    for t in (w, m, v):
-        if not t.is_contiguous() or t.dtype != torch.float32:
-            raise ValueError("adamw_rows: centres and moments must be contiguous fp32 matrices")
+    bf16 = m.dtype == torch.bfloat16
+    for t, dtype in ((w, torch.float32), (m, m.dtype), (v, m.dtype)):
+        if not t.is_contiguous() or t.dtype != dtype or dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("adamw_rows: centres (fp32) and moments (both fp32 or both bf16) must be contiguous")
     if not g.p.is_contiguous():
         raise ValueError("adamw_rows: the gradient factor p must be contiguous")
     n, d = g.p.shape
     t = step.to(device=w.device, dtype=torch.float64)  # the host's float64 formulas, rounded to fp32 at the end
     bc = torch.stack([1 - b1**t, (1 - b2**t).sqrt()]).float()
+    seed = rounding_seed(step.to(w.device), salt)
     grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
     _adamw_kernel[grid](
-        w, m, v, g.rows, g.p, g.b.float(), coef.float().reshape(1), bc, n, d, lr, wd, b1, b2, eps,
-        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D,
+        w, m, v, g.rows, g.p, g.b.float(), coef.float().reshape(1), bc, seed, n, d, lr, wd, b1, b2, eps,
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, STOCHASTIC=bf16,
     )  # fmt: skip

@@ -165,17 +165,20 @@ def run_case(res, name, lengths, mode="blocks", attention="runs", profile=""):
     torch.cuda.empty_cache() if DEV.type == "cuda" else None
 
 
-def pfc_case(res, name, classes, local_rows_factor, lengths, update="sampled", profile=False, overlap=True):
+def pfc_case(
+    res, name, classes, local_rows_factor, lengths, update="sampled", profile=False, overlap=True, moments=torch.float32
+):
     """Step time with a partial-FC head; ``local_rows_factor`` x the local batch stands in for gathered ranks.
 
     ``update``: ``sampled`` (the trainer's default: clip, then AdamW on the scored rows) or ``dense``
     (every row in the torch AdamW, no clipping: the reference's update). ``overlap``: the sampled row
-    update on its own stream (the trainer's default) or queued behind the encoder's step.
+    update on its own stream (the trainer's default) or queued behind the encoder's step. ``moments``: the
+    sampled update's AdamW moments (``optim.head_moments``).
     """
     peak_reset()
     enc, model = ours("blocks", reset=False)  # same shapes as vit_l_224_bs128: no recompilation
     head = HeadConfig(name="image", num_classes=classes, sample_rate=0.1, draw=8)
-    heads = ConceptHeads((head,), enc.dim, 0, DEV, sampled_update=update == "sampled")
+    heads = ConceptHeads((head,), enc.dim, 0, DEV, sampled_update=update == "sampled", moments=moments)
     b = batch(lengths)
     n = len(lengths) * local_rows_factor
     labels = torch.randint(0, classes, (n, 10))
@@ -305,12 +308,15 @@ def main():
     run_case(res, "vit_l_224_bs128", img224)  # re-measured right before the head cases, same compiled graphs
     big = 20_000 if k else 2_000_000
     pfc_case(res, "pfc_2M_one_gpu", big, 1, img224, profile=True)
+    pfc_case(res, "pfc_2M_one_gpu_bf16_moments", big, 1, img224, moments=torch.bfloat16)
     pfc_case(res, "pfc_2M_one_gpu_no_overlap", big, 1, img224, overlap=False)
     pfc_case(res, "pfc_2M_one_gpu_dense", big, 1, img224, update="dense")
     pfc_case(res, "pfc_2M_shard_of_8", big // 8, 8, img224)
     pfc_case(res, "pfc_2M_shard_of_8_dense", big // 8, 8, img224, update="dense")
+    pfc_case(res, "pfc_2M_shard_of_8_bf16_moments", big // 8, 8, img224, moments=torch.bfloat16)
     base = res["vit_l_224_bs128"]["s_per_step"]
-    for case in ("one_gpu", "one_gpu_no_overlap", "one_gpu_dense", "shard_of_8", "shard_of_8_dense"):
+    cases = ("one_gpu", "one_gpu_bf16_moments", "one_gpu_no_overlap", "one_gpu_dense", "shard_of_8", "shard_of_8_dense")
+    for case in cases + ("shard_of_8_bf16_moments",):
         res[f"T4_share_{case}"] = 1 - base / res[f"pfc_2M_{case}"]["s_per_step"]
     if not T4_ONLY and not QUICK:
         res["T2_ours_model_compile_over_timm"] = (

@@ -84,6 +84,36 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     assert float((diff > 1e-4 * cfg.lr).float().mean()) < 1e-3
 
 
+def test_bf16_moments_on_cuda_round_the_torch_update_stochastically():
+    """The Triton kernel with bf16 moments: the fp32 formulas' weights, and moments at one of the two bf16
+    neighbours of the fp32 ones, up about as often as the dropped bits say (unbiased over 100k rows)."""
+    from train.optim import _adamw_rows_torch, adamw_rows
+    from train.scored_rows import RowGrad
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, d = 100_003, 1024
+    w = torch.randn(n, d, device="cuda", generator=g)
+    m = (torch.randn(n, d, device="cuda", generator=g) * 1e-3).bfloat16()
+    v = (torch.rand(n, d, device="cuda", generator=g) * 1e-6).bfloat16()
+    rows = torch.randperm(n, device="cuda", generator=g)[: n // 10].sort().values
+    p = (torch.randn(len(rows), d, device="cuda", generator=g) * 1e-3).bfloat16()
+    grad = RowGrad(rows, p, torch.randn(len(rows), device="cuda", generator=g) * 1e-4)
+    hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, torch.tensor(5, device="cuda"))
+    ref = [w.clone(), m.float(), v.float()]
+    _adamw_rows_torch(*ref, grad, torch.tensor(0.5, device="cuda"), *hyper)
+    adamw_rows(w, m, v, grad, torch.tensor(0.5, device="cuda"), *hyper)
+    torch.testing.assert_close(w, ref[0], rtol=1e-6, atol=1e-6 * float(ref[0].abs().max()))
+    for got, want in ((m, ref[1]), (v, ref[2])):
+        got, want = got[rows].float(), want[rows]
+        low = (want.view(torch.int32) & -(1 << 16)).view(torch.float32)
+        high = (low.view(torch.int32) + (1 << 16)).view(torch.float32)
+        assert torch.all((got == low) | (got == high))
+        between = high != low
+        share = ((want - low) / (high - low))[between]
+        assert abs(float((got == high)[between].float().mean() - share.mean())) < 2e-3
+        assert abs(float((got - want).double().sum() / want.double().abs().sum())) < 1e-4  # no bias
+
+
 def test_compiled_head_equals_the_eager_head_on_cuda(monkeypatch):
     """The head's logit math compiled on CUDA (loss.COMPILE_ON_CUDA) gives the eager loss and gradients."""
     from train import loss as loss_mod

@@ -229,6 +229,25 @@ def test_dense_head_update_trains_and_each_mode_resumes_only_its_own_checkpoints
     assert len(stage) == 1 and stage[0]["loss"] < losses[0]
 
 
+def test_bf16_head_moments_train_and_take_over_a_run_with_fp32_ones(tmp_path, shard_factory):
+    shards = shard_factory(n_shards=2, per_shard=16)
+    heads = [{"name": "image", "modalities": ["image"], "num_classes": 12, "sample_rate": 0.5, "scale": 16.0}]
+    common = {"heads": heads, "data": {"batch_size": 8}}
+    records = train(_build(base_config(tmp_path, shards, name="mom", steps=6, optim={"lr": 5e-3}, **common)))
+    bf16 = {"lr": 5e-3, "head_moments": "bf16"}
+    more = train(_build(base_config(tmp_path, shards, name="mom", steps=12, optim=bf16, **common)))
+    assert [r["step"] for r in more] == list(range(7, 13))  # resumed: the fp32 moments loaded as bf16
+    losses = [r["loss"] for r in records + more]
+    assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(tmp_path / "runs/mom/checkpoints/step_00000012")).read_metadata()
+    moments = {k: m.properties.dtype for k, m in saved.state_dict_metadata.items() if k.startswith("model.heads")}
+    assert moments["model.heads.heads.image.exp_avg"] == moments["model.heads.heads.image.exp_avg_sq"] == torch.bfloat16
+    with pytest.raises(ValueError, match='head_moments = "bf16" needs optim.head_update = "sampled"'):
+        _build(base_config(tmp_path, shards, optim={**bf16, "head_update": "dense"}, **common))
+
+
 def test_schedule_is_a_pure_function_of_the_step():
     cos = OptimConfig(lr=1.0, warmup_steps=10, decay="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, 110, cos) == pytest.approx(0.1)

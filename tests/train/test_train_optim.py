@@ -130,6 +130,95 @@ def test_a_skipped_step_drops_the_row_gradients():
     assert torch.equal(head.weight, before)
 
 
+def _neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bf16 values just below and above each fp32 value in magnitude (equal where ``x`` is one)."""
+    low = (x.view(torch.int32) & -(1 << 16)).view(torch.float32)
+    high = ((x.view(torch.int32) & -(1 << 16)) + (1 << 16)).view(torch.float32)
+    return low, torch.where(low == x, low, high)
+
+
+def test_bf16_moments_round_stochastically_without_bias():
+    from train.optim import round_bf16
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, generator=g).repeat(4000, 1)  # 64 values, each rounded 4000 times
+    noise = torch.randint(0, 1 << 16, x.shape, generator=g)
+    r = round_bf16(x, noise).float()
+    low, high = _neighbours(x)
+    assert torch.all((r == low) | (r == high))  # always one of the two neighbours
+    share_up = ((r == high) & (high != low)).float().mean(0)
+    want = ((x - low) / (high - low)).nan_to_num()[0]  # rounded up with probability of the distance below
+    assert (share_up - want).abs().max() < 0.03  # 4000 draws: sd <= 0.008
+    assert (r.mean(0) - x[0]).abs().max() < 0.03 * float((high - low).abs().max())  # unbiased
+
+
+def test_bf16_moments_track_fp32_where_nearest_rounding_stalls():
+    """Rows whose gradient grows by 40 % after a long steady phase: v's increments (1 - b2) (g^2 - v) are under
+    half a bf16 step of v, so round-to-nearest leaves v where it was; stochastic rounding follows the fp32
+    moments, and the weights with them."""
+    from train.optim import _adamw_rows_torch
+    from train.scored_rows import RowGrad
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 64, 256
+    p = (torch.randn(n, d, generator=g) * 1e-2).bfloat16().float()
+    grad = RowGrad(torch.arange(n), 1.4 * p, torch.zeros(n))
+    w0 = torch.randn(n, d, generator=g)
+    runs = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("nearest", torch.float32)):
+        w, m, v = w0.clone(), p.to(dtype, copy=True), p.square().bfloat16().to(dtype)  # the steady phase's moments
+        for t in range(1000, 1200):
+            _adamw_rows_torch(w, m, v, grad, torch.tensor(1.0), 1e-3, 0.0, 0.9, 0.999, 1e-8, torch.tensor(t))
+            if name == "nearest":
+                m.copy_(m.bfloat16()), v.copy_(v.bfloat16())
+        runs[name] = w, m.float(), v.float()
+    ratio = {k: float(runs[k][2].mean() / runs["fp32"][2].mean()) for k in ("bf16", "nearest")}
+    assert abs(ratio["bf16"] - 1) < 0.005, ratio
+    assert ratio["nearest"] < 0.9, ratio  # what stochastic rounding is for
+    torch.testing.assert_close(runs["bf16"][1], runs["fp32"][1], rtol=2**-6, atol=0)
+    step = (runs["fp32"][0] - w0).abs().mean()
+    assert (runs["bf16"][0] - runs["fp32"][0]).abs().mean() < 0.01 * step
+
+
+def test_bf16_moments_train_like_fp32_and_resume_to_the_same_bits():
+    cfg = OptimConfig(lr=3e-2, clip=0.2)
+    batches = _batches(steps=4, accum=1)
+
+    def heads(moments):
+        return ConceptHeads(
+            (HeadConfig(num_classes=C, sample_rate=0.5, draw=3, filter=2.0),), D, 3, None, True, moments=moments
+        )
+
+    def steps(h, opt, part):
+        for step, ((emb, labels),) in part:
+            h(emb, ["image"] * B, labels, seed=0, step=step)[0].backward()
+            opt.clip(cfg.clip)
+            opt.step()
+
+    fp32, bf16 = heads(torch.float32), heads(torch.bfloat16)
+    for h in (fp32, bf16):
+        steps(h, SampledRowAdamW(h, cfg), list(enumerate(batches)))
+    a, b = fp32.heads["image"], bf16.heads["image"]
+    assert b.exp_avg.dtype == b.exp_avg_sq.dtype == torch.bfloat16 and b.weight.dtype == torch.float32
+    moved = (a.weight - heads(torch.float32).heads["image"].weight).abs().mean()
+    assert (a.weight - b.weight).abs().mean() < 0.01 * moved
+    for name in ("exp_avg", "exp_avg_sq"):  # apart by bf16 steps (2^-8) and the weights' drift they cause
+        ours, ref = getattr(b, name).float(), getattr(a, name)
+        assert (ours - ref).abs().mean() < 0.01 * ref.abs().mean(), name
+
+    # two steps, a checkpoint (state dict) into fresh heads and optimizer, two more: the same bits
+    first = heads(torch.bfloat16)
+    steps(first, SampledRowAdamW(first, cfg), list(enumerate(batches))[:2])
+    resumed = heads(torch.bfloat16)
+    resumed.load_state_dict(first.state_dict())
+    steps(resumed, SampledRowAdamW(resumed, cfg), list(enumerate(batches))[2:])
+    for name, t in bf16.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], t), name
+    # fp32 moments of an earlier run load into bf16 ones (rounded to nearest)
+    resumed.load_state_dict(fp32.state_dict())
+    assert torch.equal(resumed.heads["image"].exp_avg, a.exp_avg.bfloat16())
+
+
 def test_the_cuda_kernels_equal_the_torch_formulas(tmp_path):
     """The Triton kernels themselves (row gather, gradient norm, AdamW), run by Triton's CPU interpreter
     (on before triton is imported), ragged shapes, a factored gradient with a norm term."""
@@ -166,6 +255,23 @@ for got, want in zip((w, m, v), ref):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 moved = (w != orig).any(dim=1)
 assert moved.sum() == 19 and moved[rows].all()  # the indexed rows moved, no other
+# bf16 moments: the same weights (computed from the fp32 moments), moments stochastically rounded
+w, m16, v16 = orig.clone(), m.bfloat16(), v.bfloat16()
+ref = [orig.clone(), m16.float(), v16.float()]
+_adamw_rows_torch(*ref, grad, coef, *hyper)
+adamw_rows_cuda(w, m16, v16, grad, coef, *hyper)
+torch.testing.assert_close(w, ref[0], rtol=1e-6, atol=1e-6)
+for got, want in ((m16, ref[1]), (v16, ref[2])):
+    low = (want.view(torch.int32) & -(1 << 16)).view(torch.float32)
+    high = ((want.view(torch.int32) & -(1 << 16)) + (1 << 16)).view(torch.float32)
+    got = got.float()
+    assert torch.all((got == low) | (got == high))
+    up = (got == high)[rows] & (high != low)[rows]
+    assert 0.3 < float(up.float().mean()) < 0.7  # both ways, about half (the dropped bits are ~uniform)
+for step, same in ((3, True), (4, False)):  # the same update count draws the same bits, another other bits
+    again = [orig.clone(), m.bfloat16(), v.bfloat16()]
+    adamw_rows_cuda(*again, grad, coef, *hyper[:5], torch.tensor(step))
+    assert torch.equal(again[2], v16) == same
 print("ok")
 """
     import os
