@@ -66,7 +66,11 @@ class Clip:
 
 
 def inspect(container, min_side: int) -> Source:
-    """Check the stream is one we can patchify and index its frames and keyframes by demuxing."""
+    """Check the stream is one we can patchify and index its frames and keyframes by demuxing.
+
+    Packets an edit list hides (a cut made by stream copy starts at the keyframe before the cut; the
+    container marks the frames before it discarded, and the decoder never outputs them) are not frames.
+    """
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoError(f"no video stream (streams: {', '.join(kinds)}); audio-only or not a video", "no_video_stream")
@@ -81,7 +85,7 @@ def inspect(container, min_side: int) -> Source:
         for packet in container.demux(stream):
             if packet.size and packet.pts is None:
                 untimed += 1
-            elif packet.size:
+            elif packet.size and not packet.is_discard:
                 pts.append(packet.pts)
                 keys.append(packet.is_keyframe)
     except av.FFmpegError:

@@ -93,3 +93,38 @@ def test_variable_frame_rate_takes_the_frames_nearest_an_even_time_grid(tmp_path
     for k, frame in enumerate(ids):  # each the frame nearest to its grid time (ties either way)
         assert abs(ms[frame] - 100 * k) <= np.abs(ms - 100 * k).min() + 0.5
     assert _coverage(result, ms[ids] / 1000) >= 0.9
+
+
+def test_a_cut_made_by_stream_copy_starts_at_its_edit_point(tmp_path):
+    """``ffmpeg -ss 0.42 -c copy`` keeps the GOP before the cut and hides its first frames with an edit list:
+    the container marks them discarded and the decoder never outputs them. Those are not frames of the
+    video: its first clip starts at the cut (this failed as truncated) and holds exactly what the source
+    shows from there, as a clip table's span of the source gives it (but for the first frame's predecessor,
+    which the cut does not show)."""
+    from curate.codec.patchify import patchify_all
+    from curate.demo.synthetic_video import make_clip
+
+    source, cut = tmp_path / "source.mp4", tmp_path / "cut.mp4"
+    make_clip(source, size=(320, 240), frames=96, fps=24, gop=48, seed=3, objects=2)
+    with av.open(str(source)) as src, av.open(str(cut), "w", format="mp4") as out:
+        stream = src.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.size:  # frame 10 shown at 0: frames 0-9 (keyframe 0 among them) before the edit
+                packet.pts, packet.dts = packet.pts - 10 * packet.duration, packet.dts - 10 * packet.duration
+                packet.stream = copy
+                out.mux(packet)
+    with av.open(str(cut)) as c:
+        assert sum(p.is_discard for p in c.demux(c.streams.video[0]) if p.size) == 10  # the edit list
+    cfg = PatchifyConfig(frames=32, min_frames=16)
+    got = [r for _, r in patchify_all(str(cut), cfg)]
+    want = [r for _, r in patchify_all(str(source), cfg, span=(10 / 24, None))]
+    assert [r.facts["frame_ids"][0] for r in got] == [0, 38]  # the next keyframe: source frame 48
+    assert [r.facts["frame_ids"][0] for r in want] == [10, 48]
+    for ours, theirs in zip(got, want, strict=True):
+        assert ours.facts["start_time"] == round(theirs.facts["start_time"] - 10 / 24, 4)
+        for plane in ("y", "u", "v"):
+            assert np.array_equal(getattr(ours.clip, plane), getattr(theirs.clip, plane))
+    assert not got[0].clip.has_prev[0] and want[0].clip.has_prev[0]  # frame 9 is not shown in the cut
+    assert np.array_equal(got[0].scores[1:], want[0].scores[1:])
+    assert np.array_equal(got[1].positions, want[1].positions) and got[1].facts["cuts"] == want[1].facts["cuts"]
