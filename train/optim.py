@@ -170,7 +170,7 @@ def adamw_rows(w, m, v, g: RowGrad, coef, lr, wd, b1, b2, eps, step, salt=0):
     if w.is_cuda:
         from train.row_kernels import adamw_rows_cuda
 
-        adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt)
+        adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, rounding_seed(step.to(w.device), salt))
     else:
         _adamw_rows_torch(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt)
 

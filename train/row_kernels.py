@@ -11,8 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from train.optim import rounding_seed
-
 BLOCK_R, BLOCK_D = 8, 256  # the row passes over (rows, columns) tiles
 
 
@@ -108,8 +106,10 @@ def _adamw_kernel(
         tl.store(V + at, v, mask=mask)
 
 
-def adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt=0):
-    """``train.optim.adamw_rows`` in one pass: each scored row's weight, moments and gradient factors read once."""
+def adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, seed):
+    """``train.optim.adamw_rows`` in one pass: each scored row's weight, moments and gradient factors read once.
+
+    ``seed``: a 1-element int64 tensor on the device, the stochastic rounding's (bf16 moments)."""
     bf16 = m.dtype == torch.bfloat16
     for t, dtype in ((w, torch.float32), (m, m.dtype), (v, m.dtype)):
         if not t.is_contiguous() or t.dtype != dtype or dtype not in (torch.float32, torch.bfloat16):
@@ -119,7 +119,6 @@ def adamw_rows_cuda(w, m, v, g, coef, lr, wd, b1, b2, eps, step, salt=0):
     n, d = g.p.shape
     t = step.to(device=w.device, dtype=torch.float64)  # the host's float64 formulas, rounded to fp32 at the end
     bc = torch.stack([1 - b1**t, (1 - b2**t).sqrt()]).float()
-    seed = rounding_seed(step.to(w.device), salt)
     grid = (-(-n // BLOCK_R), -(-d // BLOCK_D))
     _adamw_kernel[grid](
         w, m, v, g.rows, g.p, g.b.float(), coef.float().reshape(1), bc, seed, n, d, lr, wd, b1, b2, eps,

@@ -224,7 +224,7 @@ def test_the_cuda_kernels_equal_the_torch_formulas(tmp_path):
     (on before triton is imported), ragged shapes, a factored gradient with a norm term."""
     script = """
 import torch
-from train.optim import _adamw_rows_torch
+from train.optim import _adamw_rows_torch, rounding_seed
 from train.row_kernels import adamw_rows_cuda, gather_rows_cuda, row_squares
 from train.scored_rows import RowGrad, rows_for_gemm
 g = torch.Generator().manual_seed(0)
@@ -250,7 +250,7 @@ coef = torch.tensor(0.7)
 orig = w.clone()
 ref = [t.clone() for t in (w, m, v)]
 _adamw_rows_torch(*ref, grad, coef, *hyper)
-adamw_rows_cuda(w, m, v, grad, coef, *hyper)
+adamw_rows_cuda(w, m, v, grad, coef, *hyper, rounding_seed(hyper[-1], 0))
 for got, want in zip((w, m, v), ref):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 moved = (w != orig).any(dim=1)
@@ -259,7 +259,7 @@ assert moved.sum() == 19 and moved[rows].all()  # the indexed rows moved, no oth
 w, m16, v16 = orig.clone(), m.bfloat16(), v.bfloat16()
 ref = [orig.clone(), m16.float(), v16.float()]
 _adamw_rows_torch(*ref, grad, coef, *hyper)
-adamw_rows_cuda(w, m16, v16, grad, coef, *hyper)
+adamw_rows_cuda(w, m16, v16, grad, coef, *hyper, rounding_seed(hyper[-1], 0))
 torch.testing.assert_close(w, ref[0], rtol=1e-6, atol=1e-6)
 for got, want in ((m16, ref[1]), (v16, ref[2])):
     low = (want.view(torch.int32) & -(1 << 16)).view(torch.float32)
@@ -270,7 +270,7 @@ for got, want in ((m16, ref[1]), (v16, ref[2])):
     assert 0.3 < float(up.float().mean()) < 0.7  # both ways, about half (the dropped bits are ~uniform)
 for step, same in ((3, True), (4, False)):  # the same update count draws the same bits, another other bits
     again = [orig.clone(), m.bfloat16(), v.bfloat16()]
-    adamw_rows_cuda(*again, grad, coef, *hyper[:5], torch.tensor(step))
+    adamw_rows_cuda(*again, grad, coef, *hyper[:5], torch.tensor(step), rounding_seed(torch.tensor(step), 0))
     assert torch.equal(again[2], v16) == same
 print("ok")
 """
