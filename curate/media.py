@@ -82,6 +82,12 @@ def open_video(source, uri: str = ""):
             owned.close()
 
 
+def pixel_aspect(stream) -> float:
+    """Displayed width over height of a video's pixels (anamorphic SD and DVD: 32:27 and the like), else 1."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio  # None or 0/1: unknown
+    return float(sar) if sar else 1.0
+
+
 @contextlib.contextmanager
 def _pillow_limit_off():
     """Pillow's own bomb check reads a module global; our limit is checked on the parsed header instead."""

@@ -16,7 +16,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from curate.media import VideoError, open_video
+from curate.media import VideoError, open_video, pixel_aspect
 
 NATIVE_PIX_FMTS = ("yuv420p", "yuvj420p")  # read as decoded; everything else through swscale
 
@@ -34,6 +34,7 @@ class Source:
     keyframes: np.ndarray  # display indices of keyframes (GOP starts)
     time_base: float = 0.0  # seconds per pts unit
     regular: bool = True  # constant frame rate and no missing frames: frames can be taken by index
+    pixel_aspect: float = 1.0  # a pixel's displayed width over its height (anamorphic SD, DVD: 32/27 ...)
 
     @property
     def frame_count(self) -> int:
@@ -108,9 +109,9 @@ def inspect(container, min_side: int) -> Source:
         multiple = steps / med if med > 0 else steps
         regular = bool(med > 0 and np.mean(np.abs(multiple - np.rint(multiple)) > 0.1) <= 0.05)
         regular = regular and not (np.rint(multiple) >= 2).any()
-    rate = stream.average_rate or stream.guessed_rate
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
     time_base = float(stream.time_base) if stream.time_base else 0.0
-    return Source(ctx.name, w, h, float(rate) if rate else 0.0, pix_fmt, pts_sorted, keyframes, time_base, regular)
+    return Source(ctx.name, w, h, fps, pix_fmt, pts_sorted, keyframes, time_base, regular, pixel_aspect(stream))
 
 
 def plan_clips(source: Source, frames: int, stride: int, fps: float | None = None) -> list[np.ndarray]:
@@ -343,8 +344,9 @@ def _quarter_turns(frame) -> int:
 
 
 def _content(source: Source, size: int, fit: str, turns: int) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the picture on the ``size`` grid, in display orientation."""
-    width, height = (source.height, source.width) if turns % 2 else (source.width, source.height)
+    """(top, left, height, width) of the picture on the ``size`` grid, in display orientation and shape."""
+    shown = source.width * source.pixel_aspect  # pad keeps the shape as displayed, not as stored
+    width, height = (source.height, shown) if turns % 2 else (shown, source.height)
     if fit == "pad":
         scale = min(size / width, size / height)
         cw, ch = max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)

@@ -28,15 +28,18 @@ class MinResolution(Filter):
 
 @dataclasses.dataclass(frozen=True)
 class AspectRatio(Filter):
-    """Drop inputs whose long/short side ratio exceeds ``max_ratio``."""
+    """Drop inputs whose long/short side ratio, as displayed (a video's pixels may not be square), exceeds
+    ``max_ratio``."""
 
     name = "aspect_ratio"
     max_ratio: Annotated[float, Range(1.0)] = 3.0
 
     def reason(self, row: dict) -> str | None:
         w, h = row["meta"]["width"], row["meta"]["height"]
-        if max(w, h) / min(w, h) > self.max_ratio:
-            return f"extreme_aspect: {w}x{h} beyond {self.max_ratio}:1"
+        shown = w * row["meta"].get("pixel_aspect", 1.0)
+        if max(shown, h) / min(shown, h) > self.max_ratio:
+            size = f"{w}x{h}" + (f" (shown {round(shown)}x{h})" if shown != w else "")
+            return f"extreme_aspect: {size} beyond {self.max_ratio}:1"
         return None
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import av
 
-from curate.media import VideoError, open_video
+from curate.media import VideoError, open_video, pixel_aspect
 from curate.stage import Stage
 from shards import storage
 
@@ -38,6 +38,7 @@ def probe(data: bytes | str, uri: str) -> dict:
             "codec": ctx.name,
             "width": ctx.width,
             "height": ctx.height,
+            "pixel_aspect": round(pixel_aspect(stream), 4),
             "pix_fmt": ctx.format.name if ctx.format else None,
             "fps": float(rate) if rate else None,
             "frames": stream.frames or None,

@@ -105,6 +105,40 @@ def test_pad_keeps_aspect_and_never_selects_padding(tmp_path):
     assert rows in r.positions[r.positions[:, 0] == 10][:, 1]
 
 
+def test_pad_keeps_the_displayed_shape_of_anamorphic_pixels(tmp_path):
+    """352 x 288 stored with 16:11 pixels is shown 16:9 (as DVD and broadcast SD store wide pictures): pad
+    gives it a 16:9 box, and a white disc round on screen (thin in the stored frames) stays round on the grid."""
+    from fractions import Fraction
+
+    path = tmp_path / "anamorphic.mp4"
+    yy, xx = np.mgrid[:288, :352]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 352, 288, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 11)
+        for t in range(32):  # radius 60 shown: 60 rows, 60 * 11 / 16 stored columns
+            image = np.full((288, 352, 3), 90, np.uint8)
+            image[((xx - 90 - 4 * t) * 16 / 11) ** 2 + (yy - 144) ** 2 <= 60**2] = 240
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    r = patchify(str(path), PatchifyConfig(fit="pad", frames=32, min_frames=16))
+    assert r.clip.content == (56, 0, 144, 256) and r.facts["pixel_aspect"] == round(16 / 11, 4)
+    picture = r.clip.y[0, 56:200].astype(int)
+    rows, cols = np.nonzero(np.abs(picture - picture[4, 250]) > 20)  # the disc, against the grey background
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert abs(height - 60) <= 2 and abs(width - height) <= 2, (width, height)  # 120 of 288 rows -> 60 of 144
+    stretched = patchify(str(path), PatchifyConfig(frames=32, min_frames=16))  # stretch: the square, as before
+    assert stretched.clip.content == (0, 0, 256, 256)
+    # the probe records the pixel shape, and the aspect filter judges the shape shown
+    from curate.stages.filters import AspectRatio
+    from curate.stages.video import probe
+
+    facts = probe(str(path), str(path))
+    assert (facts["width"], facts["height"], facts["pixel_aspect"]) == (352, 288, round(16 / 11, 4))
+    assert AspectRatio(max_ratio=1.5).reason({"meta": facts}) == "extreme_aspect: 352x288 (shown 512x288) beyond 1.5:1"
+    assert AspectRatio(max_ratio=1.5).reason({"meta": dict(facts, pixel_aspect=1.0)}) is None
+
+
 @pytest.mark.parametrize("degrees", [90, 270])
 def test_rotation_metadata_is_applied(tmp_path, degrees):
     """A phone's upright recording: coded sideways with a display rotation. The square moves right in
