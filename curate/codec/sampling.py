@@ -298,7 +298,7 @@ def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=
                         # the frame in a reference cycle, and a decoder frame kept so stops the decoder
                         # reusing its buffers (a 720p clip: 600 MB held, 5 % more decode time)
                         sd = scaled.side_data.get("MOTION_VECTORS")
-                        vectors[k] = None if sd is None else sd.to_ndarray()
+                        vectors[k] = None if sd is None else _in_stream_pixels(sd.to_ndarray(), frame, source)
                     if last_y is not None:
                         prev_y[k] = last_y
                         has_prev[k] = True
@@ -333,6 +333,19 @@ def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=
         turns or 0,
         None if truncated else frames,
     )
+
+
+def _in_stream_pixels(mvs: np.ndarray, frame, source: Source) -> np.ndarray:
+    """A frame's vectors in the stream's first frame size: a stream may change resolution midway (broadcast
+    captures, adaptive streams), and the grid maps the first size."""
+    gain_x, gain_y = source.width / frame.width, source.height / frame.height
+    if gain_x == gain_y == 1:
+        return mvs
+    mvs = mvs.copy()
+    for fields, gain in ((("src_x", "dst_x", "w", "motion_x"), gain_x), (("src_y", "dst_y", "h", "motion_y"), gain_y)):
+        for name in fields:
+            mvs[name] = np.rint(mvs[name] * gain)
+    return mvs
 
 
 def _quarter_turns(frame) -> int:

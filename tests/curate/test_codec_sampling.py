@@ -139,6 +139,44 @@ def test_pad_keeps_the_displayed_shape_of_anamorphic_pixels(tmp_path):
     assert AspectRatio(max_ratio=1.5).reason({"meta": dict(facts, pixel_aspect=1.0)}) is None
 
 
+def test_a_stream_that_changes_resolution_midway_keeps_its_vectors_in_place(tmp_path):
+    """Two MPEG-TS recordings, 320 x 240 then 256 x 192, joined byte for byte (a broadcast capture whose
+    resolution changes): the later frames' vectors are in their own pixels and must be mapped from there.
+    The later clips see as many vectors as the second recording alone gives, and the mover is kept."""
+    from curate.codec.patchify import patchify_all
+
+    rng = np.random.default_rng(0)
+    for n, (w, h) in enumerate([(320, 240), (256, 192)]):
+        background = np.kron(rng.integers(30, 220, (30, 40, 3)), np.ones((8, 8, 1))).astype(np.uint8)[:h, :w]
+        with av.open(str(tmp_path / f"part{n}.ts"), "w", format="mpegts") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.options = {"x264-params": "keyint=24:repeat-headers=1"}  # parameter sets in band
+            for i in range(48):
+                image = background.copy()
+                image[60:110, 20 + 3 * i : 70 + 3 * i] = rng.integers(0, 255, (50, 50, 3))
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = i + 100 * n
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes((tmp_path / "part0.ts").read_bytes() + (tmp_path / "part1.ts").read_bytes())
+    cfg = PatchifyConfig(frames=24, min_frames=8)
+    clips = [r for _, r in patchify_all(str(joined), cfg)]
+    alone = [r for _, r in patchify_all(str(tmp_path / "part1.ts"), cfg)]
+    assert [r.facts["frame_ids"][0] for r in clips] == [0, 24, 48, 72]
+    for ours, theirs in zip(clips[2:], alone, strict=True):  # 0.44 when they were read as 320 x 240 pixels
+        assert abs(ours.facts["saliency"]["vector_cells"] - theirs.facts["saliency"]["vector_cells"]) < 0.02
+        assert ours.facts["selection"] == "top_k"
+        truth = np.zeros((len(ours.facts["frame_ids"]), 256, 256), bool)  # the mover, stretched to the grid
+        for k, i in enumerate(np.asarray(ours.facts["frame_ids"]) - 48):
+            truth[k, 80:147, 20 + 3 * i : 70 + 3 * i] = True
+        truth = truth.reshape(len(truth), 16, 16, 16, 16).mean(axis=(2, 4)) >= 0.5
+        kept = np.zeros_like(truth)
+        kept[tuple(ours.positions.T)] = True
+        assert (kept & truth).sum() >= 0.9 * truth.sum()
+
+
 @pytest.mark.parametrize("degrees", [90, 270])
 def test_rotation_metadata_is_applied(tmp_path, degrees):
     """A phone's upright recording: coded sideways with a display rotation. The square moves right in
