@@ -32,6 +32,7 @@ from curate.codec.sampling import (
     frame_sequence,
     inspect,
     next_keyframe,
+    next_start,
     plan_clips,
     span_frames,
 )
@@ -52,7 +53,11 @@ class PatchifyConfig:
     frames: PositiveInt = 64  # frames per clip
     stride: PositiveInt = 1  # take every stride-th frame ...
     fps: PositiveFloat | None = None  # ... or resample to this frame rate (overrides stride)
-    clip: NonNegativeInt = 0  # which clip of the video (clips start on keyframes, see plan_clips)
+    clip: NonNegativeInt = 0  # which clip of the video (see plan_clips)
+    # the next clip starts right after the previous one, inside a GOP if need be (its decoder goes on);
+    # false: at the next keyframe (each clip decodable alone; frames between are not taken: with x264's
+    # default GOP of 250 frames that was 3 of every 4 frames of a video)
+    continuous: bool = True
     size: PositiveInt = 256  # codec grid side in pixels (256 / 16 = the ViT's 16 x 16 grid)
     patch: PositiveInt = 16
     fit: Literal["stretch", "pad"] = "stretch"  # pad keeps the aspect ratio; padding is never selected
@@ -152,7 +157,7 @@ def patchify_all(
             ids = ids[ids < stop]
             if not len(ids):
                 break
-            resume = next_keyframe(source, ids[-1] + 1)
+            resume = next_start(source, ids, stride, sequence, cfg.continuous)
             resume = resume if resume is not None and resume < stop else None
             if max_clips and taken >= max_clips:  # the rest are not decoded at all
                 not_taken["max_clips"] += 1
@@ -170,8 +175,11 @@ def patchify_all(
             changes = shot_changes(clip.y) if cfg.split_shots else np.zeros(0, np.int64)
             cut_ids = clip.frame_ids[changes].tolist()
             bounds = [0, *changes.tolist(), len(clip.frame_ids)]
-            restart = next_keyframe(source, cut_ids[-1]) if cut_ids else None
-            carry = None
+            restart = (cut_ids[-1] if cfg.continuous else next_keyframe(source, cut_ids[-1])) if cut_ids else None
+            carry = None  # continuous: the next clip goes on from this one's last frame (a copy: one clip held)
+            if cfg.continuous and not clip.truncated:
+                carry = _shot(clip, len(clip.frame_ids) - 1, len(clip.frame_ids))
+                carry = dataclasses.replace(carry, y=carry.y.copy(), u=carry.u.copy(), v=carry.v.copy())
             if restart is not None and restart <= ids[-1]:  # the last shot goes on: take it whole next time
                 bounds, resume = bounds[:-1], restart
                 carry = _shot(clip, int(np.searchsorted(clip.frame_ids, restart)), len(clip.frame_ids))
@@ -194,7 +202,7 @@ def _plan(container, cfg: PatchifyConfig):
     """(source facts, whether the decoder gives motion vectors, stride, planned clips)."""
     source = inspect(container, cfg.min_side)
     stride = max(1, round(source.fps / cfg.fps)) if cfg.fps and source.fps else cfg.stride
-    clips = plan_clips(source, cfg.frames, stride, cfg.fps)
+    clips = plan_clips(source, cfg.frames, stride, cfg.fps, cfg.continuous)
     native = source.codec in MV_CODECS
     if not native and cfg.hevc_policy == "refuse":
         raise VideoError(f"codec {source.codec} exports no motion vectors and hevc_policy is 'refuse'", "codec_refused")

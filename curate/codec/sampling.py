@@ -114,15 +114,19 @@ def inspect(container, min_side: int) -> Source:
     return Source(ctx.name, w, h, fps, pix_fmt, pts_sorted, keyframes, time_base, regular, pixel_aspect(stream))
 
 
-def plan_clips(source: Source, frames: int, stride: int, fps: float | None = None) -> list[np.ndarray]:
+def plan_clips(
+    source: Source, frames: int, stride: int, fps: float | None = None, continuous: bool = True
+) -> list[np.ndarray]:
     """Split the video into clips of up to ``frames`` display indices, each starting on a keyframe.
 
     Regular sources without a target ``fps`` take every ``stride``-th frame by index. Otherwise
     frames are taken by presentation time on a grid of ``1 / fps`` seconds (``stride`` source frame
     intervals without ``fps``), the nearest frame to each grid time, never the same frame twice: a
     variable-rate phone recording gets evenly timed frames and a file with skipped frames gets the
-    frames it has. The next clip starts at the first keyframe after the previous clip's last frame,
-    so no GOP is shared or cut; a tail shorter than one clip becomes a short final clip.
+    frames it has. The next clip starts right after the previous one (``continuous``: its decoder goes
+    on, so a clip may start inside a GOP; a clip reached by a seek decodes from the keyframe before
+    it), or at the first keyframe after it (every clip decodable alone from its own keyframe; the
+    frames between are not taken). A tail shorter than one clip becomes a short final clip.
     """
     sequence = frame_sequence(source, stride, fps)
     clips, start = [], 0
@@ -131,8 +135,18 @@ def plan_clips(source: Source, frames: int, stride: int, fps: float | None = Non
         if not len(ids):
             break
         clips.append(ids)
-        start = next_keyframe(source, ids[-1] + 1)
+        start = next_start(source, ids, stride, sequence, continuous)
     return clips
+
+
+def next_start(source: Source, ids: np.ndarray, stride: int, sequence, continuous: bool) -> int | None:
+    """Where the clip after ``ids`` starts (see :func:`plan_clips`), or None at the end of the video."""
+    if not continuous:
+        return next_keyframe(source, ids[-1] + 1)
+    if sequence is None:
+        return int(ids[-1]) + stride if ids[-1] + stride < source.frame_count else None
+    later = sequence[sequence > ids[-1]]
+    return int(later[0]) if len(later) else None
 
 
 def frame_sequence(source: Source, stride: int, fps: float | None) -> np.ndarray | None:
@@ -202,9 +216,10 @@ def decode_clip(
 
     ``fit="stretch"`` scales to the square; ``fit="pad"`` keeps the aspect ratio and centres the
     picture on a black canvas (``content`` says where). Decoding stops at the first corrupt packet.
-    ``carry``, frames of the clip decoded just before (from a keyframe on: its first frame has no
-    predecessor), that are the first of ``ids``: they are taken as they are and decoding goes on
-    from its ``decoder``, so frames a cut cut off one clip are not decoded again for the next.
+    ``carry``, frames of the clip decoded just before: either the first of ``ids`` (a shot a cut cut
+    off that clip; its first frame has no predecessor), taken as they are, or frames before ``ids`` (the
+    clip just before); decoding goes on from its ``decoder``, so nothing is decoded twice and a clip
+    may start inside a GOP without a seek.
     An open ``container`` (e.g. the one :func:`inspect` demuxed) is sought back to the clip's
     keyframe; where that fails or lands past it (MPEG-TS estimates byte offsets) the clip is
     decoded from the start of a freshly opened stream instead: ``data`` is what opens it again
@@ -213,11 +228,12 @@ def decode_clip(
     pixels that drift along a GOP (measured in RESULTS.md, "Clips of a long video").
     """
     opts = (threads, deblock)
-    if container is not None and carry is not None and carry.decoder is not None and ids[0] in source.keyframes:
+    if container is not None and carry is not None and carry.decoder is not None:
         m = len(carry.frame_ids)
-        if not carry.has_prev[0] and m <= len(ids) and np.array_equal(carry.frame_ids, ids[:m]):
-            if m == len(ids):
-                return carry
+        leads = not carry.has_prev[0] and m <= len(ids) and np.array_equal(carry.frame_ids, ids[:m])
+        if leads and m == len(ids):
+            return carry
+        if leads or carry.frame_ids[-1] < ids[0]:  # its first frames, or the clip just before
             try:
                 clip = _decode(container, source, ids, size, fit, want_vectors, opts, seek=False, prefix=carry)
             except av.FFmpegError:
@@ -244,7 +260,7 @@ def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=
             stream.thread_type = "AUTO"
         options = {"flags2": "+export_mvs"} if want_vectors else {}
         stream.codec_context.options = options if deblock else dict(options, skip_loop_filter="all")
-    n, m = len(ids), 0 if prefix is None else len(prefix.frame_ids)
+    n, m = len(ids), 0 if prefix is None or prefix.frame_ids[0] != ids[0] else len(prefix.frame_ids)
     y = np.zeros((n, size, size), np.uint8)
     u = np.full((n, size // 2, size // 2), 128, np.uint8)
     v = u.copy()
@@ -257,12 +273,13 @@ def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=
     turns = None  # quarter turns to display orientation, from the first frame's rotation metadata
     last_y = None
     if prefix is not None:  # frames already decoded; the decoder goes on just past the last of them
-        y[:m], u[:m], v[:m], prev_y[:m], has_prev[:m], got[:m] = prefix.y, prefix.u, prefix.v, prefix.prev_y, True, True
-        has_prev[:m] = prefix.has_prev
-        vectors[:m], kinds[:m] = prefix.vectors, prefix.pict_types
+        y[:m], u[:m], v[:m], prev_y[:m], got[:m] = prefix.y[:m], prefix.u[:m], prefix.v[:m], prefix.prev_y[:m], True
+        has_prev[:m] = prefix.has_prev[:m]
+        vectors[:m], kinds[:m] = prefix.vectors[:m], prefix.pict_types[:m]
         full_range, bt709, turns = prefix.full_range, prefix.bt709, prefix.turns
         top, left, ch, cw = prefix.content
-        last_y = y[m - 1]
+        if m or (prefix.frame_ids[-1] == ids[0] - 1 and ids[0] not in source.keyframes):
+            last_y = prefix.y[-1] if m == 0 else y[m - 1]  # the clip before ends just before this one
         frames = prefix.decoder
     else:
         first = int(source.pts[source.keyframes[source.keyframes <= ids[0]][-1]])
@@ -272,6 +289,8 @@ def _decode(container, source, ids, size, fit, want_vectors, opts, seek, prefix=
     wanted = {int(source.pts[i]): k for k, i in enumerate(ids) if k >= m}
     taken = set(ids.tolist())
     before = {int(source.pts[i - 1]): k for k, i in enumerate(ids) if k >= m and i > 0 and i - 1 not in taken}
+    if m == 0 and 0 < ids[0] and ids[0] in source.keyframes:  # no predecessor on a keyframe, as after a seek
+        before.pop(int(source.pts[ids[0] - 1]), None)
     last_pts = int(source.pts[ids[-1]])
     try:
         for frame in frames:

@@ -81,21 +81,26 @@ def make_film(path: Path, minutes: float, size: tuple[int, int], shots: int, fps
 
 
 def plain_decode(path: str, spans=None) -> int:
-    """Frames decoded on one thread: the whole film, or ``spans`` ((start s, frames), one per clip),
-    each reached by a seek to its keyframe as the stage does: what any reader of those frames pays."""
+    """Frames decoded on one thread: the whole film, or ``spans`` ((start s, frames), one per clip), in
+    the cheapest way: a span that starts right after the one before is decoded on (no seek), any other is
+    reached by a seek to its keyframe. What any reader of those frames pays."""
     with av.open(path) as c:
         s = c.streams.video[0]
         s.thread_count = 1
+        frames = c.decode(s)
         if spans is None:
-            return sum(1 for _ in c.decode(s))
-        n = 0
+            return sum(1 for _ in frames)
+        n, last = 0, None  # the time of the last frame decoded
+        step = 1 / float(s.average_rate or s.guessed_rate)
         for start, count in spans:
-            c.seek(round(start / s.time_base), stream=s)
+            if last is None or not 0 < start - last < 1.5 * step:
+                c.seek(round(start / s.time_base), stream=s)
+                frames = c.decode(s)
             got = 0
-            for frame in c.decode(s):
+            for frame in frames:
                 if frame.time is not None and frame.time < start - 1e-6:
                     continue
-                got += 1
+                got, last = got + 1, frame.time
                 if got == count:
                     break
             n += got
@@ -103,15 +108,18 @@ def plain_decode(path: str, spans=None) -> int:
 
 
 def stage_decode(path: str, stage: CodecPatchify, clips: list[list[int]]) -> int:
-    """Decode the frames ``clips`` (display indices) as the stage does, nothing else; returns the frames."""
+    """Decode the frames ``clips`` (display indices) as the stage does, nothing else: a clip that follows
+    the one before goes on from its decoder, any other is reached by a seek. Returns the frames."""
     with open_video(path) as container:
         source, native, _, _ = _plan(container, stage)
-        return sum(  # one clip held at a time, as in the stage
-            len(
-                sampling.decode_clip(path, source, np.asarray(i), stage.size, stage.fit, native, 1, container).frame_ids
+        n, clip = 0, None
+        for ids in clips:
+            carry = clip if clip is not None and clip.frame_ids[-1] + 1 == ids[0] else None
+            clip = sampling.decode_clip(
+                path, source, np.asarray(ids), stage.size, stage.fit, native, 1, container, carry
             )
-            for i in clips
-        )
+            n += len(clip.frame_ids)
+        return n
 
 
 def main() -> None:

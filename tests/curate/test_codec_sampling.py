@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 
 import av
@@ -24,7 +25,7 @@ def long_clip(tmp_path_factory):
     return str(path), luma
 
 
-def test_clips_start_on_keyframes_and_never_share_a_gop(long_clip):
+def test_clips_follow_each_other_or_start_on_keyframes(long_clip):
     path, _ = long_clip
     with open_video(path) as c:
         source = inspect(c, 32)
@@ -32,7 +33,29 @@ def test_clips_start_on_keyframes_and_never_share_a_gop(long_clip):
     assert source.gop == 16 and source.fps == 24
     clips = plan_clips(source, 32, 1)
     assert [c[0] for c in clips] == [0, 32, 64, 96] and [len(c) for c in clips] == [32, 32, 32, 4]
-    assert [c[0] for c in plan_clips(source, 10, 2)] == [0, 32, 64, 96]  # 0..18 ends before 32
+    assert [c[0] for c in plan_clips(source, 10, 2)] == [0, 20, 40, 60, 80]  # every second frame, all of them
+    aligned = plan_clips(source, 10, 2, continuous=False)  # each clip alone from its keyframe
+    assert [c[0] for c in aligned] == [0, 32, 64, 96]  # 0..18 ends before 32: frames 20-31 not taken
+
+
+def test_a_clip_inside_a_gop_is_the_same_after_the_clip_before_or_after_a_seek(long_clip):
+    """24-frame clips of a GOP-16 video: clip 1 starts at frame 24, inside a GOP. Reached by a seek (one
+    clip asked for) it decodes from keyframe 16; after clip 0 (every clip) the decoder goes on. Both give
+    the decoder's own frames, frame 23 as the first frame's predecessor, and the same selection."""
+    from curate.codec.patchify import patchify_all
+
+    path, luma = long_clip
+    cfg = PatchifyConfig(frames=24, size=128, min_frames=8)
+    alone = patchify(path, dataclasses.replace(cfg, clip=1))
+    not_taken: dict = {}
+    after = [r for _, r in patchify_all(path, cfg, not_taken=not_taken)]
+    assert [r.facts["frame_ids"][0] for r in after] == [0, 24, 48, 72] and not_taken["short_tail"] == 1
+    assert alone.facts["frame_ids"] == after[1].facts["frame_ids"] == list(range(24, 48))
+    for r in (alone, after[1]):
+        assert np.array_equal(r.clip.y, luma[24:48]) and np.array_equal(r.clip.prev_y[0], luma[23])
+        assert r.clip.has_prev.all()
+    assert np.array_equal(alone.positions, after[1].positions) and alone.facts == after[1].facts
+    assert not after[2].clip.has_prev[0] and after[3].clip.has_prev[0]  # 48 is a keyframe, 72 is not
 
 
 def test_second_clip_decodes_exactly_its_frames(long_clip):

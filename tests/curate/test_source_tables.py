@@ -168,7 +168,8 @@ def test_source_keys_are_validated_with_clear_errors(tmp_path, extra, message):
 
 def test_clip_table_cuts_videos_by_time(tmp_path):
     """A clip table over generated videos (24 fps, a keyframe every 8 frames): each row becomes the
-    frames shown in [start, end), its clips starting on the span's first frame, never past its end."""
+    frames shown in [start, end), its clips starting on the span's first frame, each following the one
+    before (28 is inside a GOP), never past its end (44..47 of a is a 4-frame tail, left)."""
     media = tmp_path / "videos"
     media.mkdir()
     make_clip(media / "a.mp4", size=64, frames=96, fps=24, gop=8, seed=1)
@@ -210,7 +211,7 @@ def test_clip_table_cuts_videos_by_time(tmp_path):
         meta = json.loads(s["json"])
         clips.setdefault(meta["provenance"]["row"], []).append((meta["codec"]["frame_ids"], s["txt"].decode()))
     frames = {row: [(ids[0], ids[-1]) for ids, _ in sorted(got)] for row, got in clips.items()}
-    assert frames == {1: [(12, 27), (32, 47)], 2: [(72, 87), (88, 95)], 3: [(0, 15), (16, 23)]}
+    assert frames == {1: [(12, 27), (28, 43)], 2: [(72, 87), (88, 95)], 3: [(0, 15), (16, 23)]}
     assert {row: {t for _, t in got} for row, got in clips.items()} == {
         1: {"a, first half"},
         2: {"a, the end"},
