@@ -88,7 +88,11 @@ def test_clips_are_samples_and_both_levels_are_accounted(corpus, tmp_path, execu
     out = tmp_path / "out"
     summary = _curate(corpus, out, executor)
     assert (summary["inputs"], summary["kept"], summary["failed"]) == (3, 2, 1)
-    assert summary["split_inputs"] == 2 and summary["samples_of_split_inputs"] == {"kept": 12, "dropped": 0, "failed": 0}
+    assert summary["split_inputs"] == 2 and summary["samples_of_split_inputs"] == {
+        "kept": 12,
+        "dropped": 0,
+        "failed": 0,
+    }
     assert summary["shard_samples"] == 12  # bikes' eight clips and carphone's four
     ledger = read_ledger(str(out)).set_index("key")
     inputs = ledger[ledger["parent"].isna()].reset_index().set_index("uri")
