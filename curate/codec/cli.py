@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=d.frames, help="frames per clip")
     p.add_argument("--stride", type=int, default=d.stride, help="take every n-th frame")
     p.add_argument("--fps", type=float, default=d.fps, help="sample at this frame rate instead of --stride")
-    p.add_argument("--clip", type=int, default=d.clip, help="which clip of a long video (clips start on keyframes)")
+    p.add_argument("--clip", type=int, default=d.clip, help="which clip of a long video (each follows the one before)")
     p.add_argument("--size", type=int, default=d.size, help="codec grid side in pixels")
     p.add_argument("--fit", choices=("stretch", "pad"), default=d.fit, help="pad keeps the aspect ratio")
     p.add_argument("--first-frame", choices=("score", "whole"), default=d.first_frame, help="frame 0 policy")

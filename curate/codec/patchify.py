@@ -135,11 +135,12 @@ def patchify(data: bytes | str, cfg: PatchifyConfig = PatchifyConfig()) -> Patch
 def patchify_all(
     data: bytes | str, cfg: PatchifyConfig = PatchifyConfig(), max_clips: int = 0, not_taken=None, span=None
 ):
-    """Every clip of ``data``: yields ``(clip number, Patchified or VideoError)``, one per shot of at
-    least ``min_frames`` frames (a clip never straddles a hard cut), at most ``max_clips`` (0: all),
-    one at a time (a long video never holds more than one decoded clip). Clips start on keyframes;
-    where a shot begins inside a clip on a keyframe (encoders put one at a cut), the next clip starts
-    there, so the shot is taken whole. ``not_taken`` (a dict) counts the clips left out and why:
+    """Every clip of ``data``: yields ``(clip number, Patchified or VideoError)``, each within one shot
+    of at least ``min_frames`` frames (a clip never straddles a hard cut), at most ``max_clips`` (0: all),
+    one at a time (a long video never holds more than one decoded clip). Each clip follows the one
+    before (``cfg.continuous``; else it starts on the next keyframe); where a shot begins inside a clip,
+    the next clip starts there (with ``continuous`` false: where the cut is on a keyframe, as encoders
+    put one), so the shot is taken whole. ``not_taken`` (a dict) counts the clips left out and why:
     ``short_shot`` (a shot under ``min_frames`` between cuts), ``short_tail`` (the video's last
     frames), ``max_clips``. ``span`` ``(start, end)`` in seconds (end None: to the end) restricts the
     video to the frames shown in ``[start, end)``: a clip table's row; its first clip starts at the

@@ -1,6 +1,7 @@
 """Clip sampling: find GOP boundaries by demuxing, then decode one clip at the codec grid.
 
-Clips start on a keyframe so decoding never needs a frame outside the clip. Frames are scaled
+A clip is decoded from the keyframe at or before its first frame, or goes on from the decoder of the
+clip just before it (clips follow each other, inside a GOP where need be). Frames are scaled
 once by swscale to 8-bit 4:2:0 at the target grid (not at all when the source already is that):
 any pixel format FFmpeg decodes (10-bit, 4:2:2, 4:4:4, RGB, grey) is converted on the way.
 the Y plane feeds the residual, and Y/U/V are what a 4:2:0 JPEG stores, so only the kept
@@ -117,7 +118,7 @@ def inspect(container, min_side: int) -> Source:
 def plan_clips(
     source: Source, frames: int, stride: int, fps: float | None = None, continuous: bool = True
 ) -> list[np.ndarray]:
-    """Split the video into clips of up to ``frames`` display indices, each starting on a keyframe.
+    """Split the video into clips of up to ``frames`` display indices, the first starting at frame 0.
 
     Regular sources without a target ``fps`` take every ``stride``-th frame by index. Otherwise
     frames are taken by presentation time on a grid of ``1 / fps`` seconds (``stride`` source frame
