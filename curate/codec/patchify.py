@@ -177,13 +177,15 @@ def patchify_all(
             cut_ids = clip.frame_ids[changes].tolist()
             bounds = [0, *changes.tolist(), len(clip.frame_ids)]
             restart = (cut_ids[-1] if cfg.continuous else next_keyframe(source, cut_ids[-1])) if cut_ids else None
-            carry = None  # continuous: the next clip goes on from this one's last frame (a copy: one clip held)
-            if cfg.continuous and not clip.truncated:
-                carry = _shot(clip, len(clip.frame_ids) - 1, len(clip.frame_ids))
-                carry = dataclasses.replace(carry, y=carry.y.copy(), u=carry.u.copy(), v=carry.v.copy())
+            n = len(clip.frame_ids)
             if restart is not None and restart <= ids[-1]:  # the last shot goes on: take it whole next time
                 bounds, resume = bounds[:-1], restart
-                carry = _shot(clip, int(np.searchsorted(clip.frame_ids, restart)), len(clip.frame_ids))
+                carry = _shot(clip, int(np.searchsorted(clip.frame_ids, restart)), n)
+            elif cfg.continuous and not clip.truncated:  # the next clip goes on from this one's last frame
+                tail = _shot(clip, n - 1, n)  # copied, so that one decoded clip is held at a time
+                carry = dataclasses.replace(tail, y=tail.y.copy(), u=tail.u.copy(), v=tail.v.copy())
+            else:
+                carry = None
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
                 if hi - lo < cfg.min_frames and not clip.truncated:
                     not_taken["short_tail" if resume is None and hi == len(clip.frame_ids) else "short_shot"] += 1
