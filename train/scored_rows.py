@@ -11,10 +11,9 @@ most of the head's time (RESULTS.md, Trainer). Here:
   caller's fused logit math applies the norm;
 - backward returns the embedding's gradient and, for the rows, ``RowGrad``: the gradient factored as
   ``d^T e + b[:, None] * w[rows]`` (``d`` the (B, S) gradient of the raw products, ``e`` the (B, D)
-  embeddings, ``b = -s^3 d_s`` from the norm). Neither the (S, D) product ``p = d^T e`` nor the fp32 row
-  gradient is written: the AdamW kernel forms ``p`` tile by tile in its own pass over the rows
-  (``train.row_kernels``), and the clip's norm comes from (B, B) Gram matrices and the forward's raw
-  products (``RowGrad.square_norm``), reading no row at all.
+  embeddings, ``b = -s^3 d_s`` from the norm). Neither ``p = d^T e`` (S, D) nor the fp32 row gradient is
+  written: the AdamW kernel forms ``p`` tile by tile in its pass over the rows, and the clip's norm
+  comes from (B, B) Gram matrices and the raw products (``RowGrad.square_norm``), reading no row.
 
 With the centres as an ordinary parameter (the dense update) the same function returns their
 full-size gradient instead.
@@ -33,9 +32,8 @@ NORM_EPS = 1e-12  # F.normalize's
 class RowGrad:
     """Gradient of centre rows ``rows`` (sorted, distinct): ``p + b[:, None] * w[rows]``, ``w`` as scored.
 
-    ``p`` is either given, (S, D), or ``None`` and factored as ``d^T e`` (one backward's: ``d`` (B, S) and
-    ``e`` (B, D) in the GEMM's dtype, with ``raw`` = the forward's (B, S) products ``e . w[rows]`` and ``s``
-    the rows' inverse norms, for the norm).
+    ``p`` (S, D) is given, or ``None`` and factored as ``d^T e`` (one backward's ``d`` (B, S) and ``e`` (B, D)
+    in the GEMM's dtype; ``raw`` (B, S) = ``e . w[rows]`` and ``s`` the inverse norms, for the norm).
     """
 
     rows: torch.Tensor
@@ -64,8 +62,6 @@ class RowGrad:
         ``raw``, instead of a pass over (S, D) rows. ``raw`` holds the products as the GEMM rounded them, as
         the norm's inputs were before (bf16 rows under autocast): the clip needs no more.
         """
-        if self.rows.numel() == 0:
-            return torch.zeros((), device=w.device)
         if self.p is not None:
             return self.materialize(w).square().sum()
         with torch.autocast(self.d.device.type, enabled=False):
