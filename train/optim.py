@@ -83,15 +83,15 @@ class SampledRowAdamW:
     def clip(self, max_norm: float) -> torch.Tensor:
         """Collect every head's row gradients; their global norm, and clip_grad_norm_'s coefficient for ``step``.
 
-        The norm stays on the main stream (on the side stream it saved nothing: RESULTS.md, Trainer); from
-        the gradient's factors it reads no row (``RowGrad.square_norm``).
+        The norm pass stays on the main stream: on the side stream it ran beside the encoder's clip and
+        step, which are bandwidth-bound too, and saved nothing (RESULTS.md, Trainer).
         """
         self.grads = [head.take_row_grad() for head in self.heads]
         w = self.heads[0].local_weight()
         sq = torch.zeros((), device=w.device)
         for head, g in zip(self.heads, self.grads, strict=True):
-            sq = sq + g.square_norm(head.local_weight())
-            g.raw = None  # only the norm reads the forward's products: not held through the update
+            sq = sq + row_grad_sq(head.local_weight(), g)
+            g.scored = None  # only the norm reads the GEMM's copy: not held through the update
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sq)  # ranks own disjoint rows: squares add up
         norm = sq.sqrt()
@@ -111,8 +111,7 @@ class SampledRowAdamW:
             head.updates += 1  # on the device: reading it back would make the host wait for the step
             w, m, v = head.local_weight(), local_tensor(head.exp_avg), local_tensor(head.exp_avg_sq)
             coef = self.coef if self.coef is not None else torch.ones((), device=w.device)
-            inputs = tuple(t for t in (g.rows, g.p, g.b, g.d, g.e, coef) if t is not None)
-            with self._side_stream(head, w.device, inputs):
+            with self._side_stream(head, w.device, (g.rows, g.p, g.b, coef)):
                 hyper = (group["lr"], group["weight_decay"], b1, b2, self.eps)
                 adamw_rows(w, m, v, g, coef, *hyper, head.updates, salt=salt)
         self.grads, self.coef = [], None
@@ -145,12 +144,24 @@ class SampledRowAdamW:
             head.pending = []
 
 
+def row_grad_sq(w: torch.Tensor, g: RowGrad) -> torch.Tensor:
+    """Squared norm of the rows' gradient (``RowGrad.for_norm``); on CUDA one pass over its factors and
+    the GEMM's copy of the rows, never written out."""
+    if g.rows.numel() == 0:
+        return torch.zeros((), device=w.device)
+    if w.is_cuda:
+        from train.row_kernels import row_squares
+
+        return row_squares(w, g).sum()
+    return g.for_norm(w).square().sum()
+
+
 def adamw_rows(w, m, v, g: RowGrad, coef, lr, wd, b1, b2, eps, step, salt=0):
     """torch AdamW's update of ``w[g.rows]`` and its moments, with the gradient ``g`` times ``coef``, in place.
 
     ``step``: the update count (a 0-d integer tensor, this update included) for the bias corrections.
-    On CUDA one Triton pass reads each scored row's weight and moments once, forms its gradient from the
-    factors (``p = d^T e`` tile by tile, never written) and writes them back (eager torch makes three gathers, six elementwise passes and three scatters),
+    On CUDA one Triton pass reads each scored row's weight, moments and gradient factors once and
+    writes them back (eager torch makes three gathers, six elementwise passes and three scatters),
     and the bias corrections are computed on the device, so the host never waits; elsewhere the
     same formulas in torch. bf16 moments are computed in fp32 and stored with stochastic rounding
     (round-to-nearest would lose every increment under half a bf16 step: v's (1 - b2) g^2 is mostly

@@ -10,10 +10,8 @@ most of the head's time (RESULTS.md, Trainer). Here:
   writes ``s = 1 / max(|w|, 1e-12)``; the raw products ``e . w`` and ``s`` are the outputs, so the
   caller's fused logit math applies the norm;
 - backward returns the embedding's gradient and, for the rows, ``RowGrad``: the gradient factored as
-  ``d^T e + b[:, None] * w[rows]`` (``d`` the (B, S) gradient of the raw products, ``e`` the (B, D)
-  embeddings, ``b = -s^3 d_s`` from the norm). Neither ``p = d^T e`` (S, D) nor the fp32 row gradient is
-  written: the AdamW kernel forms ``p`` tile by tile in its pass over the rows, and the clip's norm
-  comes from (B, B) Gram matrices and the raw products (``RowGrad.square_norm``), reading no row.
+  ``p + b[:, None] * w[rows]`` (``p = d_raw^T e`` from the GEMM, ``b = -s^3 d_s`` from the norm), which
+  the sampled-row AdamW consumes without ever writing the fp32 row gradient (``train.optim``).
 
 With the centres as an ordinary parameter (the dense update) the same function returns their
 full-size gradient instead.
@@ -32,44 +30,22 @@ NORM_EPS = 1e-12  # F.normalize's
 class RowGrad:
     """Gradient of centre rows ``rows`` (sorted, distinct): ``p + b[:, None] * w[rows]``, ``w`` as scored.
 
-    ``p`` (S, D) is given, or ``None`` and factored as ``d^T e`` (one backward's ``d`` (B, S) and ``e`` (B, D)
-    in the GEMM's dtype; ``raw`` (B, S) = ``e . w[rows]`` and ``s`` the inverse norms, for the norm).
+    ``scored``: the rows as the forward's GEMM read them (``w[rows]`` in the GEMM's dtype), kept so the
+    clip's norm reads this contiguous copy, half the bytes of fp32 rows gathered again; ``p`` itself
+    is rounded to that dtype, so the norm loses nothing it had. The update reads the fp32 rows.
     """
 
     rows: torch.Tensor
-    p: torch.Tensor | None  # (S, D), or None: factored
+    p: torch.Tensor  # (S, D), the GEMM's dtype
     b: torch.Tensor  # (S,) fp32
-    d: torch.Tensor | None = None
-    e: torch.Tensor | None = None
-    raw: torch.Tensor | None = None
-    s: torch.Tensor | None = None
-
-    def product(self) -> torch.Tensor:
-        """``p`` in fp32 (formed from the factors if need be)."""
-        if self.p is not None:
-            return self.p.float()
-        with torch.autocast(self.d.device.type, enabled=False):
-            return self.d.T.float() @ self.e.float()
+    scored: torch.Tensor | None = None  # (S, D), the GEMM's dtype
 
     def materialize(self, w: torch.Tensor) -> torch.Tensor:
-        return self.product() + self.b[:, None] * w[self.rows]
+        return self.p.float() + self.b[:, None] * w[self.rows]
 
-    def square_norm(self, w: torch.Tensor) -> torch.Tensor:
-        """Squared norm of the whole gradient (a 0-d fp32 tensor); from the factors without touching a row.
-
-        Factored, ``sum_i |p_i + b_i w_i|^2 = <e e^T, d d^T> + 2 sum_i b_i (d_i . raw_i) + sum_i b_i^2 / s_i^2``:
-        two (B, B) Gram matrices (fp32 products of the GEMM's operands) and one pass over the (B, S) ``d`` and
-        ``raw``, instead of a pass over (S, D) rows. ``raw`` holds the products as the GEMM rounded them, as
-        the norm's inputs were before (bf16 rows under autocast): the clip needs no more.
-        """
-        if self.p is not None:
-            return self.materialize(w).square().sum()
-        with torch.autocast(self.d.device.type, enabled=False):
-            d, e = self.d.float(), self.e.float()
-            products = ((e @ e.T) * (d @ d.T)).sum()
-            cross = (d * self.raw.float()).sum(dim=0)
-        radial = torch.where(self.b != 0, self.b.square() / self.s.square(), 0.0)
-        return products + 2 * (self.b * cross).sum() + radial.sum()
+    def for_norm(self, w: torch.Tensor) -> torch.Tensor:
+        """``materialize`` from the GEMM's copy of the rows where there is one."""
+        return self.p.float() + self.b[:, None] * (w[self.rows] if self.scored is None else self.scored.float())
 
 
 def gemm_dtype(device: torch.device) -> torch.dtype:
@@ -97,22 +73,23 @@ class ScoredRows(torch.autograd.Function):
         with torch.autocast(e.device.type, enabled=False):
             e_c = e.to(dtype)
             raw = e_c @ rows.T
-        ctx.save_for_backward(e_c, rows, s, w if sink is None else None, index, raw if sink is not None else None)
+        ctx.save_for_backward(e_c, rows, s, w if sink is None else None, index)
         ctx.sink, ctx.e_dtype = sink, e.dtype
         return raw, s
 
     @staticmethod
     def backward(ctx, d_raw, d_s):
-        e_c, rows, s, w, index, raw = ctx.saved_tensors
+        e_c, rows, s, w, index = ctx.saved_tensors
         with torch.autocast(e_c.device.type, enabled=False):
-            d_raw = d_raw.to(rows.dtype).contiguous()
+            d_raw = d_raw.to(rows.dtype)
             d_e = (d_raw @ rows).to(ctx.e_dtype) if ctx.needs_input_grad[0] else None
+            p = d_raw.T @ e_c
         # d s / d w = -s^3 w, except where the norm was clamped (s constant there)
         b = torch.where(s < 1 / NORM_EPS, -(s**3) * d_s.float(), 0.0) if d_s is not None else torch.zeros_like(s)
+        grad = RowGrad(index, p, b, rows)
         if ctx.sink is not None:
-            ctx.sink.append(RowGrad(index, None, b, d_raw, e_c.detach(), raw.detach(), s))
+            ctx.sink.append(grad)
             return d_e, None, None, None, None, None
-        grad = RowGrad(index, None, b, d_raw, e_c)
         d_w = torch.zeros_like(w).index_add_(0, index, grad.materialize(w))
         return d_e, d_w, None, None, None, None
 

@@ -14,8 +14,7 @@ baseline measured in the same run:
 * T4  partial-FC share of step time at 2M classes (sample rate 0.1, 8 of 10 labels drawn), with the
       trainer's update (clip + sampled-row AdamW) and with the reference's dense AdamW over every row,
       each against the same encoder stepped without the head in alternating rounds (median share);
-      torch.profiler tables and timelines of the sampled head's step and the plain one go to $OUT;
-      with --t4, also the row update alone by tile shape (``row_update``).
+      torch.profiler tables and timelines of the sampled head's step and the plain one go to $OUT.
 Imports only torch (and timm for the baseline): the GPU machine has no webdataset or ray.
 """
 
@@ -242,65 +241,6 @@ def paired(a, b, rounds=1 if SMOKE else 5) -> tuple[list[float], list[float]]:
     return times
 
 
-def row_update_sweep(res, classes=2_000_000, batch=128, dim=1024):
-    """The heads' row update alone (200k of 2M rows): p read (bf16, as the GEMM wrote it) against p formed in
-    the pass from (batch, rows) and (batch, dim) factors, by tile shape, with fp32 and bf16 moments; and a
-    device-to-device copy for the card's bandwidth (bytes read + written)."""
-    if DEV.type != "cuda":
-        return
-    from train import row_kernels
-    from train.optim import adamw_rows
-    from train.scored_rows import RowGrad
-
-    n = classes // 10
-    res["copy_gb_s"] = copy_gb_s()
-    g = torch.Generator(device=DEV).manual_seed(0)
-    w = torch.randn(classes, dim, device=DEV, generator=g)
-    rows = torch.randperm(classes, device=DEV, generator=g)[:n].sort().values
-    e = torch.randn(batch, dim, device=DEV, generator=g).bfloat16()
-    d = (torch.randn(batch, n, device=DEV, generator=g) * 1e-3).bfloat16()
-    b = torch.randn(n, device=DEV, generator=g) * 1e-4
-    written = RowGrad(rows, (d.T.float() @ e.float()).bfloat16(), b)
-    factored = RowGrad(rows, None, b, d, e)
-    hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, torch.tensor(5, device=DEV))
-    coef = torch.tensor(0.5, device=DEV)
-    saved = row_kernels.FACTORED_BLOCKS
-    out = {}
-    for moments in (torch.float32, torch.bfloat16):
-        torch.cuda.empty_cache()
-        m, v = torch.zeros_like(w, dtype=moments), torch.zeros_like(w, dtype=moments)
-        entry = 8 + 4 * m.element_size()  # weight and both moments, read and written, per scored entry
-        tag = "fp32" if moments == torch.float32 else "bf16"
-
-        def run(grad, m=m, v=v):
-            return timed(lambda: adamw_rows(w, m, v, grad, coef, *hyper), steps=20)
-
-        t = run(written)
-        out[f"{tag}_p_read"] = {"ms": t * 1e3, "gb_s": n * dim * (entry + 2) / t / 1e9}
-        for blocks in (
-            (64, 128, 32, 4),
-            (32, 128, 32, 4),
-            (64, 64, 32, 4),
-            (128, 64, 32, 4),
-            (64, 128, 64, 8),
-            (32, 256, 32, 8),
-        ):
-            row_kernels.FACTORED_BLOCKS = blocks
-            t = run(factored)
-            out[f"{tag}_factored_{'x'.join(map(str, blocks))}"] = {"ms": t * 1e3, "gb_s": n * dim * entry / t / 1e9}
-    row_kernels.FACTORED_BLOCKS = saved
-    res["row_update"] = out
-    print("row_update", json.dumps(out), flush=True)
-    save(res)
-
-
-def copy_gb_s(n=2**28) -> float:
-    """A device-to-device copy of 1 GiB: the card's bandwidth, bytes read plus written."""
-    x = torch.randn(n, device=DEV)
-    y = torch.empty_like(x)
-    return 2 * n * 4 / timed(lambda: y.copy_(x), steps=20) / 1e9
-
-
 def alloc_counts(since: dict | None = None) -> dict:
     """The caching allocator's device allocations, frees and retries (a retry frees the cache and syncs)."""
     if DEV.type != "cuda":
@@ -405,8 +345,6 @@ def main():
     cases = ("one_gpu", "one_gpu_bf16_moments", "one_gpu_no_overlap", "one_gpu_dense", "shard_of_8", "shard_of_8_dense")
     for case in cases + ("shard_of_8_bf16_moments",):  # each against the encoder alone, timed in the same rounds
         res[f"T4_share_{case}"] = res[f"pfc_2M_{case}"]["paired"]["share"]
-    if T4_ONLY:
-        row_update_sweep(res, 20_000 if k else 2_000_000)
     if not T4_ONLY and not QUICK:
         res["T2_ours_model_compile_over_timm"] = (
             res["vit_l_224_bs128_model_compile"]["samples_per_s"] / res["timm_vit_l_224_bs128"]["samples_per_s"]

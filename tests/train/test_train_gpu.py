@@ -109,7 +109,8 @@ def test_bf16_moments_on_cuda_round_the_torch_update_stochastically():
         high = (low.view(torch.int32) + (1 << 16)).view(torch.float32)
         # a neighbour of the fp32 moment: of the torch formula's but where the kernel's fp32 value, 1 ulp from
         # torch's (fused multiply-adds), lies across a bf16 value from it (~2^-15 of the entries)
-        assert torch.all((got - want).abs() <= (high - low).abs())
+        off = (got - want).abs() > (high - low).abs()
+        assert not off.any(), (int(off.sum()), got[off][:8].tolist(), want[off][:8].tolist(), low[off][:8].tolist())
         assert float(((got == low) | (got == high)).float().mean()) > 0.999
         between = high != low
         share = ((want - low) / (high - low))[between]
@@ -277,31 +278,3 @@ def test_self_attention_over_64_tokens_stays_finite_when_every_score_is_very_neg
     grads = {dtype: [g[..., 1:] if i == 0 else g for i, g in enumerate(gs)] for dtype, gs in grads.items()}
     for got, want in zip(grads[torch.bfloat16], grads[torch.float64], strict=True):
         torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
-
-
-def test_factored_row_update_on_cuda_forms_p_in_the_pass():
-    """The update with p = d^T e formed tile by tile on the tensor cores equals the torch formulas with p
-    written out in fp32; the norm from the factors equals the written-out gradient's."""
-    from train.optim import _adamw_rows_torch, adamw_rows
-    from train.scored_rows import RowGrad
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-    n, dim, batch = 50_021, 1024, 200  # a batch that is no multiple of the dot's K
-    w = torch.randn(n, dim, device="cuda", generator=g)
-    m = torch.randn(n, dim, device="cuda", generator=g) * 1e-3
-    v = torch.rand(n, dim, device="cuda", generator=g) * 1e-6
-    rows = torch.randperm(n, device="cuda", generator=g)[: n // 10].sort().values
-    e = torch.nn.functional.normalize(torch.randn(batch, dim, device="cuda", generator=g), dim=1).bfloat16()
-    d = (torch.randn(batch, len(rows), device="cuda", generator=g) * 1e-3).bfloat16()
-    s = w[rows].norm(dim=1).reciprocal()
-    raw = e @ w[rows].bfloat16().T
-    grad = RowGrad(rows, None, torch.randn(len(rows), device="cuda", generator=g) * 1e-4, d, e, raw, s)
-    written = RowGrad(rows, grad.product(), grad.b)
-    norm, want = grad.square_norm(w).sqrt(), written.materialize(w).square().sum().sqrt()
-    assert abs(float(norm / want) - 1) < 1e-3  # raw is rounded to bf16, as the GEMM writes it
-    hyper = (1e-3, 0.05, 0.9, 0.999, 1e-8, torch.tensor(5, device="cuda"))
-    ref = [t.clone() for t in (w, m, v)]
-    _adamw_rows_torch(*ref, written, torch.tensor(0.5, device="cuda"), *hyper)
-    adamw_rows(w, m, v, grad, torch.tensor(0.5, device="cuda"), *hyper)
-    for got, want in zip((w, m, v), ref, strict=True):  # the dot sums in another order than the GEMM
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
