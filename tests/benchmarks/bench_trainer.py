@@ -274,11 +274,7 @@ def write_profile(step, filename, trace=""):
     out.mkdir(parents=True, exist_ok=True)
     (out / filename).write_text(head + table + "\n\nby input shape\n" + shapes)
     if trace:
-        import gzip
-
-        prof.export_chrome_trace(str(out / trace))
-        (out / f"{trace}.gz").write_bytes(gzip.compress((out / trace).read_bytes()))
-        (out / trace).unlink()
+        prof.export_chrome_trace(str(out / f"{trace}.gz"))  # torch gzips a path ending in .gz
 
 
 def save(res):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from trainkit import bf16_above, bf16_below
 
 from train import packing
 from train.config import ModelConfig
@@ -84,16 +85,6 @@ def test_sampled_row_adamw_on_cuda_is_the_torch_update_and_adamw_at_rate_one():
     assert float((diff > 1e-4 * cfg.lr).float().mean()) < 1e-3
 
 
-def _bf16_below(x):
-    """The bf16 value next to fp32 ``x`` towards zero (its top 16 bits)."""
-    return (x.view(torch.int32) & -(1 << 16)).view(torch.float32)
-
-
-def _bf16_above(x):
-    """The bf16 value next to fp32 ``x`` away from zero."""
-    return (_bf16_below(x).view(torch.int32) + (1 << 16)).view(torch.float32)
-
-
 def test_bf16_moments_on_cuda_round_the_torch_update_stochastically():
     """The Triton kernel with bf16 moments: the fp32 formulas' weights, and moments at one of the two bf16
     neighbours of the fp32 ones, up about as often as the dropped bits say (unbiased over 100k rows)."""
@@ -115,7 +106,7 @@ def test_bf16_moments_on_cuda_round_the_torch_update_stochastically():
     torch.testing.assert_close(w, ref[0], rtol=1e-6, atol=1e-6 * float(ref[0].abs().max()))
     for got, want in ((m, ref[1]), (v, ref[2])):
         got, want = got[rows].float(), want[rows]
-        low, high = _bf16_below(want), _bf16_above(want)
+        low, high = bf16_below(want), bf16_above(want)
         # a bf16 neighbour of the fp32 moment, or of a value 1-2 ulp from it: the kernel's fused multiply-adds
         # round differently from torch's separate ops, and now and then (~2^-15) that moves it across a bf16 value
         near, ok = [want], torch.zeros_like(got, dtype=torch.bool)
@@ -125,7 +116,7 @@ def test_bf16_moments_on_cuda_round_the_torch_update_stochastically():
                 x = torch.nextafter(x, torch.full_like(x, to))
                 near.append(x)
         for x in near:
-            ok |= (got == _bf16_below(x)) | (got == _bf16_above(x))
+            ok |= (got == bf16_below(x)) | (got == bf16_above(x))
         off = ~ok
         assert not off.any(), (int(off.sum()), got[off][:8].tolist(), want[off][:8].tolist())
         assert float(((got == low) | (got == high)).float().mean()) > 0.999

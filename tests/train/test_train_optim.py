@@ -1,6 +1,7 @@
 """The heads' sampled-row AdamW: it is torch's AdamW when every row is scored, and moves nothing else."""
 
 import torch
+from trainkit import bf16_above, bf16_below
 
 from train.config import HeadConfig, OptimConfig
 from train.loss import ConceptHeads
@@ -132,9 +133,8 @@ def test_a_skipped_step_drops_the_row_gradients():
 
 def _neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The bf16 values just below and above each fp32 value in magnitude (equal where ``x`` is one)."""
-    low = (x.view(torch.int32) & -(1 << 16)).view(torch.float32)
-    high = ((x.view(torch.int32) & -(1 << 16)) + (1 << 16)).view(torch.float32)
-    return low, torch.where(low == x, low, high)
+    low = bf16_below(x)
+    return low, torch.where(low == x, low, bf16_above(x))
 
 
 def test_bf16_moments_round_stochastically_without_bias():
@@ -224,6 +224,7 @@ def test_the_cuda_kernels_equal_the_torch_formulas(tmp_path):
     (on before triton is imported), ragged shapes, a factored gradient with a norm term."""
     script = """
 import torch
+from trainkit import bf16_above, bf16_below
 from train.optim import _adamw_rows_torch, rounding_seed
 from train.row_kernels import adamw_rows_cuda, gather_rows_cuda, row_squares
 from train.scored_rows import RowGrad, rows_for_gemm
@@ -262,8 +263,7 @@ _adamw_rows_torch(*ref, grad, coef, *hyper)
 adamw_rows_cuda(w, m16, v16, grad, coef, *hyper, rounding_seed(hyper[-1], 0))
 torch.testing.assert_close(w, ref[0], rtol=1e-6, atol=1e-6)
 for got, want in ((m16, ref[1]), (v16, ref[2])):
-    low = (want.view(torch.int32) & -(1 << 16)).view(torch.float32)
-    high = ((want.view(torch.int32) & -(1 << 16)) + (1 << 16)).view(torch.float32)
+    low, high = bf16_below(want), bf16_above(want)
     got = got.float()
     assert torch.all((got == low) | (got == high))
     up = (got == high)[rows] & (high != low)[rows]
@@ -280,6 +280,6 @@ print("ok")
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join((str(root), str(root / "tests/train"))))
     rc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert rc.returncode == 0 and rc.stdout.strip() == "ok", rc.stderr[-3000:]

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from shards.format import MOSAIC_COLS, encode_json, encode_npy, shard_name
@@ -141,3 +142,13 @@ def read_metrics(path: Path) -> dict[int, dict]:
         rec = json.loads(line)
         out[rec["step"]] = rec
     return out
+
+
+def bf16_below(x: torch.Tensor) -> torch.Tensor:
+    """The bf16 value next to each fp32 value towards zero (its top 16 bits), as fp32."""
+    return (x.view(torch.int32) & -(1 << 16)).view(torch.float32)
+
+
+def bf16_above(x: torch.Tensor) -> torch.Tensor:
+    """The bf16 value next to each fp32 value away from zero, as fp32."""
+    return (bf16_below(x).view(torch.int32) + (1 << 16)).view(torch.float32)
